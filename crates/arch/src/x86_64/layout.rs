@@ -1,0 +1,206 @@
+//! The x86_64 guest-physical memory map: every fixed address the VMM uses, in one place.
+//!
+//! ```text
+//! 0x0000_0000 .. 0x0009_fc00   low RAM: GDT, IDT, boot stack, page tables, zero page, cmdline
+//! 0x0009_fc00 .. 0x000a_0000   EBDA (reserved)
+//! 0x000a_0000 .. 0x000f_0000   legacy VGA/ROM hole (not RAM)
+//! 0x000f_0000 .. 0x0010_0000   BIOS area (reserved): MP table
+//! 0x0010_0000 .. RAM_LOW_END   RAM; kernels load at 1 MiB or above
+//! 0xc000_0000 .. 0xd000_0000   PCI MMIO window (BARs of passed-through devices)
+//! 0xd000_0000 .. 0xd100_0000   virtio-mmio windows, 4 KiB each
+//! 0xd100_0000 .. 0xd200_0000   platform MMIO devices (MMIO console, test devices), 4 KiB each
+//! 0xe000_0000 .. 0xf000_0000   PCIe ECAM
+//! 0xfec0_0000 .. 0xfec0_1000   IOAPIC
+//! 0xfee0_0000 .. 0xfee0_1000   local APIC
+//! 0xfffb_c000 .. 0xfffc_0000   KVM private (identity-map page, TSS)
+//! 0x1_0000_0000 ..             high RAM: whatever did not fit below RAM_LOW_END
+//! ```
+//!
+//! The specification's own picture overlaps itself (virtio windows inside low RAM, a PCI hole
+//! below the end of low RAM); this map keeps its intent with ranges that never collide, and
+//! [`memory_map`] plus its test prove that for every RAM size.
+
+use crate::{GIB, KIB, MIB};
+
+// Boot structures in low RAM.
+pub const BOOT_GDT_START: u64 = 0x500;
+pub const BOOT_IDT_START: u64 = 0x520;
+/// PVH `hvm_start_info` and its memory map follow it.
+pub const PVH_INFO_START: u64 = 0x6000;
+pub const PVH_MEMMAP_START: u64 = PVH_INFO_START + 0x40;
+/// The Linux zero page (`boot_params`).
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Top of the boot stack (grows down from here).
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// PML4, PDPT, then four page directories identity-mapping the first 4 GiB.
+pub const PML4_START: u64 = 0x9000;
+pub const PDPT_START: u64 = 0xa000;
+pub const PD_START: u64 = 0xb000;
+/// Kernel command line, up to [`CMDLINE_MAX_SIZE`] bytes.
+pub const CMDLINE_START: u64 = 0x2_0000;
+pub const CMDLINE_MAX_SIZE: usize = 0x1_0000;
+
+pub const EBDA_START: u64 = 0x9_fc00;
+pub const LEGACY_HOLE_START: u64 = 0xa_0000;
+/// MP floating pointer and configuration table.
+pub const MPTABLE_START: u64 = 0xf_0000;
+/// Kernels and the PVH entry are loaded at or above 1 MiB.
+pub const HIMEM_START: u64 = MIB;
+
+/// RAM below 4 GiB ends here; the rest of the 32-bit space is for devices.
+pub const RAM_LOW_END: u64 = 3 * GIB;
+pub const PCI_MMIO_START: u64 = 0xc000_0000;
+pub const PCI_MMIO_SIZE: u64 = 256 * MIB;
+pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
+pub const VIRTIO_MMIO_SIZE: u64 = 16 * MIB;
+pub const PLATFORM_MMIO_START: u64 = 0xd100_0000;
+pub const PLATFORM_MMIO_SIZE: u64 = 16 * MIB;
+/// Each MMIO device gets one 4 KiB window.
+pub const MMIO_WINDOW_SIZE: u64 = 4 * KIB;
+pub const PCIE_ECAM_START: u64 = 0xe000_0000;
+pub const PCIE_ECAM_SIZE: u64 = 256 * MIB;
+pub const IOAPIC_START: u64 = 0xfec0_0000;
+pub const APIC_START: u64 = 0xfee0_0000;
+pub const KVM_PRIVATE_START: u64 = 0xfffb_c000;
+pub const KVM_PRIVATE_SIZE: u64 = 0x4000;
+pub const HIGH_RAM_START: u64 = 4 * GIB;
+
+/// Smallest guest RAM the boot structures and a kernel at 1 MiB fit in.
+pub const MIN_RAM: u64 = 2 * MIB;
+
+/// MMIO window of the `n`th platform device (MMIO console = 0).
+pub const fn platform_mmio_window(n: u64) -> u64 {
+    PLATFORM_MMIO_START + n * MMIO_WINDOW_SIZE
+}
+
+/// MMIO window of the `n`th virtio-mmio device.
+pub const fn virtio_mmio_window(n: u64) -> u64 {
+    VIRTIO_MMIO_START + n * MMIO_WINDOW_SIZE
+}
+
+/// What a range of the guest-physical space is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionKind {
+    /// Guest RAM, reported as usable to the guest.
+    Ram,
+    /// Backed by RAM but reserved from the guest's allocator (EBDA, BIOS area).
+    Reserved,
+    /// Not RAM: device windows, the legacy hole.
+    Mmio,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub name: &'static str,
+    pub start: u64,
+    pub size: u64,
+    pub kind: RegionKind,
+}
+
+impl Region {
+    pub fn end(&self) -> u64 {
+        self.start + self.size
+    }
+}
+
+/// The host-memory ranges that back guest RAM: `[0, min(ram, RAM_LOW_END))` and, if RAM is
+/// bigger, the rest from 4 GiB. The legacy hole and EBDA sit inside the first range (backed
+/// but not reported as RAM), as on a PC.
+pub fn ram_ranges(ram_size: u64) -> Vec<(u64, u64)> {
+    let low = ram_size.min(RAM_LOW_END);
+    let mut v = vec![(0, low)];
+    if ram_size > low {
+        v.push((HIGH_RAM_START, ram_size - low));
+    }
+    v
+}
+
+/// The whole map for `ram_size` bytes of RAM, sorted by address.
+pub fn memory_map(ram_size: u64) -> Vec<Region> {
+    let low = ram_size.min(RAM_LOW_END);
+    let r = |name, start, end: u64, kind| Region {
+        name,
+        start,
+        size: end - start,
+        kind,
+    };
+    let mut v = vec![
+        r("low RAM", 0, EBDA_START, RegionKind::Ram),
+        r("EBDA", EBDA_START, LEGACY_HOLE_START, RegionKind::Reserved),
+        r("legacy hole", LEGACY_HOLE_START, MPTABLE_START, RegionKind::Mmio),
+        r("BIOS area / MP table", MPTABLE_START, HIMEM_START, RegionKind::Reserved),
+    ];
+    if low > HIMEM_START {
+        v.push(r("RAM", HIMEM_START, low, RegionKind::Ram));
+    }
+    v.extend([
+        r("PCI MMIO window", PCI_MMIO_START, PCI_MMIO_START + PCI_MMIO_SIZE, RegionKind::Mmio),
+        r("virtio-mmio", VIRTIO_MMIO_START, VIRTIO_MMIO_START + VIRTIO_MMIO_SIZE, RegionKind::Mmio),
+        r("platform MMIO", PLATFORM_MMIO_START, PLATFORM_MMIO_START + PLATFORM_MMIO_SIZE, RegionKind::Mmio),
+        r("PCIe ECAM", PCIE_ECAM_START, PCIE_ECAM_START + PCIE_ECAM_SIZE, RegionKind::Mmio),
+        r("IOAPIC", IOAPIC_START, IOAPIC_START + 4 * KIB, RegionKind::Mmio),
+        r("local APIC", APIC_START, APIC_START + 4 * KIB, RegionKind::Mmio),
+        r("KVM private", KVM_PRIVATE_START, KVM_PRIVATE_START + KVM_PRIVATE_SIZE, RegionKind::Reserved),
+    ]);
+    if ram_size > low {
+        v.push(r("high RAM", HIGH_RAM_START, HIGH_RAM_START + (ram_size - low), RegionKind::Ram));
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes() -> impl Iterator<Item = u64> {
+        let mut v = vec![MIN_RAM, 16 * MIB, 255 * MIB, 512 * MIB, GIB, RAM_LOW_END - 4096];
+        v.extend([RAM_LOW_END, RAM_LOW_END + 4096, 4 * GIB, 8 * GIB, 33 * GIB, 64 * GIB]);
+        let mut s = 16 * MIB;
+        while s <= 64 * GIB {
+            v.push(s);
+            s = s * 3 / 2;
+        }
+        v.into_iter()
+    }
+
+    #[test]
+    fn regions_never_overlap_and_ram_adds_up() {
+        for ram in sizes() {
+            let map = memory_map(ram);
+            for w in map.windows(2) {
+                assert!(w[0].end() <= w[1].start, "{ram:#x}: {:?} overlaps {:?}", w[0], w[1]);
+            }
+            // Every byte of RAM is backed, and everything reported RAM or reserved is backed.
+            let backed = ram_ranges(ram);
+            let total: u64 = backed.iter().map(|r| r.1).sum();
+            assert_eq!(total, ram);
+            for reg in map.iter().filter(|r| r.kind != RegionKind::Mmio && r.name != "KVM private") {
+                assert!(
+                    backed.iter().any(|&(s, l)| reg.start >= s && reg.end() <= s + l),
+                    "{ram:#x}: {reg:?} is not backed by RAM"
+                );
+            }
+            // No device window is backed by RAM.
+            for reg in map.iter().filter(|r| r.start >= RAM_LOW_END && r.start < HIGH_RAM_START) {
+                assert!(backed.iter().all(|&(s, l)| reg.end() <= s || reg.start >= s + l));
+            }
+        }
+    }
+
+    #[test]
+    fn kvm_private_region_matches_the_backend() {
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            hypervisor::kvm::KVM_PRIVATE_REGION,
+            (KVM_PRIVATE_START, KVM_PRIVATE_SIZE)
+        );
+    }
+
+    #[test]
+    fn boot_structures_fit_in_low_ram() {
+        assert!(PD_START + 4 * 4096 <= CMDLINE_START);
+        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+        assert!(ZERO_PAGE_START + 4096 <= BOOT_STACK_POINTER - 0x800);
+        assert!(PVH_MEMMAP_START + 16 * 24 <= ZERO_PAGE_START);
+    }
+}

@@ -1,0 +1,25 @@
+//! Emulated devices and the buses that route guest port and MMIO accesses to them.
+//!
+//! A device implements [`BusDevice`] and never learns which hypervisor runs the guest: it gets
+//! an offset into its own window and raises interrupts through [`hypervisor::IrqLine`].
+
+pub mod bus;
+pub mod debug_exit;
+pub mod i8042;
+pub mod serial;
+
+pub use bus::{Bus, BusDevice, BusError};
+
+/// Why a device asks the VM to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The guest reset the machine (i8042 reset line, triple fault).
+    Reset,
+    /// The guest wrote its exit status to the debug-exit port.
+    DebugExit(u8),
+}
+
+/// Lets a device end the VM. Implemented by the VMM core.
+pub trait VmControl: Send + Sync {
+    fn request_stop(&self, reason: StopReason);
+}

@@ -1,0 +1,222 @@
+//! The KVM backend (Linux), on `kvm-ioctls`.
+//!
+//! The only place in the project that issues KVM ioctls. A VM gets an in-kernel irqchip and
+//! PIT, interrupt lines are irqfds, and a vCPU is kicked out of `KVM_RUN` by a real-time signal
+//! whose handler sets `immediate_exit` (so a kick that lands just before entry is not lost).
+
+mod vcpu;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{FromRawFd, RawFd};
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, VmFd};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::{os_err, Error, HypervisorInfo, IrqLine, Result};
+pub use vcpu::KvmVcpu;
+
+pub const KVM_PATH: &str = "/dev/kvm";
+const KVM_API_VERSION: i32 = 12;
+
+/// Guest-physical range KVM needs for its own use on Intel hosts without unrestricted guest
+/// support: a 3-page TSS (at the start) and one identity-map page table page after it.
+/// The memory map reserves exactly this range.
+pub const KVM_PRIVATE_REGION: (u64, u64) = (0xfffb_c000, 0x4000);
+
+/// `/dev/kvm`.
+pub struct Kvm {
+    kvm: kvm_ioctls::Kvm,
+}
+
+impl Kvm {
+    /// Opens `/dev/kvm`, with an error that says why it could not be used.
+    pub fn open() -> Result<Self> {
+        let open_err = |source| Error::Open {
+            path: KVM_PATH.into(),
+            source,
+        };
+        // Open it ourselves first so the error carries the real errno (ENOENT, EACCES).
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open(KVM_PATH)
+            .map_err(open_err)?;
+        let fd: RawFd = std::os::fd::IntoRawFd::into_raw_fd(file);
+        // SAFETY: `fd` is an open /dev/kvm descriptor whose ownership moves into `Kvm`.
+        let kvm = unsafe { kvm_ioctls::Kvm::from_raw_fd(fd) };
+        let found = kvm.get_api_version();
+        if found != KVM_API_VERSION {
+            return Err(Error::ApiVersion {
+                path: KVM_PATH.into(),
+                found,
+                expected: KVM_API_VERSION,
+            });
+        }
+        for (cap, name) in REQUIRED_CAPS {
+            if !kvm.check_extension(*cap) {
+                return Err(Error::MissingCapability(name));
+            }
+        }
+        Ok(Kvm { kvm })
+    }
+}
+
+const REQUIRED_CAPS: &[(Cap, &str)] = &[
+    (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+    (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+    (Cap::Irqfd, "KVM_CAP_IRQFD"),
+    (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+    #[cfg(target_arch = "x86_64")]
+    (Cap::Pit2, "KVM_CAP_PIT2"),
+    #[cfg(target_arch = "x86_64")]
+    (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+];
+
+const REPORTED_CAPS: &[(Cap, &str)] = &[
+    (Cap::Ioeventfd, "ioeventfd"),
+    (Cap::IrqRouting, "irq-routing"),
+    (Cap::SetTssAddr, "set-tss-addr"),
+    (Cap::TscDeadlineTimer, "tsc-deadline-timer"),
+    (Cap::SplitIrqchip, "split-irqchip"),
+    (Cap::X2ApicApi, "x2apic-api"),
+    (Cap::MpState, "mp-state"),
+];
+
+impl crate::Hypervisor for Kvm {
+    type Vm = KvmVm;
+
+    fn info(&self) -> HypervisorInfo {
+        let capabilities = REQUIRED_CAPS
+            .iter()
+            .chain(REPORTED_CAPS)
+            .map(|(cap, name)| {
+                let short = name.trim_start_matches("KVM_CAP_");
+                (short_name(short), self.kvm.check_extension(*cap))
+            })
+            .collect();
+        HypervisorInfo {
+            name: "KVM",
+            api_version: self.kvm.get_api_version(),
+            max_vcpus: self.kvm.get_max_vcpus() as u32,
+            capabilities,
+        }
+    }
+
+    fn create_vm(&self) -> Result<KvmVm> {
+        let vm = self.kvm.create_vm().map_err(os_err("KVM_CREATE_VM"))?;
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (base, _) = KVM_PRIVATE_REGION;
+            vm.set_identity_map_address(base)
+                .map_err(os_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+            vm.set_tss_address(base as usize + 0x1000)
+                .map_err(os_err("KVM_SET_TSS_ADDR"))?;
+        }
+        Ok(KvmVm {
+            vm,
+            #[cfg(target_arch = "x86_64")]
+            cpuid: self
+                .kvm
+                .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+                .map_err(os_err("KVM_GET_SUPPORTED_CPUID"))?,
+        })
+    }
+}
+
+/// Lower-case, dash-separated capability names for `vibe-vmm info`.
+fn short_name(name: &'static str) -> &'static str {
+    match name {
+        "USER_MEMORY" => "user-memory",
+        "IRQCHIP" => "irqchip",
+        "IRQFD" => "irqfd",
+        "IMMEDIATE_EXIT" => "immediate-exit",
+        "PIT2" => "pit2",
+        "EXT_CPUID" => "ext-cpuid",
+        other => other,
+    }
+}
+
+/// A KVM virtual machine.
+pub struct KvmVm {
+    vm: VmFd,
+    #[cfg(target_arch = "x86_64")]
+    cpuid: kvm_bindings::CpuId,
+}
+
+/// An irqfd: writing the eventfd pulses the GSI in the in-kernel irqchip.
+struct KvmIrqLine(EventFd);
+
+impl IrqLine for KvmIrqLine {
+    fn trigger(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+impl crate::Vm for KvmVm {
+    type Vcpu = KvmVcpu;
+
+    unsafe fn map_memory(&self, slot: u32, gpa: u64, size: u64, hva: u64) -> Result<()> {
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: hva,
+        };
+        // SAFETY: the caller guarantees the host range outlives the VM.
+        unsafe { self.vm.set_user_memory_region(region) }.map_err(|e| Error::MapMemory {
+            gpa,
+            size,
+            hva,
+            source: e.into(),
+        })
+    }
+
+    fn create_irqchip(&self) -> Result<()> {
+        self.vm
+            .create_irq_chip()
+            .map_err(os_err("KVM_CREATE_IRQCHIP"))?;
+        #[cfg(target_arch = "x86_64")]
+        {
+            let pit = kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            self.vm.create_pit2(pit).map_err(os_err("KVM_CREATE_PIT2"))?;
+        }
+        Ok(())
+    }
+
+    fn irq_line(&self, gsi: u32) -> Result<Box<dyn IrqLine>> {
+        let evt = EventFd::new(EFD_NONBLOCK).map_err(os_err("eventfd"))?;
+        self.vm
+            .register_irqfd(&evt, gsi)
+            .map_err(os_err("KVM_IRQFD"))?;
+        Ok(Box::new(KvmIrqLine(evt)))
+    }
+
+    fn create_vcpu(&self, id: u32) -> Result<KvmVcpu> {
+        let fd = self
+            .vm
+            .create_vcpu(u64::from(id))
+            .map_err(|e| Error::CreateVcpu {
+                id,
+                source: e.into(),
+            })?;
+        Ok(KvmVcpu::new(fd))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn supported_cpuid(&self) -> Result<Vec<crate::x86_64::CpuidEntry>> {
+        Ok(self
+            .cpuid
+            .as_slice()
+            .iter()
+            .map(x86_64::cpuid_from_kvm)
+            .collect())
+    }
+}

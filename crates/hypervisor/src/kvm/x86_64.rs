@@ -1,0 +1,236 @@
+//! Conversions between the neutral x86_64 register types and KVM's, and the x86 vCPU set-up
+//! ioctls.
+
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_dtable, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs,
+};
+
+use super::KvmVcpu;
+use crate::x86_64::{CpuidEntry, DescriptorTable, MsrEntry, Regs, Segment, SpecialRegs};
+use crate::{os_err, Error, Result};
+
+pub(super) fn cpuid_from_kvm(e: &kvm_cpuid_entry2) -> CpuidEntry {
+    CpuidEntry {
+        function: e.function,
+        index: e.index,
+        flags: e.flags,
+        eax: e.eax,
+        ebx: e.ebx,
+        ecx: e.ecx,
+        edx: e.edx,
+    }
+}
+
+fn seg_to_kvm(s: &Segment) -> kvm_segment {
+    kvm_segment {
+        base: s.base,
+        limit: s.limit,
+        selector: s.selector,
+        type_: s.type_,
+        present: s.present,
+        dpl: s.dpl,
+        db: s.db,
+        s: s.s,
+        l: s.l,
+        g: s.g,
+        avl: s.avl,
+        unusable: s.unusable,
+        padding: 0,
+    }
+}
+
+fn seg_from_kvm(s: &kvm_segment) -> Segment {
+    Segment {
+        base: s.base,
+        limit: s.limit,
+        selector: s.selector,
+        type_: s.type_,
+        present: s.present,
+        dpl: s.dpl,
+        db: s.db,
+        s: s.s,
+        l: s.l,
+        g: s.g,
+        avl: s.avl,
+        unusable: s.unusable,
+    }
+}
+
+fn dt_to_kvm(d: &DescriptorTable) -> kvm_dtable {
+    kvm_dtable {
+        base: d.base,
+        limit: d.limit,
+        ..Default::default()
+    }
+}
+
+pub(super) fn set_regs(v: &KvmVcpu, r: &Regs) -> Result<()> {
+    let k = kvm_regs {
+        rax: r.rax,
+        rbx: r.rbx,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        rsp: r.rsp,
+        rbp: r.rbp,
+        r8: r.r8,
+        r9: r.r9,
+        r10: r.r10,
+        r11: r.r11,
+        r12: r.r12,
+        r13: r.r13,
+        r14: r.r14,
+        r15: r.r15,
+        rip: r.rip,
+        rflags: r.rflags,
+    };
+    v.fd.set_regs(&k).map_err(os_err("KVM_SET_REGS"))
+}
+
+pub(super) fn regs(v: &KvmVcpu) -> Result<Regs> {
+    let k = v.fd.get_regs().map_err(os_err("KVM_GET_REGS"))?;
+    Ok(Regs {
+        rax: k.rax,
+        rbx: k.rbx,
+        rcx: k.rcx,
+        rdx: k.rdx,
+        rsi: k.rsi,
+        rdi: k.rdi,
+        rsp: k.rsp,
+        rbp: k.rbp,
+        r8: k.r8,
+        r9: k.r9,
+        r10: k.r10,
+        r11: k.r11,
+        r12: k.r12,
+        r13: k.r13,
+        r14: k.r14,
+        r15: k.r15,
+        rip: k.rip,
+        rflags: k.rflags,
+    })
+}
+
+pub(super) fn set_special_regs(v: &KvmVcpu, s: &SpecialRegs) -> Result<()> {
+    // Start from the current state so fields we do not model (the interrupt bitmap) stay valid.
+    let mut k = v.fd.get_sregs().map_err(os_err("KVM_GET_SREGS"))?;
+    k.cs = seg_to_kvm(&s.cs);
+    k.ds = seg_to_kvm(&s.ds);
+    k.es = seg_to_kvm(&s.es);
+    k.fs = seg_to_kvm(&s.fs);
+    k.gs = seg_to_kvm(&s.gs);
+    k.ss = seg_to_kvm(&s.ss);
+    k.tr = seg_to_kvm(&s.tr);
+    k.ldt = seg_to_kvm(&s.ldt);
+    k.gdt = dt_to_kvm(&s.gdt);
+    k.idt = dt_to_kvm(&s.idt);
+    k.cr0 = s.cr0;
+    k.cr2 = s.cr2;
+    k.cr3 = s.cr3;
+    k.cr4 = s.cr4;
+    k.cr8 = s.cr8;
+    k.efer = s.efer;
+    k.apic_base = s.apic_base;
+    v.fd.set_sregs(&k).map_err(os_err("KVM_SET_SREGS"))
+}
+
+pub(super) fn special_regs(v: &KvmVcpu) -> Result<SpecialRegs> {
+    let k = v.fd.get_sregs().map_err(os_err("KVM_GET_SREGS"))?;
+    Ok(SpecialRegs {
+        cs: seg_from_kvm(&k.cs),
+        ds: seg_from_kvm(&k.ds),
+        es: seg_from_kvm(&k.es),
+        fs: seg_from_kvm(&k.fs),
+        gs: seg_from_kvm(&k.gs),
+        ss: seg_from_kvm(&k.ss),
+        tr: seg_from_kvm(&k.tr),
+        ldt: seg_from_kvm(&k.ldt),
+        gdt: DescriptorTable {
+            base: k.gdt.base,
+            limit: k.gdt.limit,
+        },
+        idt: DescriptorTable {
+            base: k.idt.base,
+            limit: k.idt.limit,
+        },
+        cr0: k.cr0,
+        cr2: k.cr2,
+        cr3: k.cr3,
+        cr4: k.cr4,
+        cr8: k.cr8,
+        efer: k.efer,
+        apic_base: k.apic_base,
+    })
+}
+
+pub(super) fn set_cpuid(v: &KvmVcpu, entries: &[CpuidEntry]) -> Result<()> {
+    let kvm: Vec<kvm_cpuid_entry2> = entries
+        .iter()
+        .map(|e| kvm_cpuid_entry2 {
+            function: e.function,
+            index: e.index,
+            flags: e.flags,
+            eax: e.eax,
+            ebx: e.ebx,
+            ecx: e.ecx,
+            edx: e.edx,
+            ..Default::default()
+        })
+        .collect();
+    let cpuid = CpuId::from_entries(&kvm).map_err(|_| Error::Os {
+        op: "KVM_SET_CPUID2",
+        source: std::io::Error::other(format!("{} CPUID entries is too many", entries.len())),
+    })?;
+    v.fd.set_cpuid2(&cpuid).map_err(os_err("KVM_SET_CPUID2"))
+}
+
+pub(super) fn set_msrs(v: &KvmVcpu, msrs: &[MsrEntry]) -> Result<()> {
+    let kvm: Vec<kvm_msr_entry> = msrs
+        .iter()
+        .map(|m| kvm_msr_entry {
+            index: m.index,
+            data: m.data,
+            ..Default::default()
+        })
+        .collect();
+    let list = Msrs::from_entries(&kvm).map_err(|_| Error::Os {
+        op: "KVM_SET_MSRS",
+        source: std::io::Error::other(format!("{} MSRs is too many", msrs.len())),
+    })?;
+    let written = v.fd.set_msrs(&list).map_err(os_err("KVM_SET_MSRS"))?;
+    if written != msrs.len() {
+        let msr = msrs[written].index;
+        return Err(Error::Os {
+            op: "KVM_SET_MSRS",
+            source: std::io::Error::other(format!("KVM refused MSR {msr:#x}")),
+        });
+    }
+    Ok(())
+}
+
+pub(super) fn reset_fpu(v: &KvmVcpu) -> Result<()> {
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
+    v.fd.set_fpu(&fpu).map_err(os_err("KVM_SET_FPU"))
+}
+
+pub(super) fn setup_lapic_lints(v: &KvmVcpu) -> Result<()> {
+    const LVT_LINT0: usize = 0x350;
+    const LVT_LINT1: usize = 0x360;
+    const DM_EXTINT: u32 = 7;
+    const DM_NMI: u32 = 4;
+    let mut lapic = v.fd.get_lapic().map_err(os_err("KVM_GET_LAPIC"))?;
+    for (offset, mode) in [(LVT_LINT0, DM_EXTINT), (LVT_LINT1, DM_NMI)] {
+        let reg = &mut lapic.regs[offset..offset + 4];
+        let mut val = u32::from_le_bytes([reg[0] as u8, reg[1] as u8, reg[2] as u8, reg[3] as u8]);
+        val = (val & !0x700) | (mode << 8);
+        for (i, b) in val.to_le_bytes().iter().enumerate() {
+            reg[i] = *b as _;
+        }
+    }
+    v.fd.set_lapic(&lapic).map_err(os_err("KVM_SET_LAPIC"))
+}

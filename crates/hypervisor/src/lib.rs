@@ -1,0 +1,172 @@
+//! The hypervisor contract: what the VMM core asks of KVM or Hypervisor.framework.
+//!
+//! Three traits, top to bottom: a [`Hypervisor`] creates a [`Vm`], a [`Vm`] owns guest memory
+//! slots, interrupt lines and hands out [`Vcpu`]s, and a [`Vcpu`] runs until the guest needs the
+//! VMM, returning a [`VmExit`]. The answer to an exit (the value of a port or MMIO read) travels
+//! in with the next call as a [`VmEntry`]; this keeps the read-completion protocol the same for
+//! every backend.
+//!
+//! How each backend fits:
+//! - **KVM** (implemented, [`kvm`]): the kernel decodes MMIO instructions and reports address,
+//!   size and data; an in-kernel LAPIC/IOAPIC/PIT delivers interrupts; reads are completed by
+//!   writing into the shared `kvm_run` page before the next `KVM_RUN`.
+//! - **HVF x86_64** (planned): an EPT violation carries only a guest-physical address, so the
+//!   backend fetches and decodes the instruction itself and turns it into the same
+//!   [`VmExit::MmioRead`]/[`VmExit::MmioWrite`]; on the next entry it writes the destination
+//!   register and advances RIP. Interrupt controllers then live in userspace.
+//! - **HVF arm64** (planned): a data abort's syndrome (ESR) gives size, direction and register;
+//!   the backend maps it to the same MMIO exits and writes the register on the next entry.
+//!
+//! The core never names a backend type: it is generic over these traits, and the backend is
+//! chosen by `cfg(target_os)` in exactly one place ([`default_hypervisor`]).
+
+pub mod exit;
+#[cfg(target_os = "linux")]
+pub mod kvm;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
+
+use std::io;
+
+pub use exit::{VmEntry, VmExit};
+
+/// Everything that can go wrong talking to the hypervisor.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open {path}: {source} (is the kvm module loaded, and may this user open it?)")]
+    Open { path: String, source: io::Error },
+    #[error("{path} speaks API version {found}, this VMM needs {expected}")]
+    ApiVersion {
+        path: String,
+        found: i32,
+        expected: i32,
+    },
+    #[error("the hypervisor lacks a required capability: {0}")]
+    MissingCapability(&'static str),
+    #[error("{op} failed: {source}")]
+    Os {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to map hva {hva:#x} to gpa {gpa:#x}, size {size:#x}: {source}")]
+    MapMemory {
+        gpa: u64,
+        size: u64,
+        hva: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to create vcpu {id}: {source}")]
+    CreateVcpu {
+        id: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no hypervisor backend for this platform")]
+    Unsupported,
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Wraps an OS error from the call named `op`.
+pub(crate) fn os_err<E: Into<io::Error>>(op: &'static str) -> impl FnOnce(E) -> Error {
+    move |e| Error::Os {
+        op,
+        source: e.into(),
+    }
+}
+
+/// What `vibe-vmm info` prints about the hypervisor.
+#[derive(Debug, Clone)]
+pub struct HypervisorInfo {
+    pub name: &'static str,
+    pub api_version: i32,
+    /// Largest vCPU count one VM may have.
+    pub max_vcpus: u32,
+    /// Capabilities the VMM uses, with whether the host has them.
+    pub capabilities: Vec<(&'static str, bool)>,
+}
+
+/// A hypervisor: the entry point of a backend.
+pub trait Hypervisor: Send + Sync {
+    type Vm: Vm;
+
+    fn info(&self) -> HypervisorInfo;
+    fn create_vm(&self) -> Result<Self::Vm>;
+}
+
+/// An edge-triggered interrupt line into the guest (a GSI on x86).
+///
+/// On KVM this is an eventfd bound to the in-kernel IOAPIC by irqfd, so device threads raise
+/// interrupts without a trip through any vCPU thread.
+pub trait IrqLine: Send + Sync {
+    fn trigger(&self) -> io::Result<()>;
+}
+
+/// Stops a running vCPU from any thread: its `run` returns [`VmExit::Interrupted`] promptly,
+/// whether it was inside the guest or about to enter it.
+pub trait VcpuKicker: Send + Sync {
+    fn kick(&self);
+}
+
+/// A virtual machine: its memory slots, interrupt controllers and vCPUs.
+pub trait Vm: Send + Sync {
+    type Vcpu: Vcpu;
+
+    /// Maps `size` bytes of host memory at `hva` into the guest at `gpa`.
+    ///
+    /// # Safety
+    /// The host range must stay mapped and valid for as long as this VM exists.
+    unsafe fn map_memory(&self, slot: u32, gpa: u64, size: u64, hva: u64) -> Result<()>;
+
+    /// Creates the platform's interrupt controllers (x86: LAPICs, IOAPIC, PIC, PIT).
+    /// Must be called before any vCPU is created.
+    fn create_irqchip(&self) -> Result<()>;
+
+    /// An interrupt line for `gsi`.
+    fn irq_line(&self, gsi: u32) -> Result<Box<dyn IrqLine>>;
+
+    fn create_vcpu(&self, id: u32) -> Result<Self::Vcpu>;
+
+    /// The CPUID leaves the hypervisor can present to a guest.
+    #[cfg(target_arch = "x86_64")]
+    fn supported_cpuid(&self) -> Result<Vec<x86_64::CpuidEntry>>;
+}
+
+/// One virtual CPU. Its methods are called only from the thread that runs it.
+pub trait Vcpu: Send {
+    /// Enters the guest, completing the previous exit with `entry`, and runs until the next exit.
+    fn run(&mut self, entry: VmEntry) -> Result<VmExit>;
+
+    /// Prepares the calling thread to run this vCPU and returns a handle that can interrupt it.
+    /// Call once, on the vCPU's own thread, before the first `run`.
+    fn kicker(&mut self) -> Result<Box<dyn VcpuKicker>>;
+
+    #[cfg(target_arch = "x86_64")]
+    fn set_regs(&self, regs: &x86_64::Regs) -> Result<()>;
+    #[cfg(target_arch = "x86_64")]
+    fn regs(&self) -> Result<x86_64::Regs>;
+    #[cfg(target_arch = "x86_64")]
+    fn set_special_regs(&self, sregs: &x86_64::SpecialRegs) -> Result<()>;
+    #[cfg(target_arch = "x86_64")]
+    fn special_regs(&self) -> Result<x86_64::SpecialRegs>;
+    #[cfg(target_arch = "x86_64")]
+    fn set_cpuid(&self, entries: &[x86_64::CpuidEntry]) -> Result<()>;
+    #[cfg(target_arch = "x86_64")]
+    fn set_msrs(&self, msrs: &[x86_64::MsrEntry]) -> Result<()>;
+    /// Sets the FPU to its power-on state (x87 control word, MXCSR).
+    #[cfg(target_arch = "x86_64")]
+    fn reset_fpu(&self) -> Result<()>;
+    /// Wires LINT0 as ExtINT and LINT1 as NMI, as firmware does for the boot protocol.
+    #[cfg(target_arch = "x86_64")]
+    fn setup_lapic_lints(&self) -> Result<()>;
+    /// Translates a guest virtual address with the vCPU's current page tables.
+    fn translate_gva(&self, gva: u64) -> Result<Option<u64>>;
+}
+
+/// The backend for this host.
+#[cfg(target_os = "linux")]
+pub fn default_hypervisor() -> Result<kvm::Kvm> {
+    kvm::Kvm::open()
+}

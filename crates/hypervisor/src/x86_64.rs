@@ -1,0 +1,92 @@
+//! Backend-neutral x86_64 register state: what `arch` computes and a backend loads.
+
+/// General-purpose registers, RIP and RFLAGS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Regs {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rsp: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rip: u64,
+    pub rflags: u64,
+}
+
+/// A segment register with its hidden descriptor cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Segment {
+    pub base: u64,
+    pub limit: u32,
+    pub selector: u16,
+    pub type_: u8,
+    pub present: u8,
+    pub dpl: u8,
+    /// Default operand size (1 = 32-bit).
+    pub db: u8,
+    /// 1 for code/data, 0 for system segments.
+    pub s: u8,
+    /// Long mode code segment.
+    pub l: u8,
+    /// Granularity (limit in 4 KiB units).
+    pub g: u8,
+    pub avl: u8,
+    pub unusable: u8,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DescriptorTable {
+    pub base: u64,
+    pub limit: u16,
+}
+
+/// Segment, control and descriptor-table registers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpecialRegs {
+    pub cs: Segment,
+    pub ds: Segment,
+    pub es: Segment,
+    pub fs: Segment,
+    pub gs: Segment,
+    pub ss: Segment,
+    pub tr: Segment,
+    pub ldt: Segment,
+    pub gdt: DescriptorTable,
+    pub idt: DescriptorTable,
+    pub cr0: u64,
+    pub cr2: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub cr8: u64,
+    pub efer: u64,
+    pub apic_base: u64,
+}
+
+/// One CPUID leaf (and sub-leaf) as presented to the guest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuidEntry {
+    pub function: u32,
+    pub index: u32,
+    /// Backend flags, e.g. KVM's "index is significant".
+    pub flags: u32,
+    pub eax: u32,
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MsrEntry {
+    pub index: u32,
+    pub data: u64,
+}

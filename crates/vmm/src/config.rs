@@ -1,0 +1,50 @@
+//! What to build: everything the CLI (or a test) decides about a VM.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+#[cfg(target_arch = "x86_64")]
+use arch::x86_64::cpuid::Feature;
+
+/// The kernel to boot: a file, or an image already in memory (the built-in demo guest).
+pub enum KernelImage {
+    Path(PathBuf),
+    Bytes(&'static [u8]),
+}
+
+/// Where the serial console's output goes.
+pub enum SerialOutput {
+    Stdout,
+    File(PathBuf),
+    Writer(Box<dyn Write + Send>),
+    None,
+}
+
+pub struct VmConfig {
+    pub kernel: KernelImage,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    pub cpus: u32,
+    pub serial: SerialOutput,
+    /// CPUID features hidden from the guest.
+    #[cfg(target_arch = "x86_64")]
+    pub cpuid_hide: Vec<Feature>,
+}
+
+impl VmConfig {
+    /// A config with defaults for everything but the kernel.
+    pub fn new(kernel: KernelImage) -> Self {
+        VmConfig {
+            kernel,
+            initrd: None,
+            cmdline: String::new(),
+            memory: 512 << 20,
+            cpus: 1,
+            serial: SerialOutput::Stdout,
+            #[cfg(target_arch = "x86_64")]
+            cpuid_hide: Vec::new(),
+        }
+    }
+}

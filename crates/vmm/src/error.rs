@@ -1,0 +1,63 @@
+//! Errors from building and running a VM, each naming what failed and with which values.
+
+use std::io;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Hypervisor(#[from] hypervisor::Error),
+    #[error("guest memory of {size} bytes is too small (at least {min} bytes are needed)")]
+    MemoryTooSmall { size: u64, min: u64 },
+    #[error("guest memory of {size} bytes is more than this host has ({host} bytes)")]
+    MemoryTooBig { size: u64, host: u64 },
+    #[error("cannot allocate {size} bytes of guest memory: {reason}")]
+    AllocateMemory { size: u64, reason: String },
+    #[error("{cpus} vCPUs requested; this hypervisor allows 1 to {max}")]
+    BadCpuCount { cpus: u32, max: u32 },
+    #[error("cannot read {what} {path}: {source}")]
+    ReadFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is empty")]
+    EmptyFile { path: PathBuf },
+    #[error("{what} is not a kernel vibe-vmm can boot (neither an x86_64 ELF nor a bzImage)")]
+    NotAKernel { what: String },
+    #[error("kernel {what} does not fit in {memory} bytes of guest memory: {detail}")]
+    KernelTooBig {
+        what: String,
+        memory: u64,
+        detail: String,
+    },
+    #[error("bad kernel {what}: {detail}")]
+    BadKernel { what: String, detail: String },
+    #[error(transparent)]
+    Boot(#[from] arch::x86_64::Error),
+    #[error("cannot open serial output {path}: {source}")]
+    SerialFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("device at {base:#x}: {source}")]
+    Bus {
+        base: u64,
+        #[source]
+        source: devices::BusError,
+    },
+    #[error("cannot start vCPU thread: {0}")]
+    SpawnThread(#[source] io::Error),
+    #[error("{op} failed: {source}")]
+    Os {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the VM was already started")]
+    AlreadyStarted,
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,23 @@
+//! The VMM core: builds a VM from a [`VmConfig`], runs one thread per vCPU, dispatches their
+//! exits to the device buses, and reports how the guest ended ([`Outcome`]).
+//!
+//! It is generic over the [`hypervisor`] traits and never names a backend.
+//!
+//! ```text
+//! VmConfig ──> Vm::new: memory ─ irqchip ─ devices ─ kernel + boot structures
+//!              Vm::start: one thread per vCPU ──> run ─> exit ─> bus ─> device
+//!              Vm::wait:  first stop request wins ─> kick every vCPU ─> join ─> Outcome
+//! ```
+
+mod boot;
+pub mod config;
+mod error;
+pub mod memory;
+mod state;
+mod vcpu;
+mod vm;
+
+pub use config::{KernelImage, SerialOutput, VmConfig};
+pub use error::{Error, Result};
+pub use state::{Outcome, StopHandle};
+pub use vm::{Vm, MAX_VCPUS};

@@ -1,0 +1,183 @@
+//! Run state shared by a VM's threads: the stop request (first one wins and becomes the
+//! [`Outcome`]), pause/resume, and the kickers that pull vCPUs out of the guest.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use devices::{StopReason, VmControl};
+use hypervisor::VcpuKicker;
+use vmm_sys_util::eventfd::EventFd;
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest wrote this status to the debug-exit port.
+    DebugExit(u8),
+    /// The guest reset the machine (i8042 or a reset request); vibe-vmm does not reboot.
+    Reset,
+    /// The guest powered the machine off.
+    PowerOff,
+    /// The guest cannot go on: triple fault, an instruction the hypervisor could not run, ...
+    Crash { vcpu: u32, reason: String },
+    /// The host stopped the VM (a signal, the user's escape key, the VM being dropped).
+    Stopped(String),
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::DebugExit(c) => write!(f, "guest exited with status {c} (debug-exit port)"),
+            Outcome::Reset => write!(f, "guest reset the machine"),
+            Outcome::PowerOff => write!(f, "guest powered off"),
+            Outcome::Crash { vcpu, reason } => write!(f, "guest crashed on vCPU {vcpu}: {reason}"),
+            Outcome::Stopped(why) => write!(f, "VM stopped: {why}"),
+        }
+    }
+}
+
+pub(crate) struct VmState {
+    stopping: AtomicBool,
+    outcome: Mutex<Option<Outcome>>,
+    kickers: Mutex<Vec<Box<dyn VcpuKicker>>>,
+    /// True while the VM should be paused; vCPUs count themselves in `parked`.
+    pause: Mutex<PauseState>,
+    pause_changed: Condvar,
+    paused: AtomicBool,
+    /// Written once a stop is requested; `Vm::wait` blocks on it.
+    exit_evt: EventFd,
+}
+
+#[derive(Default)]
+struct PauseState {
+    requested: bool,
+    parked: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl VmState {
+    pub(crate) fn new() -> std::io::Result<Self> {
+        Ok(VmState {
+            stopping: AtomicBool::new(false),
+            outcome: Mutex::new(None),
+            kickers: Mutex::new(Vec::new()),
+            pause: Mutex::new(PauseState::default()),
+            pause_changed: Condvar::new(),
+            paused: AtomicBool::new(false),
+            exit_evt: EventFd::new(0)?,
+        })
+    }
+
+    #[inline]
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    #[inline]
+    pub(crate) fn pause_requested(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn add_kicker(&self, k: Box<dyn VcpuKicker>) {
+        lock(&self.kickers).push(k);
+    }
+
+    /// Drops the kickers; called before joining vCPU threads so none signals a dead thread.
+    pub(crate) fn clear_kickers(&self) {
+        lock(&self.kickers).clear();
+    }
+
+    fn kick_all(&self) {
+        for k in lock(&self.kickers).iter() {
+            k.kick();
+        }
+    }
+
+    /// Ends the VM. The first request decides the outcome; later ones are ignored.
+    pub(crate) fn request_stop(&self, outcome: Outcome) {
+        {
+            let mut o = lock(&self.outcome);
+            if o.is_some() {
+                return;
+            }
+            *o = Some(outcome);
+        }
+        self.stopping.store(true, Ordering::Release);
+        self.kick_all();
+        self.pause_changed.notify_all();
+        let _ = self.exit_evt.write(1);
+    }
+
+    pub(crate) fn outcome(&self) -> Option<Outcome> {
+        lock(&self.outcome).clone()
+    }
+
+    /// Blocks until a stop is requested.
+    pub(crate) fn wait_for_stop(&self) {
+        while !self.stopping() {
+            // A failed read (EINTR) just loops.
+            let _ = self.exit_evt.read();
+        }
+    }
+
+    /// Pauses every vCPU and waits until `vcpus` of them are parked.
+    pub(crate) fn pause(&self, vcpus: usize) {
+        let mut p = lock(&self.pause);
+        p.requested = true;
+        self.paused.store(true, Ordering::Release);
+        self.kick_all();
+        while p.parked < vcpus && !self.stopping() {
+            p = self
+                .pause_changed
+                .wait(p)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    pub(crate) fn resume(&self) {
+        let mut p = lock(&self.pause);
+        p.requested = false;
+        self.paused.store(false, Ordering::Release);
+        drop(p);
+        self.pause_changed.notify_all();
+    }
+
+    /// Called by a vCPU thread that saw a pause request: waits until resumed or stopped.
+    pub(crate) fn park(&self) {
+        let mut p = lock(&self.pause);
+        p.parked += 1;
+        self.pause_changed.notify_all();
+        while p.requested && !self.stopping() {
+            p = self
+                .pause_changed
+                .wait(p)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        p.parked -= 1;
+    }
+}
+
+impl VmControl for VmState {
+    fn request_stop(&self, reason: StopReason) {
+        VmState::request_stop(
+            self,
+            match reason {
+                StopReason::Reset => Outcome::Reset,
+                StopReason::DebugExit(code) => Outcome::DebugExit(code),
+            },
+        );
+    }
+}
+
+/// Lets another thread (a signal handler thread, a console escape) end the VM.
+#[derive(Clone)]
+pub struct StopHandle(pub(crate) Arc<VmState>);
+
+impl StopHandle {
+    pub fn stop(&self, outcome: Outcome) {
+        self.0.request_stop(outcome);
+    }
+}

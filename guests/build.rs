@@ -1,0 +1,42 @@
+//! Assembles and links every guest in `asm/` with the host's GNU toolchain (`cc`, which drives
+//! `as` and `ld`). Guests are freestanding ELF images linked at 1 MiB.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// (output name, source, extra flags)
+const GUESTS: &[(&str, &str, &[&str])] = &[
+    ("demo", "demo.S", &[]),
+    ("serial_echo", "serial_echo.S", &[]),
+    ("io", "io.S", &[]),
+    ("irq", "irq.S", &[]),
+    ("smp", "smp.S", &[]),
+    ("reset", "reset.S", &[]),
+    ("triple_fault", "triple_fault.S", &[]),
+    ("bench_tiny", "bench_tiny.S", &["-DPVH"]),
+    ("bench_pio", "bench_pio.S", &["-DPVH"]),
+    ("pvh_hello", "demo.S", &["-DPVH"]),
+];
+
+fn main() {
+    let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("asm");
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    println!("cargo:rerun-if-changed=asm");
+    println!("cargo:rerun-if-env-changed=CC");
+    for (name, src, flags) in GUESTS {
+        let elf = out.join(format!("{name}.elf"));
+        let status = Command::new(&cc)
+            .args(["-nostdlib", "-static", "-no-pie", "-ffreestanding"])
+            .args(["-Wl,--build-id=none", "-Wl,-n"])
+            .arg(format!("-Wl,-T,{}", dir.join("guest.ld").display()))
+            .arg(format!("-I{}", dir.display()))
+            .args(*flags)
+            .arg(dir.join(src))
+            .arg("-o")
+            .arg(&elf)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {cc} to build guest {name}: {e} (install gcc/binutils)"));
+        assert!(status.success(), "building guest {name} from asm/{src} failed");
+    }
+}

@@ -1,0 +1,42 @@
+//! Tiny x86_64 guests, assembled from `asm/` at build time. Each proves one thing and reports
+//! through the serial port and the debug-exit port (0xf4); see `asm/common.S` for the
+//! conventions they share.
+
+macro_rules! guest {
+    ($(#[$doc:meta])* $name:ident, $file:literal) => {
+        $(#[$doc])*
+        pub const $name: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/", $file));
+    };
+}
+
+guest!(
+    /// The built-in demo: greets, reports memory, vCPUs, hypervisor and command line, exits 0.
+    DEMO, "demo.elf");
+guest!(
+    /// Prints `ready`, waits for one byte of serial input, echoes `got <byte>`, exits 0.
+    SERIAL_ECHO, "serial_echo.elf");
+guest!(
+    /// Port and MMIO round trips (1, 2, 4, 8 bytes) to the test device; exits 0 or the number
+    /// of the failed check.
+    IO, "io.elf");
+guest!(
+    /// Takes a local APIC timer interrupt in its IDT handler; exits 0 once it arrived.
+    IRQ, "irq.elf");
+guest!(
+    /// Starts vCPU 1 with INIT/SIPI and waits for it to check in; exits 0 when it did.
+    SMP, "smp.elf");
+guest!(
+    /// Resets the machine through the i8042 controller.
+    RESET, "reset.elf");
+guest!(
+    /// Faults with no IDT: a triple fault.
+    TRIPLE_FAULT, "triple_fault.elf");
+guest!(
+    /// Benchmark guest with a PVH entry (QEMU boots it too): prints a line, exits 0.
+    BENCH_TINY, "bench_tiny.elf");
+guest!(
+    /// Benchmark guest with a PVH entry: 20,000 `out`s to port 0x80, then exits 0.
+    BENCH_PIO, "bench_pio.elf");
+guest!(
+    /// The demo guest entered through its PVH note (32-bit protected mode).
+    PVH_HELLO, "pvh_hello.elf");

@@ -1,0 +1,139 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use arch::x86_64::cpuid::{parse_features, Feature};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "vibe-vmm",
+    version,
+    about = "A small, readable virtual machine monitor",
+    after_help = "With no command, boots the built-in demo guest (same as `vibe-vmm run`)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Boot a guest (the built-in demo guest when no --kernel is given).
+    Run(RunArgs),
+    /// Show the platform, the hypervisor, its API version and capabilities.
+    Info,
+}
+
+impl Default for Command {
+    fn default() -> Self {
+        Command::Run(RunArgs::parse_from(["run"]))
+    }
+}
+
+#[derive(Parser, Clone)]
+#[command(
+    after_help = "Console: with --serial stdio the terminal is put in raw mode and every key \
+                  goes to the guest, Ctrl-C included. Press Ctrl-A then x to stop the VM \
+                  (Ctrl-A Ctrl-A sends a literal Ctrl-A).\n\n\
+                  Exit status: the guest's debug-exit byte, 0 when it powers off or resets, \
+                  1 on a VMM error, 3 when the guest crashes, 128+N when stopped by signal N \
+                  (130 for Ctrl-A x)."
+)]
+pub struct RunArgs {
+    /// Kernel to boot: an x86_64 ELF (vmlinux, PVH entry used when present) or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line [default: "console=ttyS0 reboot=k panic=1" with --kernel].
+    #[arg(long, value_name = "STR")]
+    pub cmdline: Option<String>,
+    /// Guest RAM: a number with a K, M, G or T suffix; a plain number is MiB.
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
+    pub memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: u32,
+    /// Serial console (COM1): stdio, file:PATH or none.
+    #[arg(long, value_name = "WHERE", default_value = "stdio", value_parser = parse_serial)]
+    pub serial: SerialArg,
+    /// CPU features to hide from the guest's CPUID, comma-separated (e.g. cx16,xsave).
+    #[arg(long, value_name = "LIST", default_value = "", value_parser = parse_hide)]
+    pub cpuid_hide: FeatureList,
+}
+
+/// A comma-separated feature list (one argument, not a clap multi-value).
+#[derive(Clone, Debug, Default)]
+pub struct FeatureList(pub Vec<Feature>);
+
+#[derive(Clone, Debug)]
+pub enum SerialArg {
+    Stdio,
+    File(PathBuf),
+    None,
+}
+
+fn parse_serial(s: &str) -> Result<SerialArg, String> {
+    match s {
+        "stdio" => Ok(SerialArg::Stdio),
+        "none" => Ok(SerialArg::None),
+        _ => match s.strip_prefix("file:") {
+            Some(p) if !p.is_empty() => Ok(SerialArg::File(p.into())),
+            _ => Err(format!("{s:?} is not stdio, file:PATH or none")),
+        },
+    }
+}
+
+fn parse_hide(s: &str) -> Result<FeatureList, String> {
+    parse_features(s).map(FeatureList)
+}
+
+/// "512M", "2G", "65536K", "1T"; a bare number is MiB (as in QEMU).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("{s:?}: unknown size suffix {c:?} (use K, M, G or T)")),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 20),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 512M, 2G)"))?;
+    n.checked_mul(1 << shift)
+        .filter(|v| v >> shift == n)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("64"), Ok(64 << 20));
+        assert_eq!(parse_size("4096K"), Ok(4 << 20));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("-1M").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn serial() {
+        assert!(matches!(parse_serial("file:/tmp/x"), Ok(SerialArg::File(_))));
+        assert!(parse_serial("file:").is_err());
+        assert!(parse_serial("tcp").is_err());
+    }
+}

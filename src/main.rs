@@ -1,0 +1,111 @@
+//! `vibe-vmm`: the command line. Parses arguments, picks the hypervisor for this host, builds
+//! the VM, wires the console and signals, and turns how the guest ended into an exit status.
+
+mod args;
+mod console;
+mod signals;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use hypervisor::Hypervisor;
+use vmm::{KernelImage, Outcome, SerialOutput, Vm, VmConfig};
+
+use args::{Cli, Command, RunArgs, SerialArg};
+
+/// Exit status when the VMM itself fails (bad input, set-up error).
+const EXIT_VMM_ERROR: u8 = 1;
+/// Exit status when the guest crashed (triple fault, unrunnable instruction).
+const EXIT_GUEST_CRASH: u8 = 3;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or_default() {
+        Command::Run(args) => run(args),
+        Command::Info => info().map(|_| 0),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("vibe-vmm: error: {e:#}");
+            ExitCode::from(EXIT_VMM_ERROR)
+        }
+    }
+}
+
+fn info() -> anyhow::Result<()> {
+    let hv = hypervisor::default_hypervisor().context("no usable hypervisor")?;
+    let info = hv.info();
+    println!("platform:    {}-{}", std::env::consts::OS, std::env::consts::ARCH);
+    println!("hypervisor:  {}", info.name);
+    println!("api version: {}", info.api_version);
+    println!("max vCPUs:   {}", info.max_vcpus.min(vmm::MAX_VCPUS));
+    println!("capabilities:");
+    for (name, present) in info.capabilities {
+        println!("  {name:<20} {}", if present { "yes" } else { "no" });
+    }
+    Ok(())
+}
+
+fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let kernel = match &args.kernel {
+        Some(path) => KernelImage::Path(path.clone()),
+        None => KernelImage::Bytes(test_guests::DEMO),
+    };
+    let mut config = VmConfig::new(kernel);
+    config.initrd = args.initrd.clone();
+    config.cmdline = args.cmdline.clone().unwrap_or_else(|| {
+        if args.kernel.is_some() {
+            "console=ttyS0 reboot=k panic=1".into()
+        } else {
+            "demo".into()
+        }
+    });
+    config.memory = args.memory;
+    config.cpus = args.cpus;
+    config.cpuid_hide = args.cpuid_hide.0.clone();
+    config.serial = match &args.serial {
+        SerialArg::Stdio => SerialOutput::Stdout,
+        SerialArg::File(p) => SerialOutput::File(p.clone()),
+        SerialArg::None => SerialOutput::None,
+    };
+
+    // Signals are taken by one thread; block them before any other thread exists.
+    let signals = signals::SignalThread::block()?;
+    let hv = hypervisor::default_hypervisor().context("no usable hypervisor")?;
+    let mut vm = Vm::new(&hv, config).context("cannot create the VM")?;
+    let stop = vm.stop_handle();
+    let signals = signals.spawn(stop.clone())?;
+    let console = match args.serial {
+        SerialArg::Stdio => Some(console::Console::attach(vm.serial(), stop)?),
+        _ => None,
+    };
+    let outcome = vm.start().map(|_| vm.wait());
+    // Restore the terminal and stop helper threads before reporting anything.
+    drop(console);
+    let signal = signals.finish();
+    let outcome = outcome.context("cannot start the VM")?;
+    Ok(report(&outcome, signal))
+}
+
+/// Prints how the guest ended when it was not a plain exit, and picks the exit status.
+fn report(outcome: &Outcome, signal: Option<i32>) -> u8 {
+    match outcome {
+        Outcome::DebugExit(code) => *code,
+        Outcome::PowerOff => 0,
+        Outcome::Reset => {
+            eprintln!("vibe-vmm: {outcome}; stopping (reboot is not supported)");
+            0
+        }
+        Outcome::Crash { .. } => {
+            eprintln!("vibe-vmm: {outcome}");
+            EXIT_GUEST_CRASH
+        }
+        Outcome::Stopped(_) => {
+            eprintln!("vibe-vmm: {outcome}");
+            signal.map_or(130, |s| 128 + s as u8)
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! SIGINT, SIGTERM and SIGHUP end the VM cleanly: they are blocked in every thread and taken by
+//! one thread with `sigwait`, which asks the VM to stop (so vCPUs are kicked, the terminal is
+//! restored and the exit status says which signal it was).
+
+use std::io;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use vmm::{Outcome, StopHandle};
+
+/// Sent by `finish` to end the signal thread.
+const WAKE: libc::c_int = libc::SIGUSR2;
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, WAKE] {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+pub struct SignalThread;
+
+pub struct RunningSignals {
+    thread: Option<JoinHandle<()>>,
+    pthread: libc::pthread_t,
+    received: Arc<AtomicI32>,
+}
+
+impl SignalThread {
+    /// Blocks the signals in this thread (and so in every thread it starts later).
+    pub fn block() -> io::Result<Self> {
+        let set = signal_set();
+        // SAFETY: changes this thread's signal mask only.
+        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(SignalThread)
+    }
+
+    pub fn spawn(self, stop: StopHandle) -> io::Result<RunningSignals> {
+        let received = Arc::new(AtomicI32::new(0));
+        let r = received.clone();
+        let thread = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || loop {
+                let set = signal_set();
+                let mut sig = 0;
+                // SAFETY: waits for one of the blocked signals.
+                if unsafe { libc::sigwait(&set, &mut sig) } != 0 || sig == WAKE {
+                    return;
+                }
+                r.store(sig, Ordering::SeqCst);
+                stop.stop(Outcome::Stopped(format!("received signal {sig}")));
+            })?;
+        use std::os::unix::thread::JoinHandleExt;
+        let pthread = thread.as_pthread_t();
+        Ok(RunningSignals {
+            thread: Some(thread),
+            pthread,
+            received,
+        })
+    }
+}
+
+impl RunningSignals {
+    /// Ends the signal thread; returns the signal that stopped the VM, if one did.
+    pub fn finish(mut self) -> Option<i32> {
+        if let Some(t) = self.thread.take() {
+            // SAFETY: the thread is alive until joined below.
+            unsafe { libc::pthread_kill(self.pthread, WAKE) };
+            let _ = t.join();
+        }
+        match self.received.load(Ordering::SeqCst) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+}
