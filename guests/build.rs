@@ -36,7 +36,12 @@ fn main() {
             .arg("-o")
             .arg(&elf)
             .status()
-            .unwrap_or_else(|e| panic!("cannot run {cc} to build guest {name}: {e} (install gcc/binutils)"));
-        assert!(status.success(), "building guest {name} from asm/{src} failed");
+            .unwrap_or_else(|e| {
+                panic!("cannot run {cc} to build guest {name}: {e} (install gcc/binutils)")
+            });
+        assert!(
+            status.success(),
+            "building guest {name} from asm/{src} failed"
+        );
     }
 }

@@ -100,7 +100,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
                 'M' => 20,
                 'G' => 30,
                 'T' => 40,
-                _ => return Err(format!("{s:?}: unknown size suffix {c:?} (use K, M, G or T)")),
+                _ => {
+                    return Err(format!(
+                        "{s:?}: unknown size suffix {c:?} (use K, M, G or T)"
+                    ))
+                }
             };
             (&s[..i], shift)
         }
@@ -132,7 +136,10 @@ mod tests {
 
     #[test]
     fn serial() {
-        assert!(matches!(parse_serial("file:/tmp/x"), Ok(SerialArg::File(_))));
+        assert!(matches!(
+            parse_serial("file:/tmp/x"),
+            Ok(SerialArg::File(_))
+        ));
         assert!(parse_serial("file:").is_err());
         assert!(parse_serial("tcp").is_err());
     }

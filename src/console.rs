@@ -94,8 +94,16 @@ fn forward_stdin(serial: &Mutex<Serial>, stop: &StopHandle, done: &EventFd) {
     let mut buf = [0u8; 64];
     loop {
         let mut fds = [
-            libc::pollfd { fd: stdin.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: done.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: stdin.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: done.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // SAFETY: poll on two valid descriptors.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
@@ -133,11 +141,18 @@ fn forward_stdin(serial: &Mutex<Serial>, stop: &StopHandle, done: &EventFd) {
         }
         let mut rest = &out[..];
         while !rest.is_empty() {
-            let n = serial.lock().unwrap_or_else(|e| e.into_inner()).enqueue_input(rest);
+            let n = serial
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .enqueue_input(rest);
             rest = &rest[n..];
             if n == 0 {
                 // FIFO full: wait for the guest to drain it, unless the VM is ending.
-                let mut pfd = libc::pollfd { fd: done.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                let mut pfd = libc::pollfd {
+                    fd: done.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
                 // SAFETY: poll on one valid descriptor.
                 if unsafe { libc::poll(&mut pfd, 1, 0) } > 0 {
                     return;

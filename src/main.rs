@@ -38,7 +38,11 @@ fn main() -> ExitCode {
 fn info() -> anyhow::Result<()> {
     let hv = hypervisor::default_hypervisor().context("no usable hypervisor")?;
     let info = hv.info();
-    println!("platform:    {}-{}", std::env::consts::OS, std::env::consts::ARCH);
+    println!(
+        "platform:    {}-{}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    );
     println!("hypervisor:  {}", info.name);
     println!("api version: {}", info.api_version);
     println!("max vCPUs:   {}", info.max_vcpus.min(vmm::MAX_VCPUS));

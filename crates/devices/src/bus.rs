@@ -72,7 +72,10 @@ impl Bus {
 
     /// The device covering `addr` and the offset of `addr` in it.
     fn find(&self, addr: u64, size: usize) -> Option<(&Entry, u64)> {
-        let i = self.entries.partition_point(|e| e.base <= addr).checked_sub(1)?;
+        let i = self
+            .entries
+            .partition_point(|e| e.base <= addr)
+            .checked_sub(1)?;
         let e = &self.entries[i];
         let offset = addr - e.base;
         // The whole access must lie inside the device's range.
@@ -104,7 +107,9 @@ impl Bus {
 
 /// Locks a device; a device whose previous user panicked is still usable (its state is plain
 /// registers), so poisoning is ignored rather than spreading the panic to every vCPU.
-fn lock<'a>(m: &'a Mutex<dyn BusDevice + 'static>) -> std::sync::MutexGuard<'a, dyn BusDevice + 'static> {
+fn lock<'a>(
+    m: &'a Mutex<dyn BusDevice + 'static>,
+) -> std::sync::MutexGuard<'a, dyn BusDevice + 'static> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -61,10 +61,19 @@ impl I8042 {
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        let Some(first) = data.first_mut() else { return };
+        let Some(first) = data.first_mut() else {
+            return;
+        };
         *first = match offset {
             0 => self.output.take().unwrap_or(0),
-            4 => self.status | if self.output.is_some() { STATUS_OUTPUT_FULL } else { 0 },
+            4 => {
+                self.status
+                    | if self.output.is_some() {
+                        STATUS_OUTPUT_FULL
+                    } else {
+                        0
+                    }
+            }
             _ => 0,
         };
     }

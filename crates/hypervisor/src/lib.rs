@@ -33,7 +33,7 @@ pub use exit::{VmEntry, VmExit};
 /// Everything that can go wrong talking to the hypervisor.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot open {path}: {source} (is the kvm module loaded, and may this user open it?)")]
+    #[error("cannot open {path} (is the kvm module loaded, and may this user open it?)")]
     Open { path: String, source: io::Error },
     #[error("{path} speaks API version {found}, this VMM needs {expected}")]
     ApiVersion {
@@ -43,13 +43,13 @@ pub enum Error {
     },
     #[error("the hypervisor lacks a required capability: {0}")]
     MissingCapability(&'static str),
-    #[error("{op} failed: {source}")]
+    #[error("{op} failed")]
     Os {
         op: &'static str,
         #[source]
         source: io::Error,
     },
-    #[error("failed to map hva {hva:#x} to gpa {gpa:#x}, size {size:#x}: {source}")]
+    #[error("failed to map hva {hva:#x} to gpa {gpa:#x}, size {size:#x}")]
     MapMemory {
         gpa: u64,
         size: u64,
@@ -57,7 +57,7 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("failed to create vcpu {id}: {source}")]
+    #[error("failed to create vcpu {id}")]
     CreateVcpu {
         id: u32,
         #[source]

@@ -133,9 +133,12 @@ pub fn load(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<BootPlan> {
             let mut file = open(path, "kernel")?;
             load_kernel(mem, &mut file, &path.display().to_string(), config.memory)?
         }
-        KernelImage::Bytes(bytes) => {
-            load_kernel(mem, &mut Cursor::new(*bytes), "built-in demo guest", config.memory)?
-        }
+        KernelImage::Bytes(bytes) => load_kernel(
+            mem,
+            &mut Cursor::new(*bytes),
+            "built-in demo guest",
+            config.memory,
+        )?,
     };
 
     let header: Option<setup_header> = result.setup_header;
@@ -161,7 +164,13 @@ pub fn load(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<BootPlan> {
     };
 
     let initrd = match &config.initrd {
-        Some(path) => Some(load_initrd(mem, path, config.memory, result.kernel_end, header.as_ref())?),
+        Some(path) => Some(load_initrd(
+            mem,
+            path,
+            config.memory,
+            result.kernel_end,
+            header.as_ref(),
+        )?),
         None => None,
     };
 

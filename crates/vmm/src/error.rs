@@ -15,7 +15,7 @@ pub enum Error {
     AllocateMemory { size: u64, reason: String },
     #[error("{cpus} vCPUs requested; this hypervisor allows 1 to {max}")]
     BadCpuCount { cpus: u32, max: u32 },
-    #[error("cannot read {what} {path}: {source}")]
+    #[error("cannot read {what} {path}")]
     ReadFile {
         what: &'static str,
         path: PathBuf,
@@ -36,21 +36,21 @@ pub enum Error {
     BadKernel { what: String, detail: String },
     #[error(transparent)]
     Boot(#[from] arch::x86_64::Error),
-    #[error("cannot open serial output {path}: {source}")]
+    #[error("cannot open serial output {path}")]
     SerialFile {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("device at {base:#x}: {source}")]
+    #[error("device at {base:#x}")]
     Bus {
         base: u64,
         #[source]
         source: devices::BusError,
     },
-    #[error("cannot start vCPU thread: {0}")]
+    #[error("cannot start a vCPU thread")]
     SpawnThread(#[source] io::Error),
-    #[error("{op} failed: {source}")]
+    #[error("{op} failed")]
     Os {
         op: &'static str,
         #[source]

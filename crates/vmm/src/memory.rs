@@ -9,7 +9,12 @@ use crate::{Error, Result};
 /// Total RAM of this host, from sysconf.
 fn host_memory() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
-    let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
     (pages.max(0) as u64).saturating_mul(size.max(0) as u64)
 }
 
@@ -25,7 +30,7 @@ pub fn allocate(size: u64) -> Result<GuestMemoryMmap> {
     if host != 0 && size > host {
         return Err(Error::MemoryTooBig { size, host });
     }
-    if size % 4096 != 0 {
+    if !size.is_multiple_of(4096) {
         return Err(Error::AllocateMemory {
             size,
             reason: "size must be a multiple of 4 KiB".into(),
@@ -58,9 +63,18 @@ mod tests {
     #[test]
     fn refuses_bad_sizes() {
         assert!(matches!(allocate(0), Err(Error::MemoryTooSmall { .. })));
-        assert!(matches!(allocate(1 << 20), Err(Error::MemoryTooSmall { .. })));
-        assert!(matches!(allocate(u64::MAX / 2), Err(Error::MemoryTooBig { .. })));
-        assert!(matches!(allocate((4 << 20) + 1), Err(Error::AllocateMemory { .. })));
+        assert!(matches!(
+            allocate(1 << 20),
+            Err(Error::MemoryTooSmall { .. })
+        ));
+        assert!(matches!(
+            allocate(u64::MAX / 2),
+            Err(Error::MemoryTooBig { .. })
+        ));
+        assert!(matches!(
+            allocate((4 << 20) + 1),
+            Err(Error::AllocateMemory { .. })
+        ));
         let m = allocate(16 << 20).unwrap();
         assert_eq!(m.num_regions(), 1);
     }

@@ -127,7 +127,9 @@ impl<V: hypervisor::Vm> VcpuContext<V> {
                     return self.crash(format!("{description}{at}"));
                 }
                 VmExit::FailEntry { reason } => {
-                    return self.crash(format!("hypervisor refused to enter the guest (hardware reason {reason:#x})"))
+                    return self.crash(format!(
+                        "hypervisor refused to enter the guest (hardware reason {reason:#x})"
+                    ))
                 }
                 VmExit::Unhandled { reason } => {
                     let at = self.where_(&vcpu);

@@ -44,7 +44,9 @@ pub const MAX_VCPUS: u32 = arch::x86_64::mptable::MAX_CPUS;
 fn serial_writer(out: SerialOutput) -> Result<Box<dyn Write + Send>> {
     Ok(match out {
         SerialOutput::Stdout => Box::new(io::stdout()),
-        SerialOutput::File(path) => Box::new(File::create(&path).map_err(|source| Error::SerialFile { path, source })?),
+        SerialOutput::File(path) => {
+            Box::new(File::create(&path).map_err(|source| Error::SerialFile { path, source })?)
+        }
         SerialOutput::Writer(w) => w,
         SerialOutput::None => Box::new(io::sink()),
     })
@@ -121,7 +123,12 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
     }
 
     /// Adds a port-I/O device before the VM starts.
-    pub fn add_pio_device(&mut self, dev: Arc<Mutex<dyn BusDevice>>, base: u16, len: u16) -> Result<()> {
+    pub fn add_pio_device(
+        &mut self,
+        dev: Arc<Mutex<dyn BusDevice>>,
+        base: u16,
+        len: u16,
+    ) -> Result<()> {
         let bus = self.pio.as_mut().ok_or(Error::AlreadyStarted)?;
         bus.insert(dev, u64::from(base), u64::from(len))
             .map_err(|source| Error::Bus {
@@ -131,7 +138,12 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
     }
 
     /// Adds an MMIO device before the VM starts.
-    pub fn add_mmio_device(&mut self, dev: Arc<Mutex<dyn BusDevice>>, base: u64, len: u64) -> Result<()> {
+    pub fn add_mmio_device(
+        &mut self,
+        dev: Arc<Mutex<dyn BusDevice>>,
+        base: u64,
+        len: u64,
+    ) -> Result<()> {
         let bus = self.mmio.as_mut().ok_or(Error::AlreadyStarted)?;
         bus.insert(dev, base, len)
             .map_err(|source| Error::Bus { base, source })
@@ -209,7 +221,8 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
         match first_err {
             None => Ok(()),
             Some(e) => {
-                self.state.request_stop(Outcome::Stopped("vCPU set-up failed".into()));
+                self.state
+                    .request_stop(Outcome::Stopped("vCPU set-up failed".into()));
                 self.join();
                 Err(e)
             }

@@ -3,7 +3,9 @@
 //! [`layout::memory_map`], plus command-line and initrd placement.
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
-use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
 use super::layout::{self, RegionKind};
@@ -168,7 +170,12 @@ pub fn write_pvh_start_info(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<()
         start.nr_modules = 1;
         start.modlist_paddr = addr;
     }
-    write_bytes(mem, layout::PVH_INFO_START, start.as_slice(), "PVH start info")
+    write_bytes(
+        mem,
+        layout::PVH_INFO_START,
+        start.as_slice(),
+        "PVH start info",
+    )
 }
 
 #[cfg(test)]
@@ -180,7 +187,11 @@ mod tests {
     fn e820_lists_all_ram_and_nothing_else_usable() {
         for ram in [16 * MIB, 3 * GIB, 5 * GIB] {
             let map = e820_map(ram);
-            let usable: u64 = map.iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum();
+            let usable: u64 = map
+                .iter()
+                .filter(|e| e.kind == E820_RAM)
+                .map(|e| e.size)
+                .sum();
             // The EBDA, legacy hole and BIOS area are backed but not usable.
             assert_eq!(usable, ram - (layout::HIMEM_START - layout::EBDA_START));
             assert!(map.windows(2).all(|w| w[0].addr + w[0].size <= w[1].addr));

@@ -100,7 +100,12 @@ fn reg_mut(e: &mut CpuidEntry, r: Reg) -> &mut u32 {
 }
 
 /// The CPUID table for vCPU `cpu_id` of `num_cpus`.
-pub fn for_vcpu(supported: &[CpuidEntry], cpu_id: u32, num_cpus: u32, hide: &[Feature]) -> Vec<CpuidEntry> {
+pub fn for_vcpu(
+    supported: &[CpuidEntry],
+    cpu_id: u32,
+    num_cpus: u32,
+    hide: &[Feature],
+) -> Vec<CpuidEntry> {
     let mut out = supported.to_vec();
     for e in &mut out {
         match e.function {
@@ -132,8 +137,17 @@ mod tests {
     #[test]
     fn topology_and_hiding() {
         let sup = [
-            CpuidEntry { function: 1, ecx: u32::MAX, ebx: 0xffff_ffff, ..Default::default() },
-            CpuidEntry { function: 0x4000_0000, ebx: 0x4b4d_564b, ..Default::default() },
+            CpuidEntry {
+                function: 1,
+                ecx: u32::MAX,
+                ebx: 0xffff_ffff,
+                ..Default::default()
+            },
+            CpuidEntry {
+                function: 0x4000_0000,
+                ebx: 0x4b4d_564b,
+                ..Default::default()
+            },
         ];
         let hide = parse_features("cx16, xsave").unwrap();
         let t = for_vcpu(&sup, 3, 4, &hide);

@@ -127,23 +127,73 @@ pub fn memory_map(ram_size: u64) -> Vec<Region> {
     let mut v = vec![
         r("low RAM", 0, EBDA_START, RegionKind::Ram),
         r("EBDA", EBDA_START, LEGACY_HOLE_START, RegionKind::Reserved),
-        r("legacy hole", LEGACY_HOLE_START, MPTABLE_START, RegionKind::Mmio),
-        r("BIOS area / MP table", MPTABLE_START, HIMEM_START, RegionKind::Reserved),
+        r(
+            "legacy hole",
+            LEGACY_HOLE_START,
+            MPTABLE_START,
+            RegionKind::Mmio,
+        ),
+        r(
+            "BIOS area / MP table",
+            MPTABLE_START,
+            HIMEM_START,
+            RegionKind::Reserved,
+        ),
     ];
     if low > HIMEM_START {
         v.push(r("RAM", HIMEM_START, low, RegionKind::Ram));
     }
     v.extend([
-        r("PCI MMIO window", PCI_MMIO_START, PCI_MMIO_START + PCI_MMIO_SIZE, RegionKind::Mmio),
-        r("virtio-mmio", VIRTIO_MMIO_START, VIRTIO_MMIO_START + VIRTIO_MMIO_SIZE, RegionKind::Mmio),
-        r("platform MMIO", PLATFORM_MMIO_START, PLATFORM_MMIO_START + PLATFORM_MMIO_SIZE, RegionKind::Mmio),
-        r("PCIe ECAM", PCIE_ECAM_START, PCIE_ECAM_START + PCIE_ECAM_SIZE, RegionKind::Mmio),
-        r("IOAPIC", IOAPIC_START, IOAPIC_START + 4 * KIB, RegionKind::Mmio),
-        r("local APIC", APIC_START, APIC_START + 4 * KIB, RegionKind::Mmio),
-        r("KVM private", KVM_PRIVATE_START, KVM_PRIVATE_START + KVM_PRIVATE_SIZE, RegionKind::Reserved),
+        r(
+            "PCI MMIO window",
+            PCI_MMIO_START,
+            PCI_MMIO_START + PCI_MMIO_SIZE,
+            RegionKind::Mmio,
+        ),
+        r(
+            "virtio-mmio",
+            VIRTIO_MMIO_START,
+            VIRTIO_MMIO_START + VIRTIO_MMIO_SIZE,
+            RegionKind::Mmio,
+        ),
+        r(
+            "platform MMIO",
+            PLATFORM_MMIO_START,
+            PLATFORM_MMIO_START + PLATFORM_MMIO_SIZE,
+            RegionKind::Mmio,
+        ),
+        r(
+            "PCIe ECAM",
+            PCIE_ECAM_START,
+            PCIE_ECAM_START + PCIE_ECAM_SIZE,
+            RegionKind::Mmio,
+        ),
+        r(
+            "IOAPIC",
+            IOAPIC_START,
+            IOAPIC_START + 4 * KIB,
+            RegionKind::Mmio,
+        ),
+        r(
+            "local APIC",
+            APIC_START,
+            APIC_START + 4 * KIB,
+            RegionKind::Mmio,
+        ),
+        r(
+            "KVM private",
+            KVM_PRIVATE_START,
+            KVM_PRIVATE_START + KVM_PRIVATE_SIZE,
+            RegionKind::Reserved,
+        ),
     ]);
     if ram_size > low {
-        v.push(r("high RAM", HIGH_RAM_START, HIGH_RAM_START + (ram_size - low), RegionKind::Ram));
+        v.push(r(
+            "high RAM",
+            HIGH_RAM_START,
+            HIGH_RAM_START + (ram_size - low),
+            RegionKind::Ram,
+        ));
     }
     v
 }
@@ -153,8 +203,22 @@ mod tests {
     use super::*;
 
     fn sizes() -> impl Iterator<Item = u64> {
-        let mut v = vec![MIN_RAM, 16 * MIB, 255 * MIB, 512 * MIB, GIB, RAM_LOW_END - 4096];
-        v.extend([RAM_LOW_END, RAM_LOW_END + 4096, 4 * GIB, 8 * GIB, 33 * GIB, 64 * GIB]);
+        let mut v = vec![
+            MIN_RAM,
+            16 * MIB,
+            255 * MIB,
+            512 * MIB,
+            GIB,
+            RAM_LOW_END - 4096,
+        ];
+        v.extend([
+            RAM_LOW_END,
+            RAM_LOW_END + 4096,
+            4 * GIB,
+            8 * GIB,
+            33 * GIB,
+            64 * GIB,
+        ]);
         let mut s = 16 * MIB;
         while s <= 64 * GIB {
             v.push(s);
@@ -168,21 +232,36 @@ mod tests {
         for ram in sizes() {
             let map = memory_map(ram);
             for w in map.windows(2) {
-                assert!(w[0].end() <= w[1].start, "{ram:#x}: {:?} overlaps {:?}", w[0], w[1]);
+                assert!(
+                    w[0].end() <= w[1].start,
+                    "{ram:#x}: {:?} overlaps {:?}",
+                    w[0],
+                    w[1]
+                );
             }
             // Every byte of RAM is backed, and everything reported RAM or reserved is backed.
             let backed = ram_ranges(ram);
             let total: u64 = backed.iter().map(|r| r.1).sum();
             assert_eq!(total, ram);
-            for reg in map.iter().filter(|r| r.kind != RegionKind::Mmio && r.name != "KVM private") {
+            for reg in map
+                .iter()
+                .filter(|r| r.kind != RegionKind::Mmio && r.name != "KVM private")
+            {
                 assert!(
-                    backed.iter().any(|&(s, l)| reg.start >= s && reg.end() <= s + l),
+                    backed
+                        .iter()
+                        .any(|&(s, l)| reg.start >= s && reg.end() <= s + l),
                     "{ram:#x}: {reg:?} is not backed by RAM"
                 );
             }
             // No device window is backed by RAM.
-            for reg in map.iter().filter(|r| r.start >= RAM_LOW_END && r.start < HIGH_RAM_START) {
-                assert!(backed.iter().all(|&(s, l)| reg.end() <= s || reg.start >= s + l));
+            for reg in map
+                .iter()
+                .filter(|r| r.start >= RAM_LOW_END && r.start < HIGH_RAM_START)
+            {
+                assert!(backed
+                    .iter()
+                    .all(|&(s, l)| reg.end() <= s || reg.start >= s + l));
             }
         }
     }

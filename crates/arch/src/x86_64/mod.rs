@@ -22,7 +22,11 @@ pub enum Error {
     #[error("command line of {len} bytes is longer than the kernel accepts ({max})")]
     CmdlineTooLong { len: usize, max: usize },
     #[error("initrd of {size} bytes does not fit in guest RAM below {limit:#x} (after the kernel, which ends at {kernel_end:#x})")]
-    InitrdTooBig { size: u64, limit: u64, kernel_end: u64 },
+    InitrdTooBig {
+        size: u64,
+        limit: u64,
+        kernel_end: u64,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -57,12 +57,39 @@ pub fn build(num_cpus: u32, base: u64) -> Result<Vec<u8>> {
     count += 2;
     for irq in 0..IOAPIC_PINS {
         // Default polarity and trigger (conforming to the ISA bus: active high, edge).
-        entries.extend([ENTRY_IO_INTERRUPT, INT_TYPE_INT, 0, 0, ISA_BUS_ID, irq, ioapic_id, irq]);
+        entries.extend([
+            ENTRY_IO_INTERRUPT,
+            INT_TYPE_INT,
+            0,
+            0,
+            ISA_BUS_ID,
+            irq,
+            ioapic_id,
+            irq,
+        ]);
         count += 1;
     }
     // LINT0 is the 8259 (ExtINT) and LINT1 NMI on every local APIC (0xff).
-    entries.extend([ENTRY_LOCAL_INTERRUPT, INT_TYPE_EXTINT, 0, 0, ISA_BUS_ID, 0, 0xff, 0]);
-    entries.extend([ENTRY_LOCAL_INTERRUPT, INT_TYPE_NMI, 0, 0, ISA_BUS_ID, 0, 0xff, 1]);
+    entries.extend([
+        ENTRY_LOCAL_INTERRUPT,
+        INT_TYPE_EXTINT,
+        0,
+        0,
+        ISA_BUS_ID,
+        0,
+        0xff,
+        0,
+    ]);
+    entries.extend([
+        ENTRY_LOCAL_INTERRUPT,
+        INT_TYPE_NMI,
+        0,
+        0,
+        ISA_BUS_ID,
+        0,
+        0xff,
+        1,
+    ]);
     count += 2;
 
     // Floating pointer (16 bytes), then the configuration table header (44 bytes) and entries.

@@ -1,7 +1,7 @@
 //! Identity-mapped page tables for entering long mode: the first 4 GiB in 2 MiB pages, so the
 //! guest reaches RAM and the device hole (IOAPIC, LAPIC, MMIO devices) alike.
 
-use super::layout::{PD_START, PDPT_START, PML4_START};
+use super::layout::{PDPT_START, PD_START, PML4_START};
 use super::{write_bytes, Result};
 use vm_memory::GuestMemoryMmap;
 
@@ -10,7 +10,12 @@ const PAGE_SIZE_2M: u64 = 0x80;
 
 /// Writes the tables and returns the value for CR3.
 pub fn write_identity_tables(mem: &GuestMemoryMmap) -> Result<u64> {
-    write_bytes(mem, PML4_START, &(PDPT_START | PRESENT_RW).to_le_bytes(), "PML4")?;
+    write_bytes(
+        mem,
+        PML4_START,
+        &(PDPT_START | PRESENT_RW).to_le_bytes(),
+        "PML4",
+    )?;
     let mut pdpt = [0u8; 32];
     for i in 0..4u64 {
         let pde = (PD_START + i * 0x1000) | PRESENT_RW;

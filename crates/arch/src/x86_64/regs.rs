@@ -126,7 +126,13 @@ mod tests {
         assert_eq!(s.cr3, 0x9000);
         let p = boot_special_regs(BootProtocol::Pvh, SpecialRegs::default(), 0x9000);
         assert_eq!((p.cs.l, p.cs.db, p.cr0 & CR0_PG), (0, 1, 0));
-        assert_eq!(boot_regs(BootProtocol::Pvh, 0x100000).rbx, layout::PVH_INFO_START);
-        assert_eq!(boot_regs(BootProtocol::Linux64, 0x100000).rsi, layout::ZERO_PAGE_START);
+        assert_eq!(
+            boot_regs(BootProtocol::Pvh, 0x100000).rbx,
+            layout::PVH_INFO_START
+        );
+        assert_eq!(
+            boot_regs(BootProtocol::Linux64, 0x100000).rsi,
+            layout::ZERO_PAGE_START
+        );
     }
 }

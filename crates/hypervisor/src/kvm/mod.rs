@@ -186,7 +186,9 @@ impl crate::Vm for KvmVm {
                 flags: KVM_PIT_SPEAKER_DUMMY,
                 ..Default::default()
             };
-            self.vm.create_pit2(pit).map_err(os_err("KVM_CREATE_PIT2"))?;
+            self.vm
+                .create_pit2(pit)
+                .map_err(os_err("KVM_CREATE_PIT2"))?;
         }
         Ok(())
     }

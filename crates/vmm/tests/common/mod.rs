@@ -1,0 +1,109 @@
+//! Helpers shared by the guest-booting tests.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arch::x86_64::layout;
+use devices::BusDevice;
+use hypervisor::kvm::{Kvm, KvmVm};
+use vmm::{KernelImage, Outcome, SerialOutput, Vm, VmConfig};
+
+/// Opens KVM, or explains why the test cannot run.
+pub fn kvm() -> Option<Kvm> {
+    match Kvm::open() {
+        Ok(k) => Some(k),
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI=true but KVM is unusable: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: this test boots a guest on KVM, which is unusable here: {e}");
+            None
+        }
+    }
+}
+
+/// Serial output captured for assertions.
+#[derive(Clone, Default)]
+pub struct Capture(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Answers every read with the bitwise NOT of what was last written at that offset, so a
+/// round trip proves the access really went through the device.
+pub struct NotDevice(pub Vec<u8>);
+
+impl BusDevice for NotDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = !self.0.get(offset as usize + i).copied().unwrap_or(0);
+        }
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        for (i, b) in data.iter().enumerate() {
+            if let Some(slot) = self.0.get_mut(offset as usize + i) {
+                *slot = *b;
+            }
+        }
+    }
+}
+
+pub const TEST_PORT: u16 = 0x510;
+pub const TEST_MMIO: u64 = layout::platform_mmio_window(1);
+
+pub fn config(guest: &'static [u8], cpus: u32, out: &Capture) -> VmConfig {
+    let mut c = VmConfig::new(KernelImage::Bytes(guest));
+    c.memory = 32 << 20;
+    c.cpus = cpus;
+    c.cmdline = "test cmdline=ok".into();
+    c.serial = SerialOutput::Writer(Box::new(out.clone()));
+    c
+}
+
+/// Builds a VM with the test devices attached.
+pub fn build(kvm: &Kvm, c: VmConfig) -> Vm<KvmVm> {
+    let mut vm = Vm::new(kvm, c).expect("create VM");
+    vm.add_pio_device(Arc::new(Mutex::new(NotDevice(vec![0; 4]))), TEST_PORT, 4)
+        .unwrap();
+    vm.add_mmio_device(
+        Arc::new(Mutex::new(NotDevice(vec![0; 4096]))),
+        TEST_MMIO,
+        4096,
+    )
+    .unwrap();
+    vm
+}
+
+/// Runs a VM to its end, stopping it after `limit` so a broken guest cannot hang the suite.
+pub fn run_with_limit(mut vm: Vm<KvmVm>, limit: Duration) -> Outcome {
+    vm.start().expect("start VM");
+    let stop = vm.stop_handle();
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        stop.stop(Outcome::Stopped("test time limit".into()));
+    });
+    vm.wait()
+}
+
+pub fn boot(guest: &'static [u8], cpus: u32) -> Option<(Outcome, String)> {
+    let kvm = kvm()?;
+    let out = Capture::default();
+    let vm = build(&kvm, config(guest, cpus, &out));
+    let outcome = run_with_limit(vm, Duration::from_secs(60));
+    Some((outcome, out.text()))
+}

@@ -1,0 +1,180 @@
+//! Boots the tiny test guests on the real hypervisor and checks what they report.
+//!
+//! Needs /dev/kvm: without it each test prints why it is skipped, except under CI=true where a
+//! missing /dev/kvm fails the test.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use arch::x86_64::boot;
+use common::*;
+use vmm::{KernelImage, Outcome, Vm};
+
+#[test]
+fn demo_guest_greets_and_reports_what_it_found() {
+    let Some((outcome, out)) = boot(test_guests::DEMO, 2) else {
+        return;
+    };
+    assert_eq!(outcome, Outcome::DebugExit(0), "serial output:\n{out}");
+    assert!(out.contains("Hello from the vibe-vmm demo guest!"), "{out}");
+    assert!(out.contains("hypervisor: KVMKVMKVM"), "{out}");
+    assert!(out.contains("vCPUs: 2"), "{out}");
+    assert!(out.contains("command line: \"test cmdline=ok\""), "{out}");
+    // The e820 map the guest read from the zero page is the VMM's memory map.
+    let map = boot::e820_map(32 << 20);
+    let usable: u64 = map
+        .iter()
+        .filter(|e| e.kind == boot::E820_RAM)
+        .map(|e| e.size)
+        .sum();
+    let expected = format!(
+        "memory: {} KiB usable in {} e820 entries",
+        usable >> 10,
+        map.len()
+    );
+    assert!(out.contains(&expected), "want {expected:?} in:\n{out}");
+}
+
+#[test]
+fn serial_output_and_input_through_the_16550() {
+    let Some(kvm) = kvm() else { return };
+    let out = Capture::default();
+    let vm = build(&kvm, config(test_guests::SERIAL_ECHO, 1, &out));
+    let serial = vm.serial();
+    let mut vm = vm;
+    vm.start().unwrap();
+    let stop = vm.stop_handle();
+    // Wait for the guest to be ready, then type one byte.
+    let t0 = Instant::now();
+    while !out.text().contains("ready") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no ready: {}",
+            out.text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(serial.lock().unwrap().enqueue_input(b"z"), 1);
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(30));
+        stop.stop(Outcome::Stopped("test time limit".into()));
+    });
+    assert_eq!(vm.wait(), Outcome::DebugExit(0), "{}", out.text());
+    assert!(out.text().contains("ready\r\ngot z\r\n"), "{}", out.text());
+}
+
+#[test]
+fn port_and_mmio_round_trips_reach_the_device() {
+    let Some((outcome, out)) = boot(test_guests::IO, 1) else {
+        return;
+    };
+    assert_eq!(
+        outcome,
+        Outcome::DebugExit(0),
+        "failed check number is the status; output:\n{out}"
+    );
+    assert!(out.contains("io ok"));
+}
+
+#[test]
+fn timer_interrupt_reaches_the_guest_handler() {
+    let Some((outcome, out)) = boot(test_guests::IRQ, 1) else {
+        return;
+    };
+    assert_eq!(outcome, Outcome::DebugExit(0), "{out}");
+    assert!(out.contains("timer interrupt delivered"));
+}
+
+#[test]
+fn two_vcpus_both_run() {
+    let Some((outcome, out)) = boot(test_guests::SMP, 2) else {
+        return;
+    };
+    assert_eq!(outcome, Outcome::DebugExit(0), "{out}");
+    assert!(out.contains("vCPU 1 is up"));
+}
+
+#[test]
+fn smp_guest_notices_a_single_vcpu() {
+    let Some((outcome, _)) = boot(test_guests::SMP, 1) else {
+        return;
+    };
+    assert_eq!(outcome, Outcome::DebugExit(2));
+}
+
+#[test]
+fn i8042_reset_ends_the_vm() {
+    let Some((outcome, out)) = boot(test_guests::RESET, 1) else {
+        return;
+    };
+    assert_eq!(outcome, Outcome::Reset, "{out}");
+}
+
+#[test]
+fn triple_fault_is_reported_as_a_crash() {
+    let Some((outcome, _)) = boot(test_guests::TRIPLE_FAULT, 1) else {
+        return;
+    };
+    match outcome {
+        Outcome::Crash { vcpu: 0, reason } => assert!(reason.contains("triple fault"), "{reason}"),
+        other => panic!("expected a crash, got {other:?}"),
+    }
+}
+
+#[test]
+fn pvh_entry_boots_in_protected_mode() {
+    let Some((outcome, out)) = boot(test_guests::PVH_HELLO, 1) else {
+        return;
+    };
+    assert_eq!(outcome, Outcome::DebugExit(0), "{out}");
+    assert!(out.contains("Hello from the vibe-vmm demo guest!"));
+}
+
+#[test]
+fn host_stop_pause_and_resume() {
+    let Some(kvm) = kvm() else { return };
+    let out = Capture::default();
+    // Two vCPUs: one spins waiting for input, the other sits in wait-for-SIPI.
+    let mut vm = build(&kvm, config(test_guests::SERIAL_ECHO, 2, &out));
+    let serial = vm.serial();
+    vm.start().unwrap();
+    let t0 = Instant::now();
+    while !out.text().contains("ready") {
+        assert!(t0.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    vm.pause();
+    vm.resume();
+    vm.pause();
+    let stop = vm.stop_handle();
+    let t = Instant::now();
+    stop.stop(Outcome::Stopped("asked by the test".into()));
+    assert_eq!(vm.wait(), Outcome::Stopped("asked by the test".into()));
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "stopping took {:?}",
+        t.elapsed()
+    );
+    // The guest never got its byte.
+    assert!(!out.text().contains("got"));
+    drop(serial);
+}
+
+#[test]
+fn bad_configurations_are_refused_with_reasons() {
+    let Some(kvm) = kvm() else { return };
+    let out = Capture::default();
+    let err = |c| Vm::new(&kvm, c).err().expect("should fail").to_string();
+    let mut c = config(test_guests::DEMO, 0, &out);
+    assert!(err(c).contains("0 vCPUs requested"));
+    c = config(test_guests::DEMO, 1, &out);
+    c.memory = 0;
+    assert!(err(c).contains("too small"));
+    c = config(test_guests::DEMO, 1, &out);
+    c.kernel = KernelImage::Bytes(b"definitely not a kernel");
+    assert!(err(c).contains("not a kernel"));
+    c = config(test_guests::DEMO, 1, &out);
+    c.cmdline = "x".repeat(5000);
+    assert!(err(c).contains("command line"));
+}

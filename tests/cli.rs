@@ -1,0 +1,299 @@
+//! The `vibe-vmm` binary end to end: the demo guest, `info`, and a clear one-line error (never
+//! a panic) for every kind of bad input.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vibe-vmm"))
+}
+
+fn kvm_usable() -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI=true but /dev/kvm is unusable: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: this test boots a guest on KVM, which is unusable here: {e}");
+            false
+        }
+    }
+}
+
+fn temp_file(name: &str, contents: &[u8]) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "vibe-vmm-cli-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, contents).unwrap();
+    p
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+/// Asserts a failed run with one clear error line mentioning `needle`.
+fn assert_error(args: &[&str], needle: &str) {
+    let out = run(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    assert!(err.contains(needle), "{args:?}: want {needle:?} in {err:?}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "{args:?}: not one line: {err}"
+    );
+}
+
+#[test]
+fn no_arguments_boots_the_demo_guest() {
+    if !kvm_usable() {
+        return;
+    }
+    let out = run(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("Hello from the vibe-vmm demo guest!"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("vCPUs: 1"));
+}
+
+#[test]
+fn run_options_reach_the_guest() {
+    if !kvm_usable() {
+        return;
+    }
+    let log = temp_file("serial.log", b"");
+    let arg = format!("file:{}", log.display());
+    let out = run(&[
+        "run",
+        "--cpus",
+        "3",
+        "--memory",
+        "64M",
+        "--cmdline",
+        "hello there",
+        "--serial",
+        &arg,
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        out.stdout.is_empty(),
+        "serial went to a file, stdout must be empty"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("vCPUs: 3"), "{text}");
+    assert!(text.contains("command line: \"hello there\""), "{text}");
+}
+
+#[test]
+fn info_reports_the_hypervisor() {
+    if !kvm_usable() {
+        return;
+    }
+    let out = run(&["info"]);
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        s.contains("hypervisor:  KVM") && s.contains("api version: 12"),
+        "{s}"
+    );
+    assert!(s.contains("irqchip") && s.contains("max vCPUs"), "{s}");
+}
+
+#[test]
+fn bad_kernels_are_refused() {
+    if !kvm_usable() {
+        return;
+    }
+    assert_error(
+        &["run", "--kernel", "/nonexistent/vmlinux"],
+        "cannot read kernel /nonexistent/vmlinux",
+    );
+    assert_error(&["run", "--kernel", "/"], "cannot read kernel /");
+    let empty = temp_file("empty", b"");
+    assert_error(&["run", "--kernel", empty.to_str().unwrap()], "is empty");
+    let text = temp_file("notes.txt", b"this is not a kernel at all\n");
+    assert_error(
+        &["run", "--kernel", text.to_str().unwrap()],
+        "is not a kernel vibe-vmm can boot",
+    );
+    // An ELF whose one segment is bigger than guest RAM.
+    let big = temp_file("big.elf", &elf_with_segment(0x10_0000, 8 << 20));
+    assert_error(
+        &["run", "--kernel", big.to_str().unwrap(), "--memory", "4M"],
+        "does not fit",
+    );
+    // A truncated ELF header.
+    let short = temp_file("short.elf", b"\x7fELF\x02\x01\x01");
+    assert_error(&["run", "--kernel", short.to_str().unwrap()], "bad kernel");
+}
+
+#[test]
+fn bad_initrds_are_refused() {
+    if !kvm_usable() {
+        return;
+    }
+    assert_error(
+        &["run", "--initrd", "/nonexistent/initrd"],
+        "cannot read initrd",
+    );
+    let big = temp_file("initrd.img", &vec![0u8; 6 << 20]);
+    assert_error(
+        &["run", "--initrd", big.to_str().unwrap(), "--memory", "4M"],
+        "does not fit",
+    );
+}
+
+#[test]
+fn bad_sizes_and_counts_are_refused() {
+    if !kvm_usable() {
+        return;
+    }
+    assert_error(&["run", "--memory", "0"], "too small");
+    assert_error(&["run", "--memory", "1000T"], "more than this host has");
+    assert_error(&["run", "--cpus", "0"], "0 vCPUs requested");
+    assert_error(&["run", "--cpus", "100000"], "100000 vCPUs requested");
+    let long = "x".repeat(3000);
+    assert_error(&["run", "--cmdline", &long], "command line of 3000 bytes");
+}
+
+#[test]
+fn unparsable_arguments_are_usage_errors() {
+    for args in [
+        &["run", "--memory", "lots"][..],
+        &["run", "--serial", "tcp:1234"],
+        &["run", "--cpuid-hide", "warp-drive"],
+        &["run", "--bogus"],
+    ] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn no_permission_on_dev_kvm_is_explained() {
+    // Needs root to switch to an unprivileged user who cannot open /dev/kvm (mode 0600).
+    let root = unsafe { libc_geteuid() } == 0;
+    let setpriv = std::path::Path::new("/usr/bin/setpriv").exists();
+    if !root || !setpriv {
+        eprintln!("SKIPPED: needs root and setpriv to run as a user without /dev/kvm access");
+        return;
+    }
+    let exe = env!("CARGO_BIN_EXE_vibe-vmm");
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            exe,
+            "run",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("Permission denied") && err.contains("vibe-vmm") && !err.contains("/dev/kvm") {
+        eprintln!("SKIPPED: the test binary is not reachable by an unprivileged user: {err}");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot open /dev/kvm") && err.contains("Permission denied"),
+        "{err}"
+    );
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+#[test]
+fn sigterm_stops_a_running_guest_promptly() {
+    if !kvm_usable() {
+        return;
+    }
+    // This guest waits forever for serial input that never comes.
+    let guest = temp_file("echo.elf", test_guests::SERIAL_ECHO);
+    let mut child = bin()
+        .args([
+            "run",
+            "--kernel",
+            guest.to_str().unwrap(),
+            "--cpus",
+            "2",
+            "--serial",
+            "none",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe { kill(child.id() as i32, 15) };
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "VMM did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(128 + 15));
+}
+
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+/// A minimal x86_64 ELF with one PT_LOAD of `size` bytes at `paddr`, entry at `paddr`.
+fn elf_with_segment(paddr: u64, size: usize) -> Vec<u8> {
+    let mut e = vec![0u8; 64 + 56];
+    e[..4].copy_from_slice(b"\x7fELF");
+    e[4] = 2; // 64-bit
+    e[5] = 1; // little-endian
+    e[6] = 1;
+    e[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    e[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    e[20..24].copy_from_slice(&1u32.to_le_bytes());
+    e[24..32].copy_from_slice(&paddr.to_le_bytes()); // entry
+    e[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
+    e[52..54].copy_from_slice(&64u16.to_le_bytes()); // ehsize
+    e[54..56].copy_from_slice(&56u16.to_le_bytes()); // phentsize
+    e[56..58].copy_from_slice(&1u16.to_le_bytes()); // phnum
+    let ph = &mut e[64..];
+    ph[..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    ph[8..16].copy_from_slice(&120u64.to_le_bytes()); // offset
+    ph[16..24].copy_from_slice(&paddr.to_le_bytes());
+    ph[24..32].copy_from_slice(&paddr.to_le_bytes());
+    ph[32..40].copy_from_slice(&(size as u64).to_le_bytes()); // filesz
+    ph[40..48].copy_from_slice(&(size as u64).to_le_bytes()); // memsz
+    e.resize(120 + size, 0x90);
+    e
+}
