@@ -59,6 +59,9 @@ pub struct RunArgs {
     /// Serial console (COM1): stdio, file:PATH or none.
     #[arg(long, value_name = "WHERE", default_value = "stdio", value_parser = parse_serial)]
     pub serial: SerialArg,
+    /// Do not give the guest ACPI tables (it then finds its CPUs through the MP table only).
+    #[arg(long)]
+    pub no_acpi: bool,
     /// CPU features to hide from the guest's CPUID, comma-separated (e.g. cx16,xsave).
     #[arg(long, value_name = "LIST", default_value = "", value_parser = parse_hide)]
     pub cpuid_hide: FeatureList,

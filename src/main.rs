@@ -69,6 +69,7 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
     });
     config.memory = args.memory;
     config.cpus = args.cpus;
+    config.acpi = !args.no_acpi;
     config.cpuid_hide = args.cpuid_hide.0.clone();
     config.serial = match &args.serial {
         SerialArg::Stdio => SerialOutput::Stdout,

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use arch::x86_64::boot::{self as xboot, BootInfo};
 use arch::x86_64::regs::{self, BootProtocol};
-use arch::x86_64::{layout, mptable, paging};
+use arch::x86_64::{acpi, layout, mptable, paging};
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::elf::PvhBootCapability;
 use linux_loader::loader::{self, BzImage, Elf, KernelLoader, KernelLoaderResult};
@@ -184,7 +184,13 @@ pub fn load(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<BootPlan> {
     arch_write(mem, &regs::gdt_bytes(), layout::BOOT_GDT_START)?;
     let cr3 = paging::write_identity_tables(mem)?;
     mptable::write(mem, config.cpus)?;
+    let rsdp = if config.acpi {
+        Some(acpi::write(mem, config.cpus)?)
+    } else {
+        None
+    };
     let info = BootInfo {
+        rsdp,
         ram_size: config.memory,
         cmdline_len: config.cmdline.len(),
         initrd,

@@ -28,6 +28,8 @@ pub struct VmConfig {
     pub memory: u64,
     pub cpus: u32,
     pub serial: SerialOutput,
+    /// Describe the machine with ACPI tables (MADT, FADT); the MP table is always there.
+    pub acpi: bool,
     /// CPUID features hidden from the guest.
     #[cfg(target_arch = "x86_64")]
     pub cpuid_hide: Vec<Feature>,
@@ -43,6 +45,7 @@ impl VmConfig {
             memory: 512 << 20,
             cpus: 1,
             serial: SerialOutput::Stdout,
+            acpi: true,
             #[cfg(target_arch = "x86_64")]
             cpuid_hide: Vec::new(),
         }

@@ -99,6 +99,8 @@ pub struct BootInfo<'a> {
     pub initrd: Option<(u64, u64)>,
     /// The bzImage setup header, when the kernel was a bzImage.
     pub setup_header: Option<&'a setup_header>,
+    /// Where the ACPI RSDP is, when the VM has ACPI tables.
+    pub rsdp: Option<u64>,
 }
 
 /// Writes the zero page for the Linux 64-bit boot protocol; the kernel finds it through RSI.
@@ -118,6 +120,7 @@ pub fn write_zero_page(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<()> {
         params.hdr.ramdisk_image = addr as u32;
         params.hdr.ramdisk_size = size as u32;
     }
+    params.acpi_rsdp_addr = info.rsdp.unwrap_or(0);
     let map = e820_map(info.ram_size);
     if map.len() > params.e820_table.len() {
         return Err(Error::GuestMemory {
@@ -158,6 +161,7 @@ pub fn write_pvh_start_info(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<()
         cmdline_paddr: layout::CMDLINE_START,
         memmap_paddr: layout::PVH_MEMMAP_START,
         memmap_entries: map.len() as u32,
+        rsdp_paddr: info.rsdp.unwrap_or(0),
         ..Default::default()
     };
     if let Some((paddr, size)) = info.initrd {

@@ -2,9 +2,8 @@
 //!
 //! ```text
 //! 0x0000_0000 .. 0x0009_fc00   low RAM: GDT, IDT, boot stack, page tables, zero page, cmdline
-//! 0x0009_fc00 .. 0x000a_0000   EBDA (reserved)
-//! 0x000a_0000 .. 0x000f_0000   legacy VGA/ROM hole (not RAM)
-//! 0x000f_0000 .. 0x0010_0000   BIOS area (reserved): MP table
+//! 0x0009_fc00 .. 0x0010_0000   reserved: EBDA, legacy VGA/ROM hole, BIOS area with the
+//!                              ACPI tables (0xe_0000) and the MP table (0xf_0000)
 //! 0x0010_0000 .. RAM_LOW_END   RAM; kernels load at 1 MiB or above
 //! 0xc000_0000 .. 0xd000_0000   PCI MMIO window (BARs of passed-through devices)
 //! 0xd000_0000 .. 0xd100_0000   virtio-mmio windows, 4 KiB each
@@ -41,7 +40,8 @@ pub const CMDLINE_START: u64 = 0x2_0000;
 pub const CMDLINE_MAX_SIZE: usize = 0x1_0000;
 
 pub const EBDA_START: u64 = 0x9_fc00;
-pub const LEGACY_HOLE_START: u64 = 0xa_0000;
+/// RSDP, then the other ACPI tables, up to the MP table.
+pub const ACPI_START: u64 = 0xe_0000;
 /// MP floating pointer and configuration table.
 pub const MPTABLE_START: u64 = 0xf_0000;
 /// Kernels and the PVH entry are loaded at or above 1 MiB.
@@ -83,9 +83,10 @@ pub const fn virtio_mmio_window(n: u64) -> u64 {
 pub enum RegionKind {
     /// Guest RAM, reported as usable to the guest.
     Ram,
-    /// Backed by RAM but reserved from the guest's allocator (EBDA, BIOS area).
+    /// Backed by RAM (or, for KVM's private pages, by nothing the guest may use) but reserved
+    /// from the guest's allocator.
     Reserved,
-    /// Not RAM: device windows, the legacy hole.
+    /// Not RAM: device windows.
     Mmio,
 }
 
@@ -126,19 +127,8 @@ pub fn memory_map(ram_size: u64) -> Vec<Region> {
     };
     let mut v = vec![
         r("low RAM", 0, EBDA_START, RegionKind::Ram),
-        r("EBDA", EBDA_START, LEGACY_HOLE_START, RegionKind::Reserved),
-        r(
-            "legacy hole",
-            LEGACY_HOLE_START,
-            MPTABLE_START,
-            RegionKind::Mmio,
-        ),
-        r(
-            "BIOS area / MP table",
-            MPTABLE_START,
-            HIMEM_START,
-            RegionKind::Reserved,
-        ),
+        // One range, as Linux merges it anyway: it reserves 0xa_0000.. itself.
+        r("EBDA, legacy hole, BIOS area", EBDA_START, HIMEM_START, RegionKind::Reserved),
     ];
     if low > HIMEM_START {
         v.push(r("RAM", HIMEM_START, low, RegionKind::Ram));

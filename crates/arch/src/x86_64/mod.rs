@@ -1,5 +1,6 @@
 //! x86_64 PC platform: memory map, Linux and PVH boot structures, MP table, CPUID and MSRs.
 
+pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod gdt;
