@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh checkout: the README's test command and what CI runs.
+#   1. cargo test: unit tests, and the tiny test guests booted on this machine's /dev/kvm
+#   2. the slow tier: Debian's Linux kernel booted under vibe-vmm (about a minute and a half
+#      on this project's nested KVM); skip it with VIBE_SKIP_LINUX=1
+# Under CI=true a missing /dev/kvm fails the KVM tests instead of skipping them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null || missing+=("$2"); }
+missing=()
+need cc gcc          # assembles the test guests
+need lz4 lz4         # unpacks the Debian kernel for the slow tier
+need dpkg-deb dpkg
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    apt-get install -y -qq "${missing[@]}" >/dev/null || { apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; }
+fi
+
+cargo test --workspace
+if [ "${VIBE_SKIP_LINUX:-0}" != 1 ]; then
+    scripts/linux-guest.sh build/linux
+    timeout 600 cargo test --release --test linux_boot -- --ignored --nocapture
+fi
