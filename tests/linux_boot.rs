@@ -26,10 +26,11 @@ fn guest_dir() -> PathBuf {
 fn build_guest() -> PathBuf {
     let dir = guest_dir();
     if !dir.join("vmlinux").exists() || !dir.join("initramfs.cpio").exists() {
-        let status = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/linux-guest.sh"))
-            .arg(&dir)
-            .status()
-            .expect("run scripts/linux-guest.sh");
+        let status =
+            Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/linux-guest.sh"))
+                .arg(&dir)
+                .status()
+                .expect("run scripts/linux-guest.sh");
         assert!(status.success(), "scripts/linux-guest.sh failed");
     }
     dir
@@ -52,7 +53,11 @@ fn kernel_e820(log: &str) -> Vec<(u64, u64, bool)> {
 #[ignore = "slow tier: boots a real Linux kernel; see the module comment"]
 fn debian_kernel_sees_the_machine_we_built() {
     if std::fs::metadata("/dev/kvm").is_err() {
-        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI=true but no /dev/kvm");
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI=true but no /dev/kvm"
+        );
         eprintln!("SKIPPED: no /dev/kvm");
         return;
     }
@@ -64,7 +69,12 @@ fn debian_kernel_sees_the_machine_we_built() {
         .arg(dir.join("vmlinux"))
         .arg("--initrd")
         .arg(dir.join("initramfs.cpio"))
-        .args(["--cpus", &CPUS.to_string(), "--memory", &format!("{MEMORY_MIB}M")])
+        .args([
+            "--cpus",
+            &CPUS.to_string(),
+            "--memory",
+            &format!("{MEMORY_MIB}M"),
+        ])
         .args(["--cmdline", CMDLINE])
         .arg(format!("--serial=file:{}", log.display()))
         .stdin(Stdio::null())
@@ -85,16 +95,31 @@ fn debian_kernel_sees_the_machine_we_built() {
     };
     let mut stderr = String::new();
     use std::io::Read;
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
     eprintln!("--- after {:?}, vibe-vmm said: {stderr}", t0.elapsed());
     eprintln!("--- last lines of the guest's console:");
-    for l in text.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev() {
+    for l in text
+        .lines()
+        .rev()
+        .take(8)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+    {
         eprintln!("{l}");
     }
 
     // The command line arrived intact.
-    assert!(text.contains(&format!("Command line: {CMDLINE}")), "command line not echoed");
+    assert!(
+        text.contains(&format!("Command line: {CMDLINE}")),
+        "command line not echoed"
+    );
     // The e820 map the kernel received is ours.
     let ours: Vec<(u64, u64, bool)> = e820_map(MEMORY_MIB << 20)
         .iter()
@@ -102,7 +127,10 @@ fn debian_kernel_sees_the_machine_we_built() {
         .collect();
     assert_eq!(kernel_e820(&text), ours, "e820 map differs");
     // Every vCPU is described (ACPI MADT).
-    assert!(text.contains(&format!("smpboot: Allowing {CPUS} CPUs, 0 hotplug CPUs")), "CPU count");
+    assert!(
+        text.contains(&format!("smpboot: Allowing {CPUS} CPUs, 0 hotplug CPUs")),
+        "CPU count"
+    );
     // The memory the kernel manages: all usable pages but page 0.
     let pages: u64 = e820_map(MEMORY_MIB << 20)
         .iter()
@@ -110,19 +138,31 @@ fn debian_kernel_sees_the_machine_we_built() {
         .map(|e| ((e.addr + e.size) >> 12) - ((e.addr + 4095) >> 12))
         .sum::<u64>()
         - 1;
-    assert!(text.contains(&format!("K/{}K available", pages * 4)), "memory size");
+    assert!(
+        text.contains(&format!("K/{}K available", pages * 4)),
+        "memory size"
+    );
     // ACPI tables found, with no checksum complaints.
     for sig in ["RSDP", "XSDT", "FACP", "DSDT", "APIC"] {
-        assert!(text.contains(&format!("ACPI: {sig} 0x")), "ACPI table {sig} not listed");
+        assert!(
+            text.contains(&format!("ACPI: {sig} 0x")),
+            "ACPI table {sig} not listed"
+        );
     }
-    assert!(!text.contains("Incorrect checksum"), "ACPI checksum warning");
+    assert!(
+        !text.contains("Incorrect checksum"),
+        "ACPI checksum warning"
+    );
     assert!(text.contains("IOAPIC[0]: apic_id 2, version 17, address 0xfec00000, GSI 0-23"));
 
     match status {
         // Nested KVM: the kernel's int3 self-test is an emulation failure.
         Some(s) => {
             assert_eq!(s.code(), Some(3), "{stderr}");
-            assert!(stderr.contains("instruction emulation failed") && stderr.contains("at RIP 0x"), "{stderr}");
+            assert!(
+                stderr.contains("instruction emulation failed") && stderr.contains("at RIP 0x"),
+                "{stderr}"
+            );
             assert!(stderr.contains("instruction bytes [cc"), "{stderr}");
         }
         // Hardware virtualization: the kernel reached the initramfs (or ran out of time there).

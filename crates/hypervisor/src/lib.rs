@@ -93,6 +93,8 @@ pub trait Hypervisor: Send + Sync {
     type Vm: Vm;
 
     fn info(&self) -> HypervisorInfo;
+    /// Largest vCPU count one VM may have.
+    fn max_vcpus(&self) -> u32;
     fn create_vm(&self) -> Result<Self::Vm>;
 }
 
@@ -120,9 +122,9 @@ pub trait Vm: Send + Sync {
     /// The host range must stay mapped and valid for as long as this VM exists.
     unsafe fn map_memory(&self, slot: u32, gpa: u64, size: u64, hva: u64) -> Result<()>;
 
-    /// Creates the platform's interrupt controllers (x86: LAPICs, IOAPIC, PIC, PIT).
-    /// Must be called before any vCPU is created.
-    fn create_irqchip(&self) -> Result<()>;
+    /// Creates the platform's interrupt controllers (x86: LAPICs, IOAPIC, PIC) and, when
+    /// `legacy_timer` is set, the x86 PIT. Must be called before any vCPU is created.
+    fn create_irqchip(&self, legacy_timer: bool) -> Result<()>;
 
     /// An interrupt line for `gsi`.
     fn irq_line(&self, gsi: u32) -> Result<Box<dyn IrqLine>>;

@@ -6,7 +6,9 @@
 //! area a legacy kernel scans; PVH and zero-page boots also pass its address directly.
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
-use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -53,7 +55,8 @@ pub fn build(num_cpus: u32) -> Result<Vec<(u64, Vec<u8>)>> {
         .flag(Flags::HwReducedAcpi)
         .flag(Flags::PwrButton)
         .flag(Flags::SlpButton);
-    fadt.iapc_boot_arch = (IAPC_VGA_NOT_PRESENT | IAPC_MSI_NOT_PRESENT | IAPC_PCIE_ASPM_CONTROLS).into();
+    fadt.iapc_boot_arch =
+        (IAPC_VGA_NOT_PRESENT | IAPC_MSI_NOT_PRESENT | IAPC_PCIE_ASPM_CONTROLS).into();
     fadt.hypervisor_vendor_identity = u64::from_le_bytes(*b"VIBEVMM\0").into();
     let fadt_addr = place(bytes(&fadt.finalize()), &mut tables);
 
@@ -64,7 +67,11 @@ pub fn build(num_cpus: u32) -> Result<Vec<(u64, Vec<u8>)>> {
         LocalInterruptController::Address(APIC_START as u32),
     );
     for cpu in 0..num_cpus {
-        madt.add_structure(ProcessorLocalApic::new(cpu as u8, cpu as u8, EnabledStatus::Enabled));
+        madt.add_structure(ProcessorLocalApic::new(
+            cpu as u8,
+            cpu as u8,
+            EnabledStatus::Enabled,
+        ));
     }
     // The IOAPIC's ID follows the last CPU's, as in the MP table.
     madt.add_structure(IoApic::new(num_cpus as u8, IOAPIC_START as u32, 0));
@@ -113,7 +120,12 @@ mod tests {
             assert_eq!(&xsdt[..4], b"XSDT");
             let mut sigs = Vec::new();
             for (_, table) in &t[1..] {
-                assert_eq!(le32(table, 4) as usize, table.len(), "length of {:?}", &table[..4]);
+                assert_eq!(
+                    le32(table, 4) as usize,
+                    table.len(),
+                    "length of {:?}",
+                    &table[..4]
+                );
                 assert_eq!(sum(table), 0, "checksum of {:?}", &table[..4]);
             }
             for i in 0..(xsdt.len() - 36) / 8 {

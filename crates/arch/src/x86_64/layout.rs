@@ -128,7 +128,12 @@ pub fn memory_map(ram_size: u64) -> Vec<Region> {
     let mut v = vec![
         r("low RAM", 0, EBDA_START, RegionKind::Ram),
         // One range, as Linux merges it anyway: it reserves 0xa_0000.. itself.
-        r("EBDA, legacy hole, BIOS area", EBDA_START, HIMEM_START, RegionKind::Reserved),
+        r(
+            "EBDA, legacy hole, BIOS area",
+            EBDA_START,
+            HIMEM_START,
+            RegionKind::Reserved,
+        ),
     ];
     if low > HIMEM_START {
         v.push(r("RAM", HIMEM_START, low, RegionKind::Ram));

@@ -101,9 +101,13 @@ impl crate::Hypervisor for Kvm {
         HypervisorInfo {
             name: "KVM",
             api_version: self.kvm.get_api_version(),
-            max_vcpus: self.kvm.get_max_vcpus() as u32,
+            max_vcpus: self.max_vcpus(),
             capabilities,
         }
+    }
+
+    fn max_vcpus(&self) -> u32 {
+        self.kvm.get_max_vcpus() as u32
     }
 
     fn create_vm(&self) -> Result<KvmVm> {
@@ -176,12 +180,12 @@ impl crate::Vm for KvmVm {
         })
     }
 
-    fn create_irqchip(&self) -> Result<()> {
+    fn create_irqchip(&self, legacy_timer: bool) -> Result<()> {
         self.vm
             .create_irq_chip()
             .map_err(os_err("KVM_CREATE_IRQCHIP"))?;
         #[cfg(target_arch = "x86_64")]
-        {
+        if legacy_timer {
             let pit = kvm_pit_config {
                 flags: KVM_PIT_SPEAKER_DUMMY,
                 ..Default::default()
