@@ -65,6 +65,15 @@ pub const KVM_PRIVATE_START: u64 = 0xfffb_c000;
 pub const KVM_PRIVATE_SIZE: u64 = 0x4000;
 pub const HIGH_RAM_START: u64 = 4 * GIB;
 
+// The boot structures in low RAM never overlap (checked at compile time).
+const _: () = {
+    assert!(PD_START + 4 * 4096 <= CMDLINE_START);
+    assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    assert!(ZERO_PAGE_START + 4096 <= BOOT_STACK_POINTER - 0x800);
+    assert!(PVH_MEMMAP_START + 16 * 24 <= ZERO_PAGE_START);
+    assert!(ACPI_START < MPTABLE_START && MPTABLE_START < HIMEM_START);
+};
+
 /// Smallest guest RAM the boot structures and a kernel at 1 MiB fit in.
 pub const MIN_RAM: u64 = 2 * MIB;
 
@@ -268,13 +277,5 @@ mod tests {
             hypervisor::kvm::KVM_PRIVATE_REGION,
             (KVM_PRIVATE_START, KVM_PRIVATE_SIZE)
         );
-    }
-
-    #[test]
-    fn boot_structures_fit_in_low_ram() {
-        assert!(PD_START + 4 * 4096 <= CMDLINE_START);
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
-        assert!(ZERO_PAGE_START + 4096 <= BOOT_STACK_POINTER - 0x800);
-        assert!(PVH_MEMMAP_START + 16 * 24 <= ZERO_PAGE_START);
     }
 }
