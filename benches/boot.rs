@@ -26,6 +26,8 @@ struct Sample {
 /// Spawns `cmd`, waits with wait4 for its exit status and peak RSS.
 fn measure(cmd: &mut Command) -> Sample {
     let t0 = Instant::now();
+    // Reaped by wait4 below (which also gives the peak RSS), not by Child::wait.
+    #[allow(clippy::zombie_processes)]
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
