@@ -12,6 +12,7 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
     ("irq", "irq.S", &[]),
     ("smp", "smp.S", &[]),
     ("reset", "reset.S", &[]),
+    ("cpuid", "cpuid.S", &[]),
     ("triple_fault", "triple_fault.S", &[]),
     ("bench_tiny", "bench_tiny.S", &["-DPVH"]),
     ("bench_pio", "bench_pio.S", &["-DPVH"]),

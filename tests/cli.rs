@@ -297,3 +297,152 @@ fn elf_with_segment(paddr: u64, size: usize) -> Vec<u8> {
     e.resize(120 + size, 0x90);
     e
 }
+
+/// Runs the serial-echo guest on a pseudo-terminal, like a user at a shell would.
+struct Pty {
+    master: std::fs::File,
+    slave_fd: i32,
+    child: std::process::Child,
+}
+
+impl Pty {
+    fn spawn(args: &[&str]) -> Pty {
+        use std::os::fd::FromRawFd;
+        let (mut master, mut slave) = (0, 0);
+        // SAFETY: openpty fills two descriptors we then own.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "openpty failed");
+        // SAFETY: each dup'd descriptor is owned by exactly one Stdio.
+        let stdio = || unsafe { Stdio::from_raw_fd(libc::dup(slave)) };
+        let child = bin()
+            .args(args)
+            .stdin(stdio())
+            .stdout(stdio())
+            .stderr(stdio())
+            .spawn()
+            .unwrap();
+        // SAFETY: `master` is ours.
+        let master = unsafe { std::fs::File::from_raw_fd(master) };
+        Pty {
+            master,
+            slave_fd: slave,
+            child,
+        }
+    }
+
+    /// Reads until `needle` shows up (or 20 s pass); returns everything read.
+    fn read_until(&mut self, needle: &str) -> String {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let mut seen = String::new();
+        let t = Instant::now();
+        while !seen.contains(needle) {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "no {needle:?} in {seen:?}"
+            );
+            let mut pfd = libc::pollfd {
+                fd: self.master.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one valid descriptor.
+            if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
+                continue;
+            }
+            let mut buf = [0u8; 256];
+            match self.master.read(&mut buf) {
+                Ok(n) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                _ => break,
+            }
+        }
+        seen
+    }
+
+    fn wait(&mut self) -> i32 {
+        let t = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "VMM did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn lflag(&self) -> libc::tcflag_t {
+        // SAFETY: tcgetattr on our slave descriptor.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            assert_eq!(libc::tcgetattr(self.slave_fd, &mut t), 0);
+            t.c_lflag
+        }
+    }
+}
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // SAFETY: closing the slave descriptor we own.
+        unsafe { libc::close(self.slave_fd) };
+    }
+}
+
+#[test]
+fn terminal_input_reaches_the_guest_and_the_terminal_is_restored() {
+    if !kvm_usable() {
+        return;
+    }
+    let guest = temp_file("echo.elf", test_guests::SERIAL_ECHO);
+    let mut pty = Pty::spawn(&["run", "--kernel", guest.to_str().unwrap()]);
+    let before = pty.lflag();
+    assert_ne!(
+        before & libc::ICANON,
+        0,
+        "a fresh pty starts in canonical mode"
+    );
+    pty.read_until("ready");
+    assert_eq!(
+        pty.lflag() & (libc::ICANON | libc::ECHO),
+        0,
+        "raw mode while the VM runs"
+    );
+    use std::io::Write;
+    pty.master.write_all(b"z").unwrap();
+    pty.read_until("got z");
+    assert_eq!(pty.wait(), 0);
+    assert_eq!(pty.lflag(), before, "terminal settings restored");
+}
+
+#[test]
+fn ctrl_a_x_stops_the_vm_and_restores_the_terminal() {
+    if !kvm_usable() {
+        return;
+    }
+    let guest = temp_file("echo.elf", test_guests::SERIAL_ECHO);
+    let mut pty = Pty::spawn(&["run", "--kernel", guest.to_str().unwrap(), "--cpus", "2"]);
+    let before = pty.lflag();
+    pty.read_until("ready");
+    use std::io::Write;
+    // Ctrl-A Ctrl-A is one literal Ctrl-A, which the guest echoes (and then exits).
+    pty.master.write_all(b"\x01\x01").unwrap();
+    pty.read_until("got \x01");
+    assert_eq!(pty.wait(), 0);
+    drop(pty);
+    let mut pty = Pty::spawn(&["run", "--kernel", guest.to_str().unwrap()]);
+    pty.read_until("ready");
+    pty.master.write_all(b"\x01x").unwrap();
+    let out = pty.read_until("Ctrl-A x");
+    assert!(out.contains("VM stopped"), "{out}");
+    assert_eq!(pty.wait(), 130);
+    assert_eq!(pty.lflag(), before, "terminal settings restored");
+}

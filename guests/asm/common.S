@@ -12,6 +12,7 @@
  *   putc   AL = byte, written through the 16550 after polling LSR for an empty THR
  *   puts   RSI = NUL-terminated string
  *   putdec RAX = unsigned number, printed in decimal
+ *   puthex EAX = 32-bit number, printed as 8 hex digits
  *   exit   AL = status
  */
     .intel_syntax noprefix
@@ -75,6 +76,26 @@ putdec:
     call putc
     loop 2b
     pop rbx
+    pop rdx
+    pop rcx
+    pop rax
+    ret
+
+puthex:
+    push rax
+    push rcx
+    push rdx
+    mov edx, eax
+    mov ecx, 8
+1:  rol edx, 4
+    mov eax, edx
+    and eax, 0xf
+    add al, '0'
+    cmp al, '9'
+    jbe 2f
+    add al, 'a' - '0' - 10
+2:  call putc
+    loop 1b
     pop rdx
     pop rcx
     pop rax

@@ -26,6 +26,9 @@ guest!(
     /// Starts vCPU 1 with INIT/SIPI and waits for it to check in; exits 0 when it did.
     SMP, "smp.elf");
 guest!(
+    /// Prints the CPUID feature words it sees (leaf 1 ECX and EDX, leaf 7 EBX) in hex.
+    CPUID, "cpuid.elf");
+guest!(
     /// Resets the machine through the i8042 controller.
     RESET, "reset.elf");
 guest!(

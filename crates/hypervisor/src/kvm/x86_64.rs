@@ -9,51 +9,45 @@ use super::KvmVcpu;
 use crate::x86_64::{CpuidEntry, DescriptorTable, MsrEntry, Regs, Segment, SpecialRegs};
 use crate::{os_err, Error, Result};
 
+/// Builds a struct from one that mirrors it, field by field (KVM's and ours have the same
+/// names); `..$rest` fills what only the target has.
+macro_rules! mirror {
+    ($src:expr => $ty:ident { $($f:ident),* $(,)? } $(..$rest:expr)?) => {
+        $ty { $($f: $src.$f,)* $(..$rest)? }
+    };
+}
+
+macro_rules! segment_fields {
+    ($src:expr => $ty:ident $(..$rest:expr)?) => {
+        mirror!($src => $ty { base, limit, selector, type_, present, dpl, db, s, l, g, avl, unusable } $(..$rest)?)
+    };
+}
+
+macro_rules! gp_fields {
+    ($src:expr => $ty:ident) => {
+        mirror!($src => $ty {
+            rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp, r8, r9, r10, r11, r12, r13, r14, r15, rip,
+            rflags,
+        })
+    };
+}
+
+macro_rules! cpuid_fields {
+    ($src:expr => $ty:ident $(..$rest:expr)?) => {
+        mirror!($src => $ty { function, index, flags, eax, ebx, ecx, edx } $(..$rest)?)
+    };
+}
+
 pub(super) fn cpuid_from_kvm(e: &kvm_cpuid_entry2) -> CpuidEntry {
-    CpuidEntry {
-        function: e.function,
-        index: e.index,
-        flags: e.flags,
-        eax: e.eax,
-        ebx: e.ebx,
-        ecx: e.ecx,
-        edx: e.edx,
-    }
+    cpuid_fields!(e => CpuidEntry)
 }
 
 fn seg_to_kvm(s: &Segment) -> kvm_segment {
-    kvm_segment {
-        base: s.base,
-        limit: s.limit,
-        selector: s.selector,
-        type_: s.type_,
-        present: s.present,
-        dpl: s.dpl,
-        db: s.db,
-        s: s.s,
-        l: s.l,
-        g: s.g,
-        avl: s.avl,
-        unusable: s.unusable,
-        padding: 0,
-    }
+    segment_fields!(s => kvm_segment ..Default::default())
 }
 
 fn seg_from_kvm(s: &kvm_segment) -> Segment {
-    Segment {
-        base: s.base,
-        limit: s.limit,
-        selector: s.selector,
-        type_: s.type_,
-        present: s.present,
-        dpl: s.dpl,
-        db: s.db,
-        s: s.s,
-        l: s.l,
-        g: s.g,
-        avl: s.avl,
-        unusable: s.unusable,
-    }
+    segment_fields!(s => Segment)
 }
 
 fn dt_to_kvm(d: &DescriptorTable) -> kvm_dtable {
@@ -65,51 +59,13 @@ fn dt_to_kvm(d: &DescriptorTable) -> kvm_dtable {
 }
 
 pub(super) fn set_regs(v: &KvmVcpu, r: &Regs) -> Result<()> {
-    let k = kvm_regs {
-        rax: r.rax,
-        rbx: r.rbx,
-        rcx: r.rcx,
-        rdx: r.rdx,
-        rsi: r.rsi,
-        rdi: r.rdi,
-        rsp: r.rsp,
-        rbp: r.rbp,
-        r8: r.r8,
-        r9: r.r9,
-        r10: r.r10,
-        r11: r.r11,
-        r12: r.r12,
-        r13: r.r13,
-        r14: r.r14,
-        r15: r.r15,
-        rip: r.rip,
-        rflags: r.rflags,
-    };
+    let k: kvm_regs = gp_fields!(r => kvm_regs);
     v.fd.set_regs(&k).map_err(os_err("KVM_SET_REGS"))
 }
 
 pub(super) fn regs(v: &KvmVcpu) -> Result<Regs> {
     let k = v.fd.get_regs().map_err(os_err("KVM_GET_REGS"))?;
-    Ok(Regs {
-        rax: k.rax,
-        rbx: k.rbx,
-        rcx: k.rcx,
-        rdx: k.rdx,
-        rsi: k.rsi,
-        rdi: k.rdi,
-        rsp: k.rsp,
-        rbp: k.rbp,
-        r8: k.r8,
-        r9: k.r9,
-        r10: k.r10,
-        r11: k.r11,
-        r12: k.r12,
-        r13: k.r13,
-        r14: k.r14,
-        r15: k.r15,
-        rip: k.rip,
-        rflags: k.rflags,
-    })
+    Ok(gp_fields!(k => Regs))
 }
 
 pub(super) fn set_special_regs(v: &KvmVcpu, s: &SpecialRegs) -> Result<()> {
@@ -167,16 +123,7 @@ pub(super) fn special_regs(v: &KvmVcpu) -> Result<SpecialRegs> {
 pub(super) fn set_cpuid(v: &KvmVcpu, entries: &[CpuidEntry]) -> Result<()> {
     let kvm: Vec<kvm_cpuid_entry2> = entries
         .iter()
-        .map(|e| kvm_cpuid_entry2 {
-            function: e.function,
-            index: e.index,
-            flags: e.flags,
-            eax: e.eax,
-            ebx: e.ebx,
-            ecx: e.ecx,
-            edx: e.edx,
-            ..Default::default()
-        })
+        .map(|e| cpuid_fields!(e => kvm_cpuid_entry2 ..Default::default()))
         .collect();
     let cpuid = CpuId::from_entries(&kvm).map_err(|_| Error::Os {
         op: "KVM_SET_CPUID2",
