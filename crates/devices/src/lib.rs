@@ -7,6 +7,7 @@ pub mod bus;
 pub mod debug_exit;
 pub mod i8042;
 pub mod serial;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 

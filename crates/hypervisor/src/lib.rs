@@ -28,6 +28,8 @@ pub mod x86_64;
 
 use std::io;
 
+pub use vmm_sys_util::eventfd::EventFd;
+
 pub use exit::{VmEntry, VmExit};
 
 /// Everything that can go wrong talking to the hypervisor.
@@ -128,6 +130,11 @@ pub trait Vm: Send + Sync {
 
     /// An interrupt line for `gsi`.
     fn irq_line(&self, gsi: u32) -> Result<Box<dyn IrqLine>>;
+
+    /// Makes a 4-byte guest write of `value` to MMIO address `addr` signal `evt` inside the
+    /// hypervisor, without an exit to the VMM (KVM ioeventfd). Backends without the feature
+    /// return [`Error::Unsupported`]; the write then reaches the device through the MMIO bus.
+    fn register_mmio_notify(&self, evt: &EventFd, addr: u64, value: u32) -> Result<()>;
 
     fn create_vcpu(&self, id: u32) -> Result<Self::Vcpu>;
 

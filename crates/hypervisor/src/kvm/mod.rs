@@ -13,7 +13,7 @@ use std::io;
 use std::os::fd::{FromRawFd, RawFd};
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::{os_err, Error, HypervisorInfo, IrqLine, Result};
@@ -203,6 +203,12 @@ impl crate::Vm for KvmVm {
             .register_irqfd(&evt, gsi)
             .map_err(os_err("KVM_IRQFD"))?;
         Ok(Box::new(KvmIrqLine(evt)))
+    }
+
+    fn register_mmio_notify(&self, evt: &EventFd, addr: u64, value: u32) -> Result<()> {
+        self.vm
+            .register_ioevent(evt, &IoEventAddress::Mmio(addr), value)
+            .map_err(os_err("KVM_IOEVENTFD"))
     }
 
     fn create_vcpu(&self, id: u32) -> Result<KvmVcpu> {

@@ -1,0 +1,53 @@
+//! Virtio devices and their virtio-mmio (version 2) transport.
+//!
+//! A device implements [`VirtioDevice`]: its type, features, config space, and what to do when
+//! the driver makes buffers available on a queue. The [`mmio::MmioTransport`] owns the
+//! register state machine and the queues, and calls the device. Queue work runs on the VMM's
+//! event-loop thread, woken by one eventfd per queue (a KVM ioeventfd where available, else
+//! written by the transport when the guest writes QueueNotify).
+
+pub mod block;
+pub mod mmio;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+pub use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+
+/// Virtio device types (virtio 1.x, section 5).
+pub const TYPE_NET: u32 = 1;
+pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_CONSOLE: u32 = 3;
+
+/// A virtio device model, independent of its transport.
+pub trait VirtioDevice: Send {
+    fn device_type(&self) -> u32;
+    /// The largest size of each queue; also how many queues the device has.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Features offered to the driver (VERSION_1 is added by the transport).
+    fn features(&self) -> u64;
+    /// Reads the device-specific configuration space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the configuration space; most devices ignore it.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The driver set DRIVER_OK with these negotiated features.
+    fn activate(&mut self, _features: u64) {}
+    /// Processes what the driver made available on queue `index`; returns whether any buffer
+    /// was used (so the driver must be interrupted). Bad requests are answered with an error
+    /// status or skipped, never trusted.
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
+    /// The driver reset the device.
+    fn reset(&mut self) {}
+}
+
+/// Reads `data.len()` bytes at `offset` of a little-endian config space; out of range reads 0.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
