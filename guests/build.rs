@@ -13,6 +13,7 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
     ("smp", "smp.S", &[]),
     ("reset", "reset.S", &[]),
     ("cpuid", "cpuid.S", &[]),
+    ("virtio_blk", "virtio_blk.S", &[]),
     ("triple_fault", "triple_fault.S", &[]),
     ("bench_tiny", "bench_tiny.S", &["-DPVH"]),
     ("bench_pio", "bench_pio.S", &["-DPVH"]),

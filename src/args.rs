@@ -59,6 +59,10 @@ pub struct RunArgs {
     /// Serial console (COM1): stdio, file:PATH or none.
     #[arg(long, value_name = "WHERE", default_value = "stdio", value_parser = parse_serial)]
     pub serial: SerialArg,
+    /// A virtio-blk disk backed by a raw image (size a multiple of 512); repeatable. Add
+    /// ",readonly" to refuse the guest's writes.
+    #[arg(long = "disk", value_name = "PATH[,readonly]", value_parser = parse_disk)]
+    pub disks: Vec<vmm::DiskConfig>,
     /// Do not give the guest ACPI tables (it then finds its CPUs through the MP table only).
     #[arg(long)]
     pub no_acpi: bool,
@@ -87,6 +91,21 @@ fn parse_serial(s: &str) -> Result<SerialArg, String> {
             _ => Err(format!("{s:?} is not stdio, file:PATH or none")),
         },
     }
+}
+
+fn parse_disk(s: &str) -> Result<vmm::DiskConfig, String> {
+    let (path, read_only) = match s.rsplit_once(',') {
+        Some((p, "readonly")) | Some((p, "ro")) => (p, true),
+        Some((_, opt)) => return Err(format!("unknown disk option {opt:?} (only \"readonly\")")),
+        None => (s, false),
+    };
+    if path.is_empty() {
+        return Err("empty disk path".into());
+    }
+    Ok(vmm::DiskConfig {
+        path: path.into(),
+        read_only,
+    })
 }
 
 fn parse_hide(s: &str) -> Result<FeatureList, String> {
@@ -135,6 +154,15 @@ mod tests {
         assert!(parse_size("M").is_err());
         assert!(parse_size("-1M").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn disks() {
+        let d = parse_disk("/a/b.img,readonly").unwrap();
+        assert!(d.read_only && d.path == std::path::Path::new("/a/b.img"));
+        assert!(!parse_disk("x.img").unwrap().read_only);
+        assert!(parse_disk("x.img,fast").is_err());
+        assert!(parse_disk(",readonly").is_err());
     }
 
     #[test]

@@ -29,6 +29,10 @@ guest!(
     /// Prints the CPUID feature words it sees (leaf 1 ECX and EDX, leaf 7 EBX) in hex.
     CPUID, "cpuid.elf");
 guest!(
+    /// Drives virtio-blk disk 0 (write sector 5, flush, read back, get id) and checks that
+    /// disk 1, if present, refuses writes; exits 0 or the failed check's number.
+    VIRTIO_BLK, "virtio_blk.elf");
+guest!(
     /// Resets the machine through the i8042 controller.
     RESET, "reset.elf");
 guest!(

@@ -8,6 +8,7 @@ use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use arch::x86_64::boot::{self as xboot, BootInfo};
+use arch::x86_64::layout::VirtioMmioSlot;
 use arch::x86_64::regs::{self, BootProtocol};
 use arch::x86_64::{acpi, layout, mptable, paging};
 use linux_loader::loader::bootparam::setup_header;
@@ -126,8 +127,13 @@ fn load_kernel<F: KernelFile>(
     Ok((result, format))
 }
 
-/// Loads the kernel, initrd and command line of `config` and writes the boot structures.
-pub fn load(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<BootPlan> {
+/// Loads the kernel, initrd and command line of `config` and writes the boot structures,
+/// describing the virtio-mmio devices in `virtio` (in ACPI, or on the command line without it).
+pub fn load(
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    virtio: &[VirtioMmioSlot],
+) -> Result<BootPlan> {
     let (result, format) = match &config.kernel {
         KernelImage::Path(path) => {
             let mut file = open(path, "kernel")?;
@@ -179,20 +185,30 @@ pub fn load(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<BootPlan> {
         .map(|h| h.cmdline_size as usize)
         .filter(|&s| s > 0)
         .unwrap_or(DEFAULT_CMDLINE_MAX);
-    xboot::write_cmdline(mem, &config.cmdline, cmdline_max)?;
+    // Without ACPI, kernels built with VIRTIO_MMIO_CMDLINE_DEVICES find the devices here.
+    // (With ACPI they are in the DSDT; listing them twice would register them twice.)
+    let mut cmdline = config.cmdline.clone();
+    if !config.acpi {
+        for slot in virtio {
+            cmdline = format!("{cmdline} {}", slot.cmdline())
+                .trim_start()
+                .to_string();
+        }
+    }
+    xboot::write_cmdline(mem, &cmdline, cmdline_max)?;
 
     arch_write(mem, &regs::gdt_bytes(), layout::BOOT_GDT_START)?;
     let cr3 = paging::write_identity_tables(mem)?;
     mptable::write(mem, config.cpus)?;
     let rsdp = if config.acpi {
-        Some(acpi::write(mem, config.cpus)?)
+        Some(acpi::write(mem, config.cpus, virtio)?)
     } else {
         None
     };
     let info = BootInfo {
         rsdp,
         ram_size: config.memory,
-        cmdline_len: config.cmdline.len(),
+        cmdline_len: cmdline.len(),
         initrd,
         setup_header: header.as_ref(),
     };

@@ -20,6 +20,13 @@ pub enum SerialOutput {
     None,
 }
 
+/// A virtio-blk disk backed by a raw image file.
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
 pub struct VmConfig {
     pub kernel: KernelImage,
     pub initrd: Option<PathBuf>,
@@ -28,6 +35,11 @@ pub struct VmConfig {
     pub memory: u64,
     pub cpus: u32,
     pub serial: SerialOutput,
+    /// virtio-blk disks, in order (the guest sees them as vda, vdb, ...).
+    pub disks: Vec<DiskConfig>,
+    /// Let the hypervisor signal queue notifications directly (KVM ioeventfd). Off, every
+    /// QueueNotify goes through a vCPU exit and the MMIO bus, as on hypervisors without it.
+    pub ioeventfd: bool,
     /// Describe the machine with ACPI tables (MADT, FADT); the MP table is always there.
     pub acpi: bool,
     /// CPUID features hidden from the guest.
@@ -46,6 +58,8 @@ impl VmConfig {
             cpus: 1,
             serial: SerialOutput::Stdout,
             acpi: true,
+            disks: Vec::new(),
+            ioeventfd: true,
             #[cfg(target_arch = "x86_64")]
             cpuid_hide: Vec::new(),
         }

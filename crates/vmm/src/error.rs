@@ -56,6 +56,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Disk(#[from] devices::virtio::block::Error),
+    #[error("{count} virtio devices requested; at most {max} fit (one interrupt line each)")]
+    TooManyDevices { count: usize, max: u32 },
     #[error("the VM was already started")]
     AlreadyStarted,
 }

@@ -12,12 +12,13 @@
 mod boot;
 pub mod config;
 mod error;
+mod event_loop;
 pub mod memory;
 mod state;
 mod vcpu;
 mod vm;
 
-pub use config::{KernelImage, SerialOutput, VmConfig};
+pub use config::{DiskConfig, KernelImage, SerialOutput, VmConfig};
 pub use error::{Error, Result};
 pub use state::{Outcome, StopHandle};
 pub use vm::{Vm, MAX_VCPUS};

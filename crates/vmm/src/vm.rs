@@ -7,15 +7,21 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use arch::x86_64::layout::{VirtioMmioSlot, MAX_VIRTIO_DEVICES};
 use devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT};
 use devices::i8042::{self, I8042};
 use devices::serial::{self, Serial};
+use devices::virtio::block::Block;
+use devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
+use devices::virtio::VirtioDevice;
 use devices::{Bus, BusDevice, VmControl};
 use hypervisor::Hypervisor;
+use std::os::fd::AsRawFd;
 use vm_memory::GuestMemoryMmap;
 
 use crate::boot::{self, BootPlan};
 use crate::config::SerialOutput;
+use crate::event_loop::{EventLoop, EventLoopBuilder};
 use crate::state::{Outcome, StopHandle, VmState};
 use crate::vcpu::VcpuContext;
 use crate::{memory, Error, Result, VmConfig};
@@ -36,6 +42,9 @@ pub struct Vm<V: hypervisor::Vm + 'static> {
     #[cfg(target_arch = "x86_64")]
     cpuid_hide: Vec<arch::x86_64::cpuid::Feature>,
     threads: Vec<JoinHandle<()>>,
+    /// Device handlers, until `start` runs them on the event-loop thread.
+    events: Option<EventLoopBuilder>,
+    event_loop: Option<EventLoop>,
 }
 
 /// The most vCPUs this VMM can describe to a guest (the MP table's APIC ID space).
@@ -74,7 +83,21 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
             source,
         })?);
 
-        let plan = boot::load(&mem, &config)?;
+        // Every virtio device gets the next window and interrupt line.
+        let mut virtio: Vec<Box<dyn VirtioDevice>> = Vec::new();
+        for disk in &config.disks {
+            virtio.push(Box::new(Block::open(&disk.path, disk.read_only)?));
+        }
+        if virtio.len() > MAX_VIRTIO_DEVICES as usize {
+            return Err(Error::TooManyDevices {
+                count: virtio.len(),
+                max: MAX_VIRTIO_DEVICES,
+            });
+        }
+        let slots: Vec<VirtioMmioSlot> =
+            (0..virtio.len() as u32).map(VirtioMmioSlot::nth).collect();
+
+        let plan = boot::load(&mem, &config, &slots)?;
 
         let VmConfig {
             serial: serial_out,
@@ -105,6 +128,20 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
             1,
         )?;
 
+        let mut mmio = Bus::new();
+        let mut events = EventLoopBuilder::default();
+        for (device, slot) in virtio.into_iter().zip(&slots) {
+            add_virtio(
+                &vm,
+                &mem,
+                &mut mmio,
+                &mut events,
+                device,
+                slot,
+                config.ioeventfd,
+            )?;
+        }
+
         #[cfg(target_arch = "x86_64")]
         let cpuid = vm.supported_cpuid()?;
         Ok(Vm {
@@ -112,7 +149,7 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
             mem: Arc::new(mem),
             state,
             pio: Some(pio),
-            mmio: Some(Bus::new()),
+            mmio: Some(mmio),
             serial,
             plan,
             cpus,
@@ -121,6 +158,8 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
             #[cfg(target_arch = "x86_64")]
             cpuid_hide,
             threads: Vec::new(),
+            events: Some(events),
+            event_loop: None,
         })
     }
 
@@ -172,6 +211,12 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
             return Err(Error::AlreadyStarted);
         };
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+        if let Some(events) = self.events.take().filter(|e| !e.is_empty()) {
+            self.event_loop = Some(events.start().map_err(|source| Error::Os {
+                op: "start the device event loop",
+                source,
+            })?);
+        }
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut go = Vec::new();
         for id in 0..self.cpus {
@@ -255,8 +300,11 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
         Ok(self.wait())
     }
 
-    /// Stops every vCPU thread and joins it.
+    /// Stops every vCPU thread and the device event loop, and joins them.
     fn join(&mut self) {
+        if let Some(mut l) = self.event_loop.take() {
+            l.stop();
+        }
         if self.threads.is_empty() {
             return;
         }
@@ -269,6 +317,53 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
         }
         self.state.clear_kickers();
     }
+}
+
+/// Puts a virtio device on the MMIO bus behind a virtio-mmio transport at `slot`, and routes
+/// its queue notifications to the event loop (through ioeventfd when the hypervisor has it).
+fn add_virtio<V: hypervisor::Vm>(
+    vm: &V,
+    mem: &GuestMemoryMmap,
+    bus: &mut Bus,
+    events: &mut EventLoopBuilder,
+    device: Box<dyn VirtioDevice>,
+    slot: &VirtioMmioSlot,
+    ioeventfd: bool,
+) -> Result<()> {
+    let os = |op| move |source| Error::Os { op, source };
+    let transport = MmioTransport::new(device, mem.clone(), vm.irq_line(slot.gsi)?)
+        .map_err(os("create a virtio-mmio transport"))?;
+    let notify: Vec<_> = transport
+        .notify_eventfds()
+        .iter()
+        .map(|e| e.try_clone())
+        .collect::<std::io::Result<_>>()
+        .map_err(os("dup a queue eventfd"))?;
+    let transport = Arc::new(Mutex::new(transport));
+    bus.insert(transport.clone(), slot.base, slot.size)
+        .map_err(|source| Error::Bus {
+            base: slot.base,
+            source,
+        })?;
+    for (index, evt) in notify.into_iter().enumerate() {
+        if ioeventfd {
+            match vm.register_mmio_notify(&evt, slot.base + REG_QUEUE_NOTIFY, index as u32) {
+                Ok(()) | Err(hypervisor::Error::Unsupported) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let t = transport.clone();
+        events.add(
+            evt.as_raw_fd(),
+            Box::new(move || {
+                let _ = evt.read();
+                t.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .process_queue(index);
+            }),
+        );
+    }
+    Ok(())
 }
 
 impl<V: hypervisor::Vm + 'static> Drop for Vm<V> {

@@ -213,3 +213,61 @@ fn cpuid_shows_the_hypervisor_bit_and_hides_what_was_asked() {
         assert_eq!(ecx & (1 << 13), 0, "cx16 still visible: {ecx:#x}");
     }
 }
+
+fn disk_image(name: &str, bytes: usize) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("vibe-guests-{}-{name}", std::process::id()));
+    std::fs::write(&p, vec![0u8; bytes]).unwrap();
+    p
+}
+
+fn virtio_blk_round_trip(ioeventfd: bool) {
+    let Some(kvm) = kvm() else { return };
+    let tag = if ioeventfd { "ioeventfd" } else { "bus" };
+    let rw = disk_image(&format!("rw-{tag}.img"), 64 * 512);
+    let ro = disk_image(&format!("ro-{tag}.img"), 8 * 512);
+    let out = Capture::default();
+    let mut c = config(test_guests::VIRTIO_BLK, 1, &out);
+    c.ioeventfd = ioeventfd;
+    c.disks = vec![
+        vmm::DiskConfig {
+            path: rw.clone(),
+            read_only: false,
+        },
+        vmm::DiskConfig {
+            path: ro.clone(),
+            read_only: true,
+        },
+    ];
+    let outcome = run_with_limit(build(&kvm, c), Duration::from_secs(60));
+    let text = out.text();
+    assert_eq!(
+        outcome,
+        Outcome::DebugExit(0),
+        "failed check is the status; output:\n{text}"
+    );
+    // The disk's serial is the tail of its file name (20 bytes at most).
+    let name = rw.file_name().unwrap().to_str().unwrap();
+    let id = &name[name.len().saturating_sub(20)..];
+    assert!(text.contains(&format!("disk id: {id}\r\n")), "{text}");
+    assert!(text.contains("read-only disk refused the write"), "{text}");
+    // After the VM is gone, the bytes are in the file at sector 5.
+    let file = std::fs::read(&rw).unwrap();
+    let want: Vec<u8> = (0..512u32).map(|i| (i * 3 + 1) as u8).collect();
+    assert_eq!(&file[5 * 512..6 * 512], &want[..]);
+    assert!(
+        std::fs::read(&ro).unwrap().iter().all(|&b| b == 0),
+        "read-only disk was written"
+    );
+    let _ = std::fs::remove_file(rw);
+    let _ = std::fs::remove_file(ro);
+}
+
+#[test]
+fn virtio_blk_write_flush_read_and_read_only() {
+    virtio_blk_round_trip(true);
+}
+
+#[test]
+fn virtio_blk_works_without_ioeventfd() {
+    virtio_blk_round_trip(false);
+}

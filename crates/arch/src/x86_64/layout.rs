@@ -87,6 +87,46 @@ pub const fn virtio_mmio_window(n: u64) -> u64 {
     VIRTIO_MMIO_START + n * MMIO_WINDOW_SIZE
 }
 
+/// Interrupt lines for virtio-mmio devices: GSIs 5..=23 of the IOAPIC (0-4 are the PIT,
+/// keyboard, cascade and serial ports).
+pub const VIRTIO_GSI_START: u32 = 5;
+pub const IOAPIC_PINS: u32 = 24;
+/// How many virtio-mmio devices a VM can have: one interrupt line each.
+pub const MAX_VIRTIO_DEVICES: u32 = IOAPIC_PINS - VIRTIO_GSI_START;
+
+/// Interrupt line of the `n`th virtio-mmio device (`n < MAX_VIRTIO_DEVICES`).
+pub const fn virtio_gsi(n: u32) -> u32 {
+    VIRTIO_GSI_START + n
+}
+
+/// Where a virtio-mmio device is: its window and interrupt line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtioMmioSlot {
+    pub base: u64,
+    pub size: u64,
+    pub gsi: u32,
+}
+
+impl VirtioMmioSlot {
+    pub const fn nth(n: u32) -> Self {
+        VirtioMmioSlot {
+            base: virtio_mmio_window(n as u64),
+            size: MMIO_WINDOW_SIZE,
+            gsi: virtio_gsi(n),
+        }
+    }
+
+    /// The kernel command-line form, for kernels built with VIRTIO_MMIO_CMDLINE_DEVICES.
+    pub fn cmdline(&self) -> String {
+        format!(
+            "virtio_mmio.device={}K@{:#x}:{}",
+            self.size >> 10,
+            self.base,
+            self.gsi
+        )
+    }
+}
+
 /// What a range of the guest-physical space is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RegionKind {

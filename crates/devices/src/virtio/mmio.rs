@@ -241,16 +241,15 @@ impl MmioTransport {
         match offset {
             REG_DEVICE_FEATURES_SEL => self.device_features_sel = value,
             REG_DRIVER_FEATURES_SEL => self.driver_features_sel = value,
-            REG_DRIVER_FEATURES => {
-                if self.status & STATUS_DRIVER != 0 && self.status & STATUS_FEATURES_OK == 0 {
-                    match self.driver_features_sel {
-                        0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(value),
-                        1 => {
-                            self.driver_features =
-                                (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
-                        }
-                        _ => {}
-                    }
+            // Features are only taken between DRIVER and FEATURES_OK.
+            REG_DRIVER_FEATURES
+                if self.status & STATUS_DRIVER != 0 && self.status & STATUS_FEATURES_OK == 0 =>
+            {
+                let v = u64::from(value);
+                match self.driver_features_sel {
+                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | v,
+                    1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (v << 32),
+                    _ => {}
                 }
             }
             REG_QUEUE_SEL => self.queue_sel = value,
@@ -261,8 +260,13 @@ impl MmioTransport {
             }
             REG_INTERRUPT_ACK => self.interrupt_status &= !value,
             REG_STATUS => self.set_status(value),
-            REG_QUEUE_NUM | REG_QUEUE_READY | REG_QUEUE_DESC_LOW | REG_QUEUE_DESC_HIGH
-            | REG_QUEUE_DRIVER_LOW | REG_QUEUE_DRIVER_HIGH | REG_QUEUE_DEVICE_LOW
+            REG_QUEUE_NUM
+            | REG_QUEUE_READY
+            | REG_QUEUE_DESC_LOW
+            | REG_QUEUE_DESC_HIGH
+            | REG_QUEUE_DRIVER_LOW
+            | REG_QUEUE_DRIVER_HIGH
+            | REG_QUEUE_DEVICE_LOW
             | REG_QUEUE_DEVICE_HIGH => {
                 if !self.queue_config_allowed() {
                     return;
@@ -300,7 +304,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         data.fill(0);
-        if data.len() == 4 && offset % 4 == 0 {
+        if data.len() == 4 && offset.is_multiple_of(4) {
             data.copy_from_slice(&self.read_register(offset).to_le_bytes());
         }
     }
@@ -313,7 +317,7 @@ impl BusDevice for MmioTransport {
             }
             return;
         }
-        if let (Ok(bytes), true) = (<[u8; 4]>::try_from(data), offset % 4 == 0) {
+        if let (Ok(bytes), true) = (<[u8; 4]>::try_from(data), offset.is_multiple_of(4)) {
             self.write_register(offset, u32::from_le_bytes(bytes));
         }
     }
@@ -362,7 +366,9 @@ mod tests {
         let irqs = Arc::new(AtomicUsize::new(0));
         let processed = Arc::new(AtomicUsize::new(0));
         let t = MmioTransport::new(
-            Box::new(Dummy { processed: processed.clone() }),
+            Box::new(Dummy {
+                processed: processed.clone(),
+            }),
             mem,
             Box::new(Count(irqs.clone())),
         )
@@ -388,7 +394,11 @@ mod tests {
         w(t, REG_DRIVER_FEATURES, features as u32);
         w(t, REG_DRIVER_FEATURES_SEL, 1);
         w(t, REG_DRIVER_FEATURES, (features >> 32) as u32);
-        w(t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        w(
+            t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         for q in 0..2 {
             w(t, REG_QUEUE_SEL, q);
             w(t, REG_QUEUE_NUM, 8);
@@ -398,7 +408,11 @@ mod tests {
             w(t, REG_QUEUE_DEVICE_LOW, 0xa000 + q * 0x1000);
             w(t, REG_QUEUE_READY, 1);
         }
-        w(t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        w(
+            t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
         r(t, REG_STATUS)
     }
 

@@ -63,12 +63,15 @@ impl Block {
             return Err(open_err(io::Error::from_raw_os_error(libc::EISDIR)));
         }
         let size = meta.len();
-        if size % SECTOR_SIZE != 0 {
+        if !size.is_multiple_of(SECTOR_SIZE) {
             return Err(Error::Size { path: name, size });
         }
         // The serial is the file name's tail, as much as fits.
         let mut id = [0u8; VIRTIO_BLK_ID_BYTES as usize];
-        let tail = path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or(b"disk");
+        let tail = path
+            .file_name()
+            .map(|n| n.as_encoded_bytes())
+            .unwrap_or(b"disk");
         let tail = &tail[tail.len().saturating_sub(id.len())..];
         id[..tail.len()].copy_from_slice(tail);
         let capacity = size / SECTOR_SIZE;
@@ -131,9 +134,19 @@ impl Block {
                 let n = unsafe {
                     let p = guard.as_ptr().add(done);
                     if to_file {
-                        libc::pwrite(self.file.as_raw_fd(), p.cast(), len, (offset + done as u64) as i64)
+                        libc::pwrite(
+                            self.file.as_raw_fd(),
+                            p.cast(),
+                            len,
+                            (offset + done as u64) as i64,
+                        )
                     } else {
-                        libc::pread(self.file.as_raw_fd(), p.cast(), len, (offset + done as u64) as i64)
+                        libc::pread(
+                            self.file.as_raw_fd(),
+                            p.cast(),
+                            len,
+                            (offset + done as u64) as i64,
+                        )
                     }
                 };
                 match n {
@@ -242,7 +255,13 @@ mod tests {
 
     /// Submits one request (type, sector, data buffers as (len, device_writes)) and returns
     /// the status byte and the used length.
-    fn submit(blk: &mut Block, mem: &GuestMemoryMmap, kind: u32, sector: u64, data: &[(u32, bool)]) -> (u8, u32) {
+    fn submit(
+        blk: &mut Block,
+        mem: &GuestMemoryMmap,
+        kind: u32,
+        sector: u64,
+        data: &[(u32, bool)],
+    ) -> (u8, u32) {
         let mut h = [0u8; 16];
         h[..4].copy_from_slice(&kind.to_le_bytes());
         h[8..].copy_from_slice(&sector.to_le_bytes());
@@ -260,7 +279,11 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, &(a, l, f))| {
-                let (f, next) = if i + 1 < n { (f | VRING_DESC_F_NEXT as u16, i as u16 + 1) } else { (f, 0) };
+                let (f, next) = if i + 1 < n {
+                    (f | VRING_DESC_F_NEXT as u16, i as u16 + 1)
+                } else {
+                    (f, 0)
+                };
                 RawDescriptor::from(SplitDescriptor::new(a, l, f, next))
             })
             .collect();
@@ -289,7 +312,10 @@ mod tests {
         let file = std::fs::read(&path).unwrap();
         assert_eq!(&file[3 * 512..4 * 512], &pattern[..]);
         mem.write_slice(&[0u8; 512], GuestAddress(DATA)).unwrap();
-        assert_eq!(submit(&mut blk, &mem, 0, 3, &[(256, true), (256, true)]), (0, 513));
+        assert_eq!(
+            submit(&mut blk, &mem, 0, 3, &[(256, true), (256, true)]),
+            (0, 513)
+        );
         let mut back = vec![0u8; 512];
         mem.read_slice(&mut back, GuestAddress(DATA)).unwrap();
         assert_eq!(back, pattern);
@@ -302,11 +328,26 @@ mod tests {
         let mem = memory();
         let mut blk = Block::open(&path, false).unwrap();
         // Past the end, straddling the end, misaligned length, wrong direction, unknown type.
-        assert_eq!(submit(&mut blk, &mem, 0, 4, &[(512, true)]).0, VIRTIO_BLK_S_IOERR as u8);
-        assert_eq!(submit(&mut blk, &mem, 1, 3, &[(1024, false)]).0, VIRTIO_BLK_S_IOERR as u8);
-        assert_eq!(submit(&mut blk, &mem, 0, 0, &[(100, true)]).0, VIRTIO_BLK_S_IOERR as u8);
-        assert_eq!(submit(&mut blk, &mem, 0, 0, &[(512, false)]).0, VIRTIO_BLK_S_IOERR as u8);
-        assert_eq!(submit(&mut blk, &mem, 77, 0, &[]).0, VIRTIO_BLK_S_UNSUPP as u8);
+        assert_eq!(
+            submit(&mut blk, &mem, 0, 4, &[(512, true)]).0,
+            VIRTIO_BLK_S_IOERR as u8
+        );
+        assert_eq!(
+            submit(&mut blk, &mem, 1, 3, &[(1024, false)]).0,
+            VIRTIO_BLK_S_IOERR as u8
+        );
+        assert_eq!(
+            submit(&mut blk, &mem, 0, 0, &[(100, true)]).0,
+            VIRTIO_BLK_S_IOERR as u8
+        );
+        assert_eq!(
+            submit(&mut blk, &mem, 0, 0, &[(512, false)]).0,
+            VIRTIO_BLK_S_IOERR as u8
+        );
+        assert_eq!(
+            submit(&mut blk, &mem, 77, 0, &[]).0,
+            VIRTIO_BLK_S_UNSUPP as u8
+        );
         // GET_ID writes the serial.
         assert_eq!(submit(&mut blk, &mem, 8, 0, &[(20, true)]), (0, 21));
         let mut id = [0u8; 20];
@@ -315,7 +356,10 @@ mod tests {
         // A read-only disk refuses writes but flushes fine.
         let mut ro = Block::open(&path, true).unwrap();
         assert_ne!(ro.features() & (1 << VIRTIO_BLK_F_RO), 0);
-        assert_eq!(submit(&mut ro, &mem, 1, 0, &[(512, false)]).0, VIRTIO_BLK_S_IOERR as u8);
+        assert_eq!(
+            submit(&mut ro, &mem, 1, 0, &[(512, false)]).0,
+            VIRTIO_BLK_S_IOERR as u8
+        );
         assert_eq!(submit(&mut ro, &mem, 4, 0, &[]).0, VIRTIO_BLK_S_OK as u8);
         let _ = std::fs::remove_file(path);
     }
@@ -324,8 +368,14 @@ mod tests {
     fn images_must_be_whole_sectors() {
         let p = std::env::temp_dir().join(format!("vibe-blk-odd-{}.img", std::process::id()));
         std::fs::write(&p, [0u8; 1000]).unwrap();
-        assert!(matches!(Block::open(&p, false), Err(Error::Size { size: 1000, .. })));
-        assert!(matches!(Block::open(Path::new("/nonexistent.img"), false), Err(Error::Open { .. })));
+        assert!(matches!(
+            Block::open(&p, false),
+            Err(Error::Size { size: 1000, .. })
+        ));
+        assert!(matches!(
+            Block::open(Path::new("/nonexistent.img"), false),
+            Err(Error::Open { .. })
+        ));
         let _ = std::fs::remove_file(p);
     }
 }

@@ -58,9 +58,13 @@ pub enum ParseError {
     /// The last descriptor is not a writable byte for the status.
     NoStatus,
     /// A data buffer goes the wrong way for the request type.
-    WrongDirection { status: u64 },
+    WrongDirection {
+        status: u64,
+    },
     /// Read/write data that is not a whole number of sectors, or too much of it.
-    BadLength { status: u64 },
+    BadLength {
+        status: u64,
+    },
 }
 
 impl ParseError {
@@ -111,18 +115,13 @@ pub fn parse(
             return Err(ParseError::WrongDirection { status });
         }
     }
-    match kind {
-        Kind::In | Kind::Out => {
-            if data_len % SECTOR_SIZE != 0 || data_len > MAX_DATA_BYTES {
-                return Err(ParseError::BadLength { status });
-            }
-        }
-        Kind::GetId => {
-            if data_len < u64::from(VIRTIO_BLK_ID_BYTES) {
-                return Err(ParseError::BadLength { status });
-            }
-        }
-        _ => {}
+    let bad_length = match kind {
+        Kind::In | Kind::Out => !data_len.is_multiple_of(SECTOR_SIZE) || data_len > MAX_DATA_BYTES,
+        Kind::GetId => data_len < u64::from(VIRTIO_BLK_ID_BYTES),
+        Kind::Flush | Kind::Unsupported(_) => false,
+    };
+    if bad_length {
+        return Err(ParseError::BadLength { status });
     }
     Ok(Request {
         kind,
@@ -165,10 +164,22 @@ mod tests {
 
     #[test]
     fn well_formed_requests() {
-        let r = parse(&[d(0, 16, false), d(0x100, 512, true), d(0x400, 1, true)], header(0, 7)).unwrap();
-        assert_eq!((r.kind, r.sector, r.data_len, r.status), (Kind::In, 7, 512, 0x400));
         let r = parse(
-            &[d(0, 16, false), d(0x100, 1024, false), d(0x600, 512, false), d(0x900, 1, true)],
+            &[d(0, 16, false), d(0x100, 512, true), d(0x400, 1, true)],
+            header(0, 7),
+        )
+        .unwrap();
+        assert_eq!(
+            (r.kind, r.sector, r.data_len, r.status),
+            (Kind::In, 7, 512, 0x400)
+        );
+        let r = parse(
+            &[
+                d(0, 16, false),
+                d(0x100, 1024, false),
+                d(0x600, 512, false),
+                d(0x900, 1, true),
+            ],
             header(1, 2),
         )
         .unwrap();
@@ -176,7 +187,11 @@ mod tests {
         assert!(r.in_range(5) && !r.in_range(4));
         let r = parse(&[d(0, 16, false), d(0x900, 1, true)], header(4, 0)).unwrap();
         assert_eq!(r.kind, Kind::Flush);
-        let r = parse(&[d(0, 16, false), d(0x100, 20, true), d(0x900, 1, true)], header(8, 0)).unwrap();
+        let r = parse(
+            &[d(0, 16, false), d(0x100, 20, true), d(0x900, 1, true)],
+            header(8, 0),
+        )
+        .unwrap();
         assert_eq!(r.kind, Kind::GetId);
         let r = parse(&[d(0, 16, false), d(0x900, 1, true)], header(99, 0)).unwrap();
         assert_eq!(r.kind, Kind::Unsupported(99));
@@ -185,19 +200,44 @@ mod tests {
     #[test]
     fn malformed_chains_are_refused() {
         assert_eq!(parse(&[], header(0, 0)), Err(ParseError::Empty));
-        assert_eq!(parse(&[d(0, 8, false), d(1, 1, true)], header(0, 0)), Err(ParseError::BadHeader));
-        assert_eq!(parse(&[d(0, 16, true), d(1, 1, true)], header(0, 0)), Err(ParseError::BadHeader));
-        assert_eq!(parse(&[d(0, 16, false)], header(0, 0)), Err(ParseError::NoStatus));
-        assert_eq!(parse(&[d(0, 16, false), d(1, 1, false)], header(0, 0)), Err(ParseError::NoStatus));
-        assert_eq!(parse(&[d(0, 16, false), d(1, 1, true)], |_| None), Err(ParseError::UnreadableHeader));
+        assert_eq!(
+            parse(&[d(0, 8, false), d(1, 1, true)], header(0, 0)),
+            Err(ParseError::BadHeader)
+        );
+        assert_eq!(
+            parse(&[d(0, 16, true), d(1, 1, true)], header(0, 0)),
+            Err(ParseError::BadHeader)
+        );
+        assert_eq!(
+            parse(&[d(0, 16, false)], header(0, 0)),
+            Err(ParseError::NoStatus)
+        );
+        assert_eq!(
+            parse(&[d(0, 16, false), d(1, 1, false)], header(0, 0)),
+            Err(ParseError::NoStatus)
+        );
+        assert_eq!(
+            parse(&[d(0, 16, false), d(1, 1, true)], |_| None),
+            Err(ParseError::UnreadableHeader)
+        );
         // A read whose buffer the device may not write.
-        let e = parse(&[d(0, 16, false), d(0x100, 512, false), d(9, 1, true)], header(0, 0));
+        let e = parse(
+            &[d(0, 16, false), d(0x100, 512, false), d(9, 1, true)],
+            header(0, 0),
+        );
         assert_eq!(e, Err(ParseError::WrongDirection { status: 9 }));
         // Not whole sectors.
-        let e = parse(&[d(0, 16, false), d(0x100, 100, true), d(9, 1, true)], header(0, 0));
+        let e = parse(
+            &[d(0, 16, false), d(0x100, 100, true), d(9, 1, true)],
+            header(0, 0),
+        );
         assert_eq!(e, Err(ParseError::BadLength { status: 9 }));
         // Sector arithmetic that would overflow is out of range, not a panic.
-        let r = parse(&[d(0, 16, false), d(0x100, 512, true), d(9, 1, true)], header(0, u64::MAX)).unwrap();
+        let r = parse(
+            &[d(0, 16, false), d(0x100, 512, true), d(9, 1, true)],
+            header(0, u64::MAX),
+        )
+        .unwrap();
         assert!(!r.in_range(u64::MAX));
     }
 }
