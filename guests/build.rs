@@ -14,6 +14,8 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
     ("reset", "reset.S", &[]),
     ("cpuid", "cpuid.S", &[]),
     ("virtio_blk", "virtio_blk.S", &[]),
+    ("virtio_console", "virtio_console.S", &[]),
+    ("mmio_console", "mmio_console.S", &[]),
     ("triple_fault", "triple_fault.S", &[]),
     ("bench_tiny", "bench_tiny.S", &["-DPVH"]),
     ("bench_pio", "bench_pio.S", &["-DPVH"]),
@@ -30,7 +32,11 @@ fn main() {
         let elf = out.join(format!("{name}.elf"));
         let status = Command::new(&cc)
             .args(["-nostdlib", "-static", "-no-pie", "-ffreestanding"])
-            .args(["-Wl,--build-id=none", "-Wl,-n"])
+            .args([
+                "-Wl,--build-id=none",
+                "-Wl,-n",
+                "-Wl,--no-warn-rwx-segments",
+            ])
             .arg(format!("-Wl,-T,{}", dir.join("guest.ld").display()))
             .arg(format!("-I{}", dir.display()))
             .args(*flags)

@@ -56,9 +56,14 @@ pub struct RunArgs {
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: u32,
-    /// Serial console (COM1): stdio, file:PATH or none.
-    #[arg(long, value_name = "WHERE", default_value = "stdio", value_parser = parse_serial)]
-    pub serial: SerialArg,
+    /// Which console device the terminal (stdin/stdout) is connected to: serial (COM1),
+    /// virtio (a virtio-console) or mmio (the MMIO console).
+    #[arg(long, value_name = "DEVICE", default_value = "serial", value_parser = parse_console)]
+    pub console: vmm::ConsoleKind,
+    /// Where the serial port's (COM1) output goes: stdio, file:PATH or none [default: stdio
+    /// with --console serial, else none].
+    #[arg(long, value_name = "WHERE", value_parser = parse_serial)]
+    pub serial: Option<SerialArg>,
     /// A virtio-blk disk backed by a raw image (size a multiple of 512); repeatable. Add
     /// ",readonly" to refuse the guest's writes.
     #[arg(long = "disk", value_name = "PATH[,readonly]", value_parser = parse_disk)]
@@ -90,6 +95,15 @@ fn parse_serial(s: &str) -> Result<SerialArg, String> {
             Some(p) if !p.is_empty() => Ok(SerialArg::File(p.into())),
             _ => Err(format!("{s:?} is not stdio, file:PATH or none")),
         },
+    }
+}
+
+fn parse_console(s: &str) -> Result<vmm::ConsoleKind, String> {
+    match s {
+        "serial" => Ok(vmm::ConsoleKind::Serial),
+        "virtio" => Ok(vmm::ConsoleKind::Virtio),
+        "mmio" => Ok(vmm::ConsoleKind::Mmio),
+        _ => Err(format!("{s:?} is not serial, virtio or mmio")),
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use devices::serial::Serial;
+use devices::ConsoleInput;
 use vmm::{Outcome, StopHandle};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -60,13 +60,14 @@ pub struct Console {
 }
 
 impl Console {
-    pub fn attach(serial: Arc<Mutex<Serial>>, stop: StopHandle) -> anyhow::Result<Self> {
+    /// Puts the terminal in raw mode and forwards stdin to `input` (a console device).
+    pub fn attach(input: Arc<Mutex<dyn ConsoleInput>>, stop: StopHandle) -> anyhow::Result<Self> {
         let raw = enter_raw_mode()?;
         let done = Arc::new(EventFd::new(0)?);
         let d = done.clone();
         let thread = std::thread::Builder::new()
             .name("console".into())
-            .spawn(move || forward_stdin(&serial, &stop, &d))?;
+            .spawn(move || forward_stdin(&*input, &stop, &d))?;
         Ok(Console {
             raw,
             done,
@@ -87,8 +88,8 @@ impl Drop for Console {
     }
 }
 
-/// Waits for stdin or `done`; forwards input to the UART, handling the escape key.
-fn forward_stdin(serial: &Mutex<Serial>, stop: &StopHandle, done: &EventFd) {
+/// Waits for stdin or `done`; forwards input to the console device, handling the escape key.
+fn forward_stdin(input: &Mutex<dyn ConsoleInput>, stop: &StopHandle, done: &EventFd) {
     let stdin = io::stdin();
     let mut escape = false;
     let mut buf = [0u8; 64];
@@ -141,10 +142,10 @@ fn forward_stdin(serial: &Mutex<Serial>, stop: &StopHandle, done: &EventFd) {
         }
         let mut rest = &out[..];
         while !rest.is_empty() {
-            let n = serial
+            let n = input
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .enqueue_input(rest);
+                .queue_input(rest);
             rest = &rest[n..];
             if n == 0 {
                 // FIFO full: wait for the guest to drain it, unless the VM is ending.

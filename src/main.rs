@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use hypervisor::Hypervisor;
-use vmm::{KernelImage, Outcome, SerialOutput, Vm, VmConfig};
+use vmm::{ConsoleKind, KernelImage, Outcome, SerialOutput, Vm, VmConfig};
 
 use args::{Cli, Command, RunArgs, SerialArg};
 
@@ -72,11 +72,28 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
     config.acpi = !args.no_acpi;
     config.disks = args.disks.clone();
     config.cpuid_hide = args.cpuid_hide.0.clone();
-    config.serial = match &args.serial {
+    // The terminal belongs to one console device; COM1 goes elsewhere unless it is that one.
+    let serial = match (&args.serial, args.console) {
+        (Some(SerialArg::Stdio), ConsoleKind::Virtio | ConsoleKind::Mmio) => {
+            anyhow::bail!(
+                "--serial stdio and --console {:?} both want the terminal; pick one",
+                args.console
+            )
+        }
+        (Some(s), _) => s.clone(),
+        (None, ConsoleKind::Serial) => SerialArg::Stdio,
+        (None, _) => SerialArg::None,
+    };
+    config.serial = match &serial {
         SerialArg::Stdio => SerialOutput::Stdout,
         SerialArg::File(p) => SerialOutput::File(p.clone()),
         SerialArg::None => SerialOutput::None,
     };
+    match args.console {
+        ConsoleKind::Serial => {}
+        ConsoleKind::Virtio => config.virtio_console = Some(SerialOutput::Stdout),
+        ConsoleKind::Mmio => config.mmio_console = Some(SerialOutput::Stdout),
+    }
 
     // Signals are taken by one thread; block them before any other thread exists.
     let signals = signals::SignalThread::block()?;
@@ -84,8 +101,9 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
     let mut vm = Vm::new(&hv, config).context("cannot create the VM")?;
     let stop = vm.stop_handle();
     let signals = signals.spawn(stop.clone())?;
-    let console = match args.serial {
-        SerialArg::Stdio => Some(console::Console::attach(vm.serial(), stop)?),
+    let terminal = matches!(serial, SerialArg::Stdio) || args.console != ConsoleKind::Serial;
+    let console = match vm.console_input(args.console) {
+        Some(input) if terminal => Some(console::Console::attach(input, stop)?),
         _ => None,
     };
     let outcome = vm.start().map(|_| vm.wait());

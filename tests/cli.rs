@@ -174,6 +174,19 @@ fn bad_sizes_and_counts_are_refused() {
     assert_error(&["run", "--memory", "1000T"], "more than this host has");
     assert_error(&["run", "--cpus", "0"], "0 vCPUs requested");
     assert_error(&["run", "--cpus", "100000"], "100000 vCPUs requested");
+    assert_error(
+        &["run", "--console", "virtio", "--serial", "stdio"],
+        "both want the terminal",
+    );
+    let odd = temp_file("odd.img", &[0u8; 1000]);
+    assert_error(
+        &["run", "--disk", odd.to_str().unwrap()],
+        "not a multiple of 512",
+    );
+    assert_error(
+        &["run", "--disk", "/nonexistent/disk.img"],
+        "cannot open disk image",
+    );
     let long = "x".repeat(3000);
     assert_error(&["run", "--cmdline", &long], "command line of 3000 bytes");
 }
@@ -185,6 +198,8 @@ fn unparsable_arguments_are_usage_errors() {
         &["run", "--serial", "tcp:1234"],
         &["run", "--cpuid-hide", "warp-drive"],
         &["run", "--bogus"],
+        &["run", "--console", "vga"],
+        &["run", "--disk", "a.img,turbo"],
     ] {
         let out = run(args);
         let err = String::from_utf8_lossy(&out.stderr);

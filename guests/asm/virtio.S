@@ -2,12 +2,15 @@
  * A minimal polling virtio-mmio (version 2) driver for the test guests: one queue of 8
  * descriptors per device, interrupts unused (the guest never enables them).
  *
- *   virtio_init   RDI = device window, RSI = ring memory (desc at +0, avail at +0x1000,
- *                 used at +0x2000). Negotiates VERSION_1 only and sets up queue 0.
+ *   virtio_init   RDI = device window, RSI = ring memory, EDX = number of queues (1 or 2).
+ *                 Queue q's rings are at RSI + q * 0x4000: descriptors at +0, available
+ *                 ring at +0x1000, used ring at +0x2000. Negotiates VERSION_1 only.
  *                 Returns EAX = device status (bit 2, DRIVER_OK, set on success).
- *   virtq_submit  RDI = device window, RSI = ring memory, EAX = head descriptor index.
- *                 Makes the chain available, notifies queue 0 and polls the used ring.
- *                 Returns EAX = 0 when the device used it, 1 on timeout.
+ *   virtq_post    RDI = device window, RSI = the queue's ring memory, R8D = queue index,
+ *                 EAX = head descriptor index. Makes the chain available and notifies.
+ *                 Returns ECX = the available index the used ring must reach.
+ *   virtq_submit  virtq_post, then polls the used ring. Returns EAX = 0 when the device used
+ *                 the chain, 1 on timeout.
  *   DESC ring, index, addr, len, flags, next   writes one descriptor
  */
 
@@ -49,7 +52,10 @@ virtio_init:
     mov eax, [rdi + VREG_STATUS]
     test eax, 8
     jz 1f
-    mov dword ptr [rdi + VREG_QSEL], 0
+    push rsi
+    push rcx
+    xor ecx, ecx
+2:  mov [rdi + VREG_QSEL], ecx
     mov dword ptr [rdi + VREG_QNUM], 8
     mov [rdi + VREG_QDESC], esi
     mov dword ptr [rdi + VREG_QDESC + 4], 0
@@ -60,12 +66,17 @@ virtio_init:
     mov [rdi + VREG_QDEVICE], eax
     mov dword ptr [rdi + VREG_QDEVICE + 4], 0
     mov dword ptr [rdi + VREG_QREADY], 1
+    add esi, 0x4000
+    inc ecx
+    cmp ecx, edx
+    jb 2b
+    pop rcx
+    pop rsi
     mov dword ptr [rdi + VREG_STATUS], 15
     mov eax, [rdi + VREG_STATUS]
 1:  ret
 
-virtq_submit:
-    push rcx
+virtq_post:
     push rdx
     movzx ecx, word ptr [rsi + 0x1002]              /* avail.idx */
     mov edx, ecx
@@ -73,7 +84,14 @@ virtq_submit:
     mov [rsi + 0x1004 + rdx * 2], ax                /* avail.ring[idx % 8] = head */
     inc ecx
     mov [rsi + 0x1002], cx                          /* publish */
-    mov dword ptr [rdi + VREG_NOTIFY], 0
+    mov [rdi + VREG_NOTIFY], r8d
+    pop rdx
+    ret
+
+virtq_submit:
+    push rcx
+    push rdx
+    call virtq_post
     mov edx, 2000000
 2:  cmp cx, word ptr [rsi + 0x2002]                 /* used.idx caught up? */
     je 3f

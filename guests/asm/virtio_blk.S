@@ -18,6 +18,8 @@
 #define SECTOR  5
 
 main:
+    xor r8d, r8d                                    /* every request goes to queue 0 */
+    mov edx, 1
     mov rdi, DISK0
     mov rsi, RING0
     call virtio_init
@@ -106,6 +108,7 @@ main:
     cmp dword ptr [rdi + VREG_MAGIC], VIRTIO_MAGIC
     jne 8f
     mov rsi, RING1
+    mov edx, 1
     call virtio_init
     test eax, 4
     mov al, 17

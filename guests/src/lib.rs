@@ -33,6 +33,12 @@ guest!(
     /// disk 1, if present, refuses writes; exits 0 or the failed check's number.
     VIRTIO_BLK, "virtio_blk.elf");
 guest!(
+    /// Greets through virtio-console, then echoes one input buffer as `got: <input>`.
+    VIRTIO_CONSOLE, "virtio_console.elf");
+guest!(
+    /// Greets through the MMIO console, then echoes one input byte as `got <byte>`.
+    MMIO_CONSOLE, "mmio_console.elf");
+guest!(
     /// Resets the machine through the i8042 controller.
     RESET, "reset.elf");
 guest!(

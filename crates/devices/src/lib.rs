@@ -6,6 +6,7 @@
 pub mod bus;
 pub mod debug_exit;
 pub mod i8042;
+pub mod mmio_console;
 pub mod serial;
 pub mod virtio;
 
@@ -18,6 +19,12 @@ pub enum StopReason {
     Reset,
     /// The guest wrote its exit status to the debug-exit port.
     DebugExit(u8),
+}
+
+/// A console device that takes host keyboard input.
+pub trait ConsoleInput: Send {
+    /// Queues bytes for the guest; returns how many fit (the caller retries the rest later).
+    fn queue_input(&mut self, bytes: &[u8]) -> usize;
 }
 
 /// Lets a device end the VM. Implemented by the VMM core.

@@ -39,6 +39,12 @@ impl Serial {
 
     /// Queues host input for the guest; returns how many bytes fit in the receive FIFO.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        <Self as crate::ConsoleInput>::queue_input(self, bytes)
+    }
+}
+
+impl crate::ConsoleInput for Serial {
+    fn queue_input(&mut self, bytes: &[u8]) -> usize {
         let room = self.uart.fifo_capacity().min(bytes.len());
         if room == 0 {
             return 0;
@@ -50,11 +56,6 @@ impl Serial {
                 0
             }
         }
-    }
-
-    /// Free space in the receive FIFO.
-    pub fn input_room(&self) -> usize {
-        self.uart.fifo_capacity()
     }
 }
 

@@ -20,6 +20,17 @@ pub enum SerialOutput {
     None,
 }
 
+/// The console devices a VM can have; the CLI connects one of them to the terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleKind {
+    /// The 16550 UART (COM1).
+    Serial,
+    /// A virtio-console device.
+    Virtio,
+    /// The MMIO console (a page of registers, polled).
+    Mmio,
+}
+
 /// A virtio-blk disk backed by a raw image file.
 #[derive(Debug, Clone)]
 pub struct DiskConfig {
@@ -35,6 +46,10 @@ pub struct VmConfig {
     pub memory: u64,
     pub cpus: u32,
     pub serial: SerialOutput,
+    /// Adds a virtio-console writing its output here.
+    pub virtio_console: Option<SerialOutput>,
+    /// Adds the MMIO console writing its output here.
+    pub mmio_console: Option<SerialOutput>,
     /// virtio-blk disks, in order (the guest sees them as vda, vdb, ...).
     pub disks: Vec<DiskConfig>,
     /// Let the hypervisor signal queue notifications directly (KVM ioeventfd). Off, every
@@ -59,6 +74,8 @@ impl VmConfig {
             serial: SerialOutput::Stdout,
             acpi: true,
             disks: Vec::new(),
+            virtio_console: None,
+            mmio_console: None,
             ioeventfd: true,
             #[cfg(target_arch = "x86_64")]
             cpuid_hide: Vec::new(),

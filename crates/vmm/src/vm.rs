@@ -10,17 +10,20 @@ use std::thread::JoinHandle;
 use arch::x86_64::layout::{VirtioMmioSlot, MAX_VIRTIO_DEVICES};
 use devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT};
 use devices::i8042::{self, I8042};
+use devices::mmio_console::MmioConsole;
 use devices::serial::{self, Serial};
 use devices::virtio::block::Block;
+use devices::virtio::console::{Console as VirtioConsole, RX_QUEUE};
 use devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use devices::virtio::VirtioDevice;
+use devices::ConsoleInput;
 use devices::{Bus, BusDevice, VmControl};
 use hypervisor::Hypervisor;
 use std::os::fd::AsRawFd;
 use vm_memory::GuestMemoryMmap;
 
 use crate::boot::{self, BootPlan};
-use crate::config::SerialOutput;
+use crate::config::{ConsoleKind, SerialOutput};
 use crate::event_loop::{EventLoop, EventLoopBuilder};
 use crate::state::{Outcome, StopHandle, VmState};
 use crate::vcpu::VcpuContext;
@@ -35,6 +38,8 @@ pub struct Vm<V: hypervisor::Vm + 'static> {
     pio: Option<Bus>,
     mmio: Option<Bus>,
     serial: Arc<Mutex<Serial>>,
+    virtio_console: Option<Arc<Mutex<dyn ConsoleInput>>>,
+    mmio_console: Option<Arc<Mutex<dyn ConsoleInput>>>,
     plan: BootPlan,
     cpus: u32,
     #[cfg(target_arch = "x86_64")]
@@ -64,7 +69,7 @@ fn serial_writer(out: SerialOutput) -> Result<Box<dyn Write + Send>> {
 impl<V: hypervisor::Vm + 'static> Vm<V> {
     /// Creates the VM: validates the config, allocates and maps memory, creates the irqchip and
     /// the platform devices, and loads the kernel. No vCPU runs until [`Vm::start`].
-    pub fn new<H: Hypervisor<Vm = V>>(hv: &H, config: VmConfig) -> Result<Self> {
+    pub fn new<H: Hypervisor<Vm = V>>(hv: &H, mut config: VmConfig) -> Result<Self> {
         let max = hv.max_vcpus().min(MAX_VCPUS);
         if config.cpus == 0 || config.cpus > max {
             return Err(Error::BadCpuCount {
@@ -83,11 +88,23 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
             source,
         })?);
 
-        // Every virtio device gets the next window and interrupt line.
+        // Every virtio device gets the next window and interrupt line: disks, then console.
         let mut virtio: Vec<Box<dyn VirtioDevice>> = Vec::new();
         for disk in &config.disks {
             virtio.push(Box::new(Block::open(&disk.path, disk.read_only)?));
         }
+        let mut console_input = None;
+        let VmConfig {
+            virtio_console: virtio_console_out,
+            mmio_console: mmio_console_out,
+            ..
+        } = &mut config;
+        if let Some(out) = virtio_console_out.take() {
+            let console = VirtioConsole::new(serial_writer(out)?);
+            console_input = Some((virtio.len(), console.input_handle()));
+            virtio.push(Box::new(console));
+        }
+        let mmio_console_out = mmio_console_out.take();
         if virtio.len() > MAX_VIRTIO_DEVICES as usize {
             return Err(Error::TooManyDevices {
                 count: virtio.len(),
@@ -130,8 +147,9 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
 
         let mut mmio = Bus::new();
         let mut events = EventLoopBuilder::default();
-        for (device, slot) in virtio.into_iter().zip(&slots) {
-            add_virtio(
+        let mut virtio_console: Option<Arc<Mutex<dyn ConsoleInput>>> = None;
+        for (n, (device, slot)) in virtio.into_iter().zip(&slots).enumerate() {
+            let transport = add_virtio(
                 &vm,
                 &mem,
                 &mut mmio,
@@ -140,6 +158,28 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
                 slot,
                 config.ioeventfd,
             )?;
+            if let Some((_, mut handle)) = console_input.take_if(|(at, _)| *at == n) {
+                let rx = lock(&transport).notify_eventfds()[RX_QUEUE]
+                    .try_clone()
+                    .map_err(|source| Error::Os {
+                        op: "dup a queue eventfd",
+                        source,
+                    })?;
+                handle.connect(rx);
+                virtio_console = Some(Arc::new(Mutex::new(handle)));
+            }
+        }
+        let mut mmio_console: Option<Arc<Mutex<dyn ConsoleInput>>> = None;
+        if let Some(out) = mmio_console_out {
+            let console = Arc::new(Mutex::new(MmioConsole::new(serial_writer(out)?)));
+            let base = arch::x86_64::layout::platform_mmio_window(0);
+            mmio.insert(
+                console.clone(),
+                base,
+                arch::x86_64::layout::MMIO_WINDOW_SIZE,
+            )
+            .map_err(|source| Error::Bus { base, source })?;
+            mmio_console = Some(console);
         }
 
         #[cfg(target_arch = "x86_64")]
@@ -151,6 +191,8 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
             pio: Some(pio),
             mmio: Some(mmio),
             serial,
+            virtio_console,
+            mmio_console,
             plan,
             cpus,
             #[cfg(target_arch = "x86_64")]
@@ -193,6 +235,15 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
     /// The serial console, for feeding it host input.
     pub fn serial(&self) -> Arc<Mutex<Serial>> {
         self.serial.clone()
+    }
+
+    /// The input side of a console device, if the VM has that device.
+    pub fn console_input(&self, kind: ConsoleKind) -> Option<Arc<Mutex<dyn ConsoleInput>>> {
+        match kind {
+            ConsoleKind::Serial => Some(self.serial.clone()),
+            ConsoleKind::Virtio => self.virtio_console.clone(),
+            ConsoleKind::Mmio => self.mmio_console.clone(),
+        }
     }
 
     /// Guest memory, for inspection.
@@ -329,7 +380,7 @@ fn add_virtio<V: hypervisor::Vm>(
     device: Box<dyn VirtioDevice>,
     slot: &VirtioMmioSlot,
     ioeventfd: bool,
-) -> Result<()> {
+) -> Result<Arc<Mutex<MmioTransport>>> {
     let os = |op| move |source| Error::Os { op, source };
     let transport = MmioTransport::new(device, mem.clone(), vm.irq_line(slot.gsi)?)
         .map_err(os("create a virtio-mmio transport"))?;
@@ -357,13 +408,15 @@ fn add_virtio<V: hypervisor::Vm>(
             evt.as_raw_fd(),
             Box::new(move || {
                 let _ = evt.read();
-                t.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .process_queue(index);
+                lock(&t).process_queue(index);
             }),
         );
     }
-    Ok(())
+    Ok(transport)
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl<V: hypervisor::Vm + 'static> Drop for Vm<V> {

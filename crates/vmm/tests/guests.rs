@@ -271,3 +271,72 @@ fn virtio_blk_write_flush_read_and_read_only() {
 fn virtio_blk_works_without_ioeventfd() {
     virtio_blk_round_trip(false);
 }
+
+/// Boots `guest` with its console output captured, types `input` once `greeting` shows up,
+/// and returns what the console printed.
+fn console_round_trip(
+    guest: &'static [u8],
+    kind: vmm::ConsoleKind,
+    greeting: &str,
+    input: &[u8],
+) -> Option<String> {
+    let kvm = kvm()?;
+    let out = Capture::default();
+    let serial = Capture::default();
+    let mut c = config(guest, 1, &serial);
+    match kind {
+        vmm::ConsoleKind::Virtio => {
+            c.virtio_console = Some(vmm::SerialOutput::Writer(Box::new(out.clone())))
+        }
+        vmm::ConsoleKind::Mmio => {
+            c.mmio_console = Some(vmm::SerialOutput::Writer(Box::new(out.clone())))
+        }
+        vmm::ConsoleKind::Serial => unreachable!(),
+    }
+    let mut vm = build(&kvm, c);
+    let console = vm.console_input(kind).expect("the VM has this console");
+    vm.start().unwrap();
+    let t0 = Instant::now();
+    while !out.text().contains(greeting) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no greeting: {:?}",
+            out.text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(console.lock().unwrap().queue_input(input), input.len());
+    let stop = vm.stop_handle();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(30));
+        stop.stop(Outcome::Stopped("test time limit".into()));
+    });
+    assert_eq!(vm.wait(), Outcome::DebugExit(0), "{}", out.text());
+    Some(out.text())
+}
+
+#[test]
+fn virtio_console_carries_output_and_input() {
+    let Some(out) = console_round_trip(
+        test_guests::VIRTIO_CONSOLE,
+        vmm::ConsoleKind::Virtio,
+        "hello from virtio-console\r\n",
+        b"ping",
+    ) else {
+        return;
+    };
+    assert!(out.ends_with("got: ping\r\n"), "{out:?}");
+}
+
+#[test]
+fn mmio_console_carries_output_and_input() {
+    let Some(out) = console_round_trip(
+        test_guests::MMIO_CONSOLE,
+        vmm::ConsoleKind::Mmio,
+        "hello from the MMIO console\r\n",
+        b"q",
+    ) else {
+        return;
+    };
+    assert!(out.ends_with("got q\r\n"), "{out:?}");
+}

@@ -7,6 +7,7 @@
 //! written by the transport when the guest writes QueueNotify).
 
 pub mod block;
+pub mod console;
 pub mod mmio;
 
 use virtio_queue::Queue;
