@@ -16,6 +16,7 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
     ("virtio_blk", "virtio_blk.S", &[]),
     ("virtio_console", "virtio_console.S", &[]),
     ("mmio_console", "mmio_console.S", &[]),
+    ("virtio_net", "virtio_net.S", &[]),
     ("triple_fault", "triple_fault.S", &[]),
     ("bench_tiny", "bench_tiny.S", &["-DPVH"]),
     ("bench_pio", "bench_pio.S", &["-DPVH"]),

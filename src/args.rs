@@ -68,6 +68,9 @@ pub struct RunArgs {
     /// ",readonly" to refuse the guest's writes.
     #[arg(long = "disk", value_name = "PATH[,readonly]", value_parser = parse_disk)]
     pub disks: Vec<vmm::DiskConfig>,
+    /// A virtio-net device on an existing host TAP interface; repeatable.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=52:54:00:..]", value_parser = parse_net)]
+    pub nets: Vec<vmm::NetConfig>,
     /// Do not give the guest ACPI tables (it then finds its CPUs through the MP table only).
     #[arg(long)]
     pub no_acpi: bool,
@@ -96,6 +99,29 @@ fn parse_serial(s: &str) -> Result<SerialArg, String> {
             _ => Err(format!("{s:?} is not stdio, file:PATH or none")),
         },
     }
+}
+
+fn parse_net(s: &str) -> Result<vmm::NetConfig, String> {
+    let mut tap = None;
+    let mut mac = None;
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("tap", name)) if !name.is_empty() => tap = Some(name.to_string()),
+            Some(("mac", m)) => {
+                mac =
+                    Some(devices::virtio::net::parse_mac(m).ok_or_else(|| {
+                        format!("{m:?} is not a MAC address like 52:54:00:12:34:56")
+                    })?)
+            }
+            _ => {
+                return Err(format!(
+                    "{part:?}: expected tap=NAME or mac=XX:XX:XX:XX:XX:XX"
+                ))
+            }
+        }
+    }
+    let tap = tap.ok_or("missing tap=NAME")?;
+    Ok(vmm::NetConfig { tap, mac })
 }
 
 fn parse_console(s: &str) -> Result<vmm::ConsoleKind, String> {
@@ -168,6 +194,19 @@ mod tests {
         assert!(parse_size("M").is_err());
         assert!(parse_size("-1M").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn nets() {
+        let n = parse_net("tap=tap0,mac=52:54:00:00:00:01").unwrap();
+        assert_eq!(
+            (n.tap.as_str(), n.mac),
+            ("tap0", Some([0x52, 0x54, 0, 0, 0, 1]))
+        );
+        assert!(parse_net("tap=tap0").unwrap().mac.is_none());
+        assert!(parse_net("mac=52:54:00:00:00:01").is_err());
+        assert!(parse_net("tap=tap0,mac=nope").is_err());
+        assert!(parse_net("tap0").is_err());
     }
 
     #[test]

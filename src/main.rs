@@ -71,6 +71,7 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
     config.cpus = args.cpus;
     config.acpi = !args.no_acpi;
     config.disks = args.disks.clone();
+    config.nets = args.nets.clone();
     config.cpuid_hide = args.cpuid_hide.0.clone();
     // The terminal belongs to one console device; COM1 goes elsewhere unless it is that one.
     let serial = match (&args.serial, args.console) {

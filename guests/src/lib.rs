@@ -39,6 +39,10 @@ guest!(
     /// Greets through the MMIO console, then echoes one input byte as `got <byte>`.
     MMIO_CONSOLE, "mmio_console.elf");
 guest!(
+    /// Sends a broadcast frame (ethertype 0x88b5) through virtio-net, then prints the payload
+    /// of the first 0x88b5 frame it receives as `received: <payload>`.
+    VIRTIO_NET, "virtio_net.elf");
+guest!(
     /// Resets the machine through the i8042 controller.
     RESET, "reset.elf");
 guest!(

@@ -38,6 +38,14 @@ pub struct DiskConfig {
     pub read_only: bool,
 }
 
+/// A virtio-net device on an existing host TAP interface.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    pub tap: String,
+    /// The guest's MAC address; by default 52:54:00:12:34:56 plus the device's index.
+    pub mac: Option<[u8; 6]>,
+}
+
 pub struct VmConfig {
     pub kernel: KernelImage,
     pub initrd: Option<PathBuf>,
@@ -46,6 +54,8 @@ pub struct VmConfig {
     pub memory: u64,
     pub cpus: u32,
     pub serial: SerialOutput,
+    /// virtio-net devices, in order.
+    pub nets: Vec<NetConfig>,
     /// Adds a virtio-console writing its output here.
     pub virtio_console: Option<SerialOutput>,
     /// Adds the MMIO console writing its output here.
@@ -74,6 +84,7 @@ impl VmConfig {
             serial: SerialOutput::Stdout,
             acpi: true,
             disks: Vec::new(),
+            nets: Vec::new(),
             virtio_console: None,
             mmio_console: None,
             ioeventfd: true,

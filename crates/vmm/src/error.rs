@@ -58,6 +58,10 @@ pub enum Error {
     },
     #[error(transparent)]
     Disk(#[from] devices::virtio::block::Error),
+    #[error(transparent)]
+    Tap(#[from] devices::virtio::net::TapError),
+    #[error("MAC address {0} is used by two network devices")]
+    DuplicateMac(String),
     #[error("{count} virtio devices requested; at most {max} fit (one interrupt line each)")]
     TooManyDevices { count: usize, max: u32 },
     #[error("the VM was already started")]

@@ -17,7 +17,7 @@ pub(crate) type Handler = Box<dyn FnMut() + Send>;
 /// Handlers collected before the loop starts.
 #[derive(Default)]
 pub(crate) struct EventLoopBuilder {
-    handlers: Vec<(RawFd, Handler)>,
+    handlers: Vec<(RawFd, EventSet, Handler)>,
 }
 
 pub(crate) struct EventLoop {
@@ -29,7 +29,14 @@ impl EventLoopBuilder {
     /// Calls `handler` whenever `fd` is readable. The handler must consume the event (read
     /// the eventfd), or it runs again at once.
     pub fn add(&mut self, fd: RawFd, handler: Handler) {
-        self.handlers.push((fd, handler));
+        self.handlers.push((fd, EventSet::IN, handler));
+    }
+
+    /// Calls `handler` when `fd` becomes readable again (edge-triggered): for sources the
+    /// handler may leave unread on purpose (a TAP whose frames have no guest buffer yet).
+    pub fn add_edge(&mut self, fd: RawFd, handler: Handler) {
+        self.handlers
+            .push((fd, EventSet::IN | EventSet::EDGE_TRIGGERED, handler));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -46,14 +53,14 @@ impl EventLoopBuilder {
             stop.as_raw_fd(),
             EpollEvent::new(EventSet::IN, stop_token),
         )?;
-        for (i, (fd, _)) in self.handlers.iter().enumerate() {
+        for (i, (fd, events, _)) in self.handlers.iter().enumerate() {
             epoll.ctl(
                 ControlOperation::Add,
                 *fd,
-                EpollEvent::new(EventSet::IN, i as u64),
+                EpollEvent::new(*events, i as u64),
             )?;
         }
-        let mut handlers: Vec<Handler> = self.handlers.into_iter().map(|(_, h)| h).collect();
+        let mut handlers: Vec<Handler> = self.handlers.into_iter().map(|(_, _, h)| h).collect();
         let thread = std::thread::Builder::new()
             .name("devices".into())
             .spawn(move || {

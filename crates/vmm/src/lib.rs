@@ -18,7 +18,7 @@ mod state;
 mod vcpu;
 mod vm;
 
-pub use config::{ConsoleKind, DiskConfig, KernelImage, SerialOutput, VmConfig};
+pub use config::{ConsoleKind, DiskConfig, KernelImage, NetConfig, SerialOutput, VmConfig};
 pub use error::{Error, Result};
 pub use state::{Outcome, StopHandle};
 pub use vm::{Vm, MAX_VCPUS};

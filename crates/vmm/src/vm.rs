@@ -15,6 +15,7 @@ use devices::serial::{self, Serial};
 use devices::virtio::block::Block;
 use devices::virtio::console::{Console as VirtioConsole, RX_QUEUE};
 use devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
+use devices::virtio::net::{self, Net, Tap};
 use devices::virtio::VirtioDevice;
 use devices::ConsoleInput;
 use devices::{Bus, BusDevice, VmControl};
@@ -88,10 +89,27 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
             source,
         })?);
 
-        // Every virtio device gets the next window and interrupt line: disks, then console.
+        // Every virtio device gets the next window and interrupt line: disks, network
+        // devices, then the console.
         let mut virtio: Vec<Box<dyn VirtioDevice>> = Vec::new();
         for disk in &config.disks {
             virtio.push(Box::new(Block::open(&disk.path, disk.read_only)?));
+        }
+        // TAPs to watch: (device index, descriptor).
+        let mut taps = Vec::new();
+        let mut macs: Vec<[u8; 6]> = Vec::new();
+        for (i, n) in config.nets.iter().enumerate() {
+            let mac = n
+                .mac
+                .unwrap_or([0x52, 0x54, 0x00, 0x12, 0x34, 0x56u8.wrapping_add(i as u8)]);
+            if macs.contains(&mac) {
+                let text: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+                return Err(Error::DuplicateMac(text.join(":")));
+            }
+            macs.push(mac);
+            let dev = Net::new(Tap::open(&n.tap)?, mac);
+            taps.push((virtio.len(), dev.tap_fd()));
+            virtio.push(Box::new(dev));
         }
         let mut console_input = None;
         let VmConfig {
@@ -158,6 +176,10 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
                 slot,
                 config.ioeventfd,
             )?;
+            if let Some(&(_, fd)) = taps.iter().find(|(at, _)| *at == n) {
+                let t = transport.clone();
+                events.add_edge(fd, Box::new(move || lock(&t).process_queue(net::RX_QUEUE)));
+            }
             if let Some((_, mut handle)) = console_input.take_if(|(at, _)| *at == n) {
                 let rx = lock(&transport).notify_eventfds()[RX_QUEUE]
                     .try_clone()

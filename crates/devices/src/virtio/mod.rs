@@ -9,6 +9,7 @@
 pub mod block;
 pub mod console;
 pub mod mmio;
+pub mod net;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;

@@ -1,0 +1,200 @@
+//! virtio-net backed by a host TAP device: queue 0 receives frames from the TAP, queue 1
+//! transmits the guest's frames to it. The virtio-net header (12 bytes, VERSION_1) travels
+//! with every frame in both directions; no offloads are offered, so it is always plain.
+//!
+//! Receiving reads the TAP only when the guest has a buffer for the frame (at most one frame
+//! waits in the device), so a guest that posts no buffers makes the TAP queue up, not the VMM
+//! spin. The event loop watches the TAP edge-triggered and this device drains it.
+
+pub mod tap;
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
+
+pub use self::tap::{Tap, TapError, VNET_HDR_LEN};
+use super::{read_config_bytes, VirtioDevice, TYPE_NET};
+
+pub const QUEUE_SIZE: u16 = 256;
+pub const RX_QUEUE: usize = 0;
+pub const TX_QUEUE: usize = 1;
+/// Header plus the largest frame without offloads (and room for a VLAN tag).
+const MAX_FRAME: usize = VNET_HDR_LEN + 65_550;
+
+pub struct Net {
+    tap: Tap,
+    config: [u8; 8],
+    rx_frame: Vec<u8>,
+    /// Length of a frame read from the TAP that no guest buffer has taken yet.
+    rx_pending: Option<usize>,
+    tx_frame: Vec<u8>,
+}
+
+impl Net {
+    pub fn new(tap: Tap, mac: [u8; 6]) -> Self {
+        let mut config = [0u8; 8];
+        config[..6].copy_from_slice(&mac);
+        Net {
+            tap,
+            config,
+            rx_frame: vec![0; MAX_FRAME],
+            rx_pending: None,
+            tx_frame: Vec::with_capacity(MAX_FRAME),
+        }
+    }
+
+    /// The TAP's descriptor, for the event loop.
+    pub fn tap_fd(&self) -> RawFd {
+        self.tap.as_raw_fd()
+    }
+
+    fn receive(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        let mut used = false;
+        loop {
+            let len = match self.rx_pending {
+                Some(len) => len,
+                None => match self.tap.read_frame(&mut self.rx_frame) {
+                    Ok(Some(len)) => len,
+                    Ok(None) => break,
+                    Err(e) => {
+                        log::warn!("virtio-net: reading TAP {}: {e}", self.tap.name());
+                        break;
+                    }
+                },
+            };
+            self.rx_pending = Some(len);
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                break; // keep the frame until the guest posts a buffer
+            };
+            let head = chain.head_index();
+            let mut written = 0usize;
+            for d in chain.filter(|d| d.is_write_only()) {
+                let n = (d.len() as usize).min(len - written);
+                if mem
+                    .write_slice(&self.rx_frame[written..written + n], d.addr())
+                    .is_err()
+                {
+                    break;
+                }
+                written += n;
+                if written == len {
+                    break;
+                }
+            }
+            // A frame longer than the guest's buffers is cut short, as a NIC would drop it.
+            self.rx_pending = None;
+            if queue.add_used(mem, head, written as u32).is_err() {
+                break;
+            }
+            used = true;
+        }
+        used
+    }
+
+    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        let mut used = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            self.tx_frame.clear();
+            let mut ok = true;
+            for d in chain.filter(|d| !d.is_write_only()) {
+                let start = self.tx_frame.len();
+                let n = (d.len() as usize).min(MAX_FRAME - start);
+                self.tx_frame.resize(start + n, 0);
+                if mem
+                    .read_slice(&mut self.tx_frame[start..], d.addr())
+                    .is_err()
+                {
+                    ok = false;
+                    break;
+                }
+            }
+            // Anything shorter than a header plus an Ethernet header is not a frame.
+            if ok && self.tx_frame.len() >= VNET_HDR_LEN + 14 {
+                if let Err(e) = self.tap.write_frame(&self.tx_frame) {
+                    log::debug!("virtio-net: writing TAP {}: {e}", self.tap.name());
+                }
+            }
+            if queue.add_used(mem, head, 0).is_err() {
+                break;
+            }
+            used = true;
+        }
+        used
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        TYPE_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        1 << VIRTIO_NET_F_MAC
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        match index {
+            RX_QUEUE => self.receive(queue, mem),
+            TX_QUEUE => self.transmit(queue, mem),
+            _ => false,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.rx_pending = None;
+    }
+}
+
+/// Parses "52:54:00:12:34:56".
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs() {
+        assert_eq!(
+            parse_mac("52:54:00:12:34:5f"),
+            Some([0x52, 0x54, 0, 0x12, 0x34, 0x5f])
+        );
+        assert_eq!(parse_mac("52:54:00:12:34"), None);
+        assert_eq!(parse_mac("52:54:00:12:34:56:78"), None);
+        assert_eq!(parse_mac("5:54:00:12:34:56"), None);
+        assert_eq!(parse_mac("zz:54:00:12:34:56"), None);
+    }
+
+    #[test]
+    fn missing_taps_are_explained() {
+        let e = Tap::open("vibe-nosuch0").err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("ip tuntap add vibe-nosuch0 mode tap"),
+            "{e}"
+        );
+        assert!(matches!(Tap::open(""), Err(TapError::BadName(_))));
+        assert!(matches!(Tap::open("a/b"), Err(TapError::BadName(_))));
+    }
+}
