@@ -107,8 +107,10 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
                 return Err(Error::DuplicateMac(text.join(":")));
             }
             macs.push(mac);
-            let dev = Net::new(Tap::open(&n.tap)?, mac);
-            taps.push((virtio.len(), dev.tap_fd()));
+            let dev = Net::new(Box::new(Tap::open(&n.tap)?), mac);
+            if let Some(fd) = dev.tap_fd() {
+                taps.push((virtio.len(), fd));
+            }
             virtio.push(Box::new(dev));
         }
         let mut console_input = None;

@@ -107,7 +107,9 @@ impl Block {
                 Err(_) => (VIRTIO_BLK_S_IOERR, 0),
             },
             Kind::GetId => {
-                let d = req.data[0];
+                let Some(d) = req.data.iter().find(|d| d.len > 0) else {
+                    return (VIRTIO_BLK_S_IOERR, 0);
+                };
                 let n = self.id.len().min(d.len as usize);
                 match mem.write_slice(&self.id[..n], GuestAddress(d.addr)) {
                     Ok(()) => (VIRTIO_BLK_S_OK, n as u32),
@@ -121,7 +123,7 @@ impl Block {
     /// Moves the data between the file and guest memory, buffer by buffer.
     fn transfer(&self, req: &Request, mem: &GuestMemoryMmap, to_file: bool) -> io::Result<()> {
         let mut offset = req.sector * SECTOR_SIZE;
-        for d in &req.data {
+        for d in req.data.iter().filter(|d| d.len > 0) {
             let slice = mem
                 .get_slice(GuestAddress(d.addr), d.len as usize)
                 .map_err(|e| io::Error::other(e.to_string()))?;

@@ -35,11 +35,11 @@ pub enum Kind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+pub struct Request<'a> {
     pub kind: Kind,
     pub sector: u64,
-    /// Data buffers, in order.
-    pub data: Vec<Desc>,
+    /// Data buffers, in order (zero-length ones included: they move nothing).
+    pub data: &'a [Desc],
     /// Total length of `data`.
     pub data_len: u64,
     /// Guest address of the one-byte status.
@@ -80,10 +80,10 @@ impl ParseError {
 }
 
 /// Parses a chain: header, then data buffers, then the status byte.
-pub fn parse(
-    descs: &[Desc],
+pub fn parse<'a>(
+    descs: &'a [Desc],
     read_header: impl FnOnce(u64) -> Option<[u8; HEADER_SIZE as usize]>,
-) -> Result<Request, ParseError> {
+) -> Result<Request<'a>, ParseError> {
     let (header, rest) = descs.split_first().ok_or(ParseError::Empty)?;
     if header.write_only || header.len < HEADER_SIZE {
         return Err(ParseError::BadHeader);
@@ -103,7 +103,6 @@ pub fn parse(
         other => Kind::Unsupported(other),
     };
     let status = status.addr;
-    let data: Vec<Desc> = data.iter().copied().filter(|d| d.len > 0).collect();
     let data_len: u64 = data.iter().map(|d| u64::from(d.len)).sum();
     let device_writes = match kind {
         Kind::In | Kind::GetId => Some(true),
@@ -111,7 +110,7 @@ pub fn parse(
         Kind::Flush | Kind::Unsupported(_) => None,
     };
     if let Some(w) = device_writes {
-        if data.iter().any(|d| d.write_only != w) {
+        if data.iter().any(|d| d.len > 0 && d.write_only != w) {
             return Err(ParseError::WrongDirection { status });
         }
     }
@@ -132,7 +131,7 @@ pub fn parse(
     })
 }
 
-impl Request {
+impl Request<'_> {
     /// Whether the request's sectors lie inside a disk of `capacity` sectors.
     pub fn in_range(&self, capacity: u64) -> bool {
         self.sector
@@ -164,37 +163,38 @@ mod tests {
 
     #[test]
     fn well_formed_requests() {
-        let r = parse(
-            &[d(0, 16, false), d(0x100, 512, true), d(0x400, 1, true)],
-            header(0, 7),
-        )
-        .unwrap();
+        // `parse` borrows the descriptors, so each list lives in a local.
+        let c = [d(0, 16, false), d(0x100, 512, true), d(0x400, 1, true)];
+        let r = parse(&c, header(0, 7)).unwrap();
         assert_eq!(
             (r.kind, r.sector, r.data_len, r.status),
             (Kind::In, 7, 512, 0x400)
         );
-        let r = parse(
-            &[
-                d(0, 16, false),
-                d(0x100, 1024, false),
-                d(0x600, 512, false),
-                d(0x900, 1, true),
-            ],
-            header(1, 2),
-        )
-        .unwrap();
+        let c = [
+            d(0, 16, false),
+            d(0x100, 1024, false),
+            d(0x600, 512, false),
+            d(0x900, 1, true),
+        ];
+        let r = parse(&c, header(1, 2)).unwrap();
         assert_eq!((r.kind, r.data.len(), r.data_len), (Kind::Out, 2, 1536));
         assert!(r.in_range(5) && !r.in_range(4));
-        let r = parse(&[d(0, 16, false), d(0x900, 1, true)], header(4, 0)).unwrap();
-        assert_eq!(r.kind, Kind::Flush);
-        let r = parse(
-            &[d(0, 16, false), d(0x100, 20, true), d(0x900, 1, true)],
-            header(8, 0),
-        )
-        .unwrap();
-        assert_eq!(r.kind, Kind::GetId);
-        let r = parse(&[d(0, 16, false), d(0x900, 1, true)], header(99, 0)).unwrap();
-        assert_eq!(r.kind, Kind::Unsupported(99));
+        let c = [d(0, 16, false), d(0x900, 1, true)];
+        assert_eq!(parse(&c, header(4, 0)).unwrap().kind, Kind::Flush);
+        assert_eq!(
+            parse(&c, header(99, 0)).unwrap().kind,
+            Kind::Unsupported(99)
+        );
+        let c = [d(0, 16, false), d(0x100, 20, true), d(0x900, 1, true)];
+        assert_eq!(parse(&c, header(8, 0)).unwrap().kind, Kind::GetId);
+        // Zero-length data buffers move nothing, whatever their direction.
+        let c = [
+            d(0, 16, false),
+            d(0x100, 0, false),
+            d(0x200, 512, true),
+            d(0x900, 1, true),
+        ];
+        assert_eq!(parse(&c, header(0, 0)).unwrap().data_len, 512);
     }
 
     #[test]
@@ -224,20 +224,19 @@ mod tests {
         let e = parse(
             &[d(0, 16, false), d(0x100, 512, false), d(9, 1, true)],
             header(0, 0),
-        );
+        )
+        .map(|_| ());
         assert_eq!(e, Err(ParseError::WrongDirection { status: 9 }));
         // Not whole sectors.
         let e = parse(
             &[d(0, 16, false), d(0x100, 100, true), d(9, 1, true)],
             header(0, 0),
-        );
+        )
+        .map(|_| ());
         assert_eq!(e, Err(ParseError::BadLength { status: 9 }));
         // Sector arithmetic that would overflow is out of range, not a panic.
-        let r = parse(
-            &[d(0, 16, false), d(0x100, 512, true), d(9, 1, true)],
-            header(0, u64::MAX),
-        )
-        .unwrap();
+        let c = [d(0, 16, false), d(0x100, 512, true), d(9, 1, true)];
+        let r = parse(&c, header(0, u64::MAX)).unwrap();
         assert!(!r.in_range(u64::MAX));
     }
 }

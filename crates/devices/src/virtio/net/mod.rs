@@ -23,8 +23,34 @@ pub const TX_QUEUE: usize = 1;
 /// Header plus the largest frame without offloads (and room for a VLAN tag).
 const MAX_FRAME: usize = VNET_HDR_LEN + 65_550;
 
+/// Where a network device's frames go and come from: a TAP, or a test double.
+pub trait NetBackend: Send {
+    fn name(&self) -> &str;
+    /// Reads one frame (with its virtio-net header); `Ok(None)` when none is waiting.
+    fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>>;
+    /// Writes one frame (with its virtio-net header).
+    fn write_frame(&mut self, frame: &[u8]) -> std::io::Result<()>;
+    /// A descriptor that becomes readable when frames arrive, if there is one.
+    fn raw_fd(&self) -> Option<RawFd>;
+}
+
+impl NetBackend for Tap {
+    fn name(&self) -> &str {
+        Tap::name(self)
+    }
+    fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        Tap::read_frame(self, buf)
+    }
+    fn write_frame(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        Tap::write_frame(self, frame)
+    }
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.as_raw_fd())
+    }
+}
+
 pub struct Net {
-    tap: Tap,
+    tap: Box<dyn NetBackend>,
     config: [u8; 8],
     rx_frame: Vec<u8>,
     /// Length of a frame read from the TAP that no guest buffer has taken yet.
@@ -33,7 +59,7 @@ pub struct Net {
 }
 
 impl Net {
-    pub fn new(tap: Tap, mac: [u8; 6]) -> Self {
+    pub fn new(tap: Box<dyn NetBackend>, mac: [u8; 6]) -> Self {
         let mut config = [0u8; 8];
         config[..6].copy_from_slice(&mac);
         Net {
@@ -45,9 +71,9 @@ impl Net {
         }
     }
 
-    /// The TAP's descriptor, for the event loop.
-    pub fn tap_fd(&self) -> RawFd {
-        self.tap.as_raw_fd()
+    /// The backend's descriptor, for the event loop.
+    pub fn tap_fd(&self) -> Option<RawFd> {
+        self.tap.raw_fd()
     }
 
     fn receive(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {

@@ -1,0 +1,15 @@
+//! virtio-mmio transport registers and the virtio-console paths, with pending host input.
+#![no_main]
+
+#[path = "harness.rs"]
+mod harness;
+
+use devices::ConsoleInput;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let console = devices::virtio::console::Console::new(Box::new(std::io::sink()));
+    let mut input = console.input_handle();
+    input.queue_input(b"host input for the receive queue");
+    harness::run(Box::new(console), data);
+});
