@@ -17,6 +17,7 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
     ("virtio_console", "virtio_console.S", &[]),
     ("mmio_console", "mmio_console.S", &[]),
     ("virtio_net", "virtio_net.S", &[]),
+    ("virtio_irq", "virtio_irq.S", &[]),
     ("triple_fault", "triple_fault.S", &[]),
     ("bench_tiny", "bench_tiny.S", &["-DPVH"]),
     ("bench_pio", "bench_pio.S", &["-DPVH"]),

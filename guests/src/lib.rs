@@ -43,6 +43,10 @@ guest!(
     /// of the first 0x88b5 frame it receives as `received: <payload>`.
     VIRTIO_NET, "virtio_net.elf");
 guest!(
+    /// Submits a virtio-blk flush and sleeps until the device's interrupt reaches its IDT
+    /// handler through the IOAPIC; prints the InterruptStatus it acknowledged.
+    VIRTIO_IRQ, "virtio_irq.elf");
+guest!(
     /// Resets the machine through the i8042 controller.
     RESET, "reset.elf");
 guest!(

@@ -21,7 +21,13 @@ use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-const IMAGE_SIZE: u64 = 1 << 30;
+/// 1 GiB; `VIBE_BENCH_IMAGE_MB` makes it smaller (for profiling under valgrind).
+fn image_size() -> u64 {
+    std::env::var("VIBE_BENCH_IMAGE_MB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(1 << 30, |mb| mb << 20)
+}
 const QUEUE_SIZE: u16 = 256;
 /// Requests per batch: a third of the descriptor table (three descriptors each).
 const BATCH: u16 = 64;
@@ -134,7 +140,7 @@ fn block_case(
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
     let mut blk = Block::open(path, false).unwrap();
     let mut drv = Driver::new(&mem);
-    let sectors = IMAGE_SIZE / 512 - u64::from(size / 512);
+    let sectors = image_size() / 512 - u64::from(size / 512);
     let offset = |i: u64, rng: &mut Rng| {
         if random {
             (rng.next() % sectors) & !7
@@ -281,7 +287,7 @@ fn main() {
         let chunk = vec![0x5au8; 1 << 20];
         use std::io::Write;
         let mut w = std::io::BufWriter::new(f);
-        for _ in 0..(IMAGE_SIZE >> 20) {
+        for _ in 0..(image_size() >> 20) {
             w.write_all(&chunk).unwrap();
         }
     }

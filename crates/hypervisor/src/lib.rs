@@ -128,8 +128,10 @@ pub trait Vm: Send + Sync {
     /// `legacy_timer` is set, the x86 PIT. Must be called before any vCPU is created.
     fn create_irqchip(&self, legacy_timer: bool) -> Result<()>;
 
-    /// An interrupt line for `gsi`.
-    fn irq_line(&self, gsi: u32) -> Result<Box<dyn IrqLine>>;
+    /// An interrupt line for `gsi`. With `eventfd` the hypervisor is signalled through an
+    /// eventfd it watches (KVM irqfd: no system call into the VM); without, each trigger is a
+    /// direct call (KVM_IRQ_LINE), the only way on hypervisors without eventfds.
+    fn irq_line(&self, gsi: u32, eventfd: bool) -> Result<Box<dyn IrqLine>>;
 
     /// Makes a 4-byte guest write of `value` to MMIO address `addr` signal `evt` inside the
     /// hypervisor, without an exit to the VMM (KVM ioeventfd). Backends without the feature

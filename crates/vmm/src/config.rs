@@ -65,6 +65,9 @@ pub struct VmConfig {
     /// Let the hypervisor signal queue notifications directly (KVM ioeventfd). Off, every
     /// QueueNotify goes through a vCPU exit and the MMIO bus, as on hypervisors without it.
     pub ioeventfd: bool,
+    /// Raise device interrupts through eventfds the hypervisor watches (KVM irqfd). Off, each
+    /// interrupt is a direct call (KVM_IRQ_LINE), as on hypervisors without eventfds.
+    pub irqfd: bool,
     /// Describe the machine with ACPI tables (MADT, FADT); the MP table is always there.
     pub acpi: bool,
     /// CPUID features hidden from the guest.
@@ -88,6 +91,7 @@ impl VmConfig {
             virtio_console: None,
             mmio_console: None,
             ioeventfd: true,
+            irqfd: true,
             #[cfg(target_arch = "x86_64")]
             cpuid_hide: Vec::new(),
         }

@@ -144,7 +144,7 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
             ..
         } = config;
         let serial = Arc::new(Mutex::new(Serial::new(
-            vm.irq_line(serial::COM1_IRQ)?,
+            vm.irq_line(serial::COM1_IRQ, config.irqfd)?,
             serial_writer(serial_out)?,
         )));
         let control: Arc<dyn VmControl> = state.clone();
@@ -176,7 +176,7 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
                 &mut events,
                 device,
                 slot,
-                config.ioeventfd,
+                (config.ioeventfd, config.irqfd),
             )?;
             if let Some(&(_, fd)) = taps.iter().find(|(at, _)| *at == n) {
                 let t = transport.clone();
@@ -403,10 +403,10 @@ fn add_virtio<V: hypervisor::Vm>(
     events: &mut EventLoopBuilder,
     device: Box<dyn VirtioDevice>,
     slot: &VirtioMmioSlot,
-    ioeventfd: bool,
+    (ioeventfd, irqfd): (bool, bool),
 ) -> Result<Arc<Mutex<MmioTransport>>> {
     let os = |op| move |source| Error::Os { op, source };
-    let transport = MmioTransport::new(device, mem.clone(), vm.irq_line(slot.gsi)?)
+    let transport = MmioTransport::new(device, mem.clone(), vm.irq_line(slot.gsi, irqfd)?)
         .map_err(os("create a virtio-mmio transport"))?;
     let notify: Vec<_> = transport
         .notify_eventfds()

@@ -340,3 +340,35 @@ fn mmio_console_carries_output_and_input() {
     };
     assert!(out.ends_with("got q\r\n"), "{out:?}");
 }
+
+fn virtio_interrupt(ioeventfd: bool, irqfd: bool) {
+    let Some(kvm) = kvm() else { return };
+    let disk = disk_image(&format!("irq-{ioeventfd}-{irqfd}.img"), 8 * 512);
+    let out = Capture::default();
+    let mut c = config(test_guests::VIRTIO_IRQ, 1, &out);
+    c.ioeventfd = ioeventfd;
+    c.irqfd = irqfd;
+    c.disks = vec![vmm::DiskConfig {
+        path: disk.clone(),
+        read_only: false,
+    }];
+    let outcome = run_with_limit(build(&kvm, c), Duration::from_secs(60));
+    assert_eq!(outcome, Outcome::DebugExit(0), "{}", out.text());
+    assert!(
+        out.text()
+            .contains("virtio interrupt delivered, InterruptStatus 00000001"),
+        "{}",
+        out.text()
+    );
+    let _ = std::fs::remove_file(disk);
+}
+
+#[test]
+fn virtio_interrupt_reaches_the_guest_through_irqfd_and_the_ioapic() {
+    virtio_interrupt(true, true);
+}
+
+#[test]
+fn virtio_interrupt_without_ioeventfd_or_irqfd() {
+    virtio_interrupt(false, false);
+}

@@ -11,6 +11,7 @@ mod x86_64;
 use std::fs::File;
 use std::io;
 use std::os::fd::{FromRawFd, RawFd};
+use std::sync::Arc;
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, IoEventAddress, VmFd};
@@ -121,7 +122,7 @@ impl crate::Hypervisor for Kvm {
                 .map_err(os_err("KVM_SET_TSS_ADDR"))?;
         }
         Ok(KvmVm {
-            vm,
+            vm: Arc::new(vm),
             #[cfg(target_arch = "x86_64")]
             cpuid: self
                 .kvm
@@ -146,7 +147,7 @@ fn short_name(name: &'static str) -> &'static str {
 
 /// A KVM virtual machine.
 pub struct KvmVm {
-    vm: VmFd,
+    vm: Arc<VmFd>,
     #[cfg(target_arch = "x86_64")]
     cpuid: kvm_bindings::CpuId,
 }
@@ -157,6 +158,20 @@ struct KvmIrqLine(EventFd);
 impl IrqLine for KvmIrqLine {
     fn trigger(&self) -> io::Result<()> {
         self.0.write(1)
+    }
+}
+
+/// A GSI pulsed with KVM_IRQ_LINE (raise, then lower: an edge).
+struct KvmIrqPulse {
+    vm: Arc<VmFd>,
+    gsi: u32,
+}
+
+impl IrqLine for KvmIrqPulse {
+    fn trigger(&self) -> io::Result<()> {
+        self.vm.set_irq_line(self.gsi, true)?;
+        self.vm.set_irq_line(self.gsi, false)?;
+        Ok(())
     }
 }
 
@@ -197,7 +212,13 @@ impl crate::Vm for KvmVm {
         Ok(())
     }
 
-    fn irq_line(&self, gsi: u32) -> Result<Box<dyn IrqLine>> {
+    fn irq_line(&self, gsi: u32, eventfd: bool) -> Result<Box<dyn IrqLine>> {
+        if !eventfd {
+            return Ok(Box::new(KvmIrqPulse {
+                vm: self.vm.clone(),
+                gsi,
+            }));
+        }
         let evt = EventFd::new(EFD_NONBLOCK).map_err(os_err("eventfd"))?;
         self.vm
             .register_irqfd(&evt, gsi)

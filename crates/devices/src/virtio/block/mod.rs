@@ -17,7 +17,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
     VIRTIO_BLK_S_UNSUPP,
 };
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use self::request::{Desc, Kind, Request, SECTOR_SIZE};
@@ -43,6 +43,10 @@ pub struct Block {
     read_only: bool,
     id: [u8; VIRTIO_BLK_ID_BYTES as usize],
     config: [u8; 8],
+    /// Scratch space reused by `process_queue`: one chain's descriptors, and (head, length)
+    /// of the chains handled in this pass.
+    descs: Vec<Desc>,
+    done: Vec<(u16, u32)>,
 }
 
 impl Block {
@@ -81,6 +85,8 @@ impl Block {
             read_only,
             id,
             config: capacity.to_le_bytes(),
+            descs: Vec::new(),
+            done: Vec::new(),
         })
     }
 
@@ -215,23 +221,35 @@ impl VirtioDevice for Block {
     }
 
     fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        let mut used = false;
-        let mut descs = Vec::new();
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            descs.clear();
-            // The chain iterator stops at loops (it yields at most queue-size descriptors).
-            descs.extend(chain.map(|d| Desc {
-                addr: d.addr().0,
-                len: d.len(),
-                write_only: d.is_write_only(),
-            }));
-            let len = self.handle_chain(&descs, mem);
+        // One pass over everything available (one read of the available index), then the
+        // used-ring updates. The buffers are kept between calls.
+        let mut descs = std::mem::take(&mut self.descs);
+        let mut done = std::mem::take(&mut self.done);
+        done.clear();
+        match queue.iter(mem) {
+            Ok(chains) => {
+                for chain in chains {
+                    let head = chain.head_index();
+                    descs.clear();
+                    // The chain iterator stops at loops (at most queue-size descriptors).
+                    descs.extend(chain.map(|d| Desc {
+                        addr: d.addr().0,
+                        len: d.len(),
+                        write_only: d.is_write_only(),
+                    }));
+                    done.push((head, self.handle_chain(&descs, mem)));
+                }
+            }
+            Err(e) => log::warn!("virtio-blk: bad available ring: {e}"),
+        }
+        for &(head, len) in &done {
             if queue.add_used(mem, head, len).is_err() {
                 break;
             }
-            used = true;
         }
+        let used = !done.is_empty();
+        self.descs = descs;
+        self.done = done;
         used
     }
 }
