@@ -13,6 +13,7 @@
  *   puts   RSI = NUL-terminated string
  *   putdec RAX = unsigned number, printed in decimal
  *   puthex EAX = 32-bit number, printed as 8 hex digits
+ *   idt_set EDI = vector, RAX = handler: installs an interrupt gate and loads the IDT
  *   exit   AL = status
  */
     .intel_syntax noprefix
@@ -101,6 +102,25 @@ puthex:
     pop rax
     ret
 
+idt_set:
+    push rdi
+    push rcx
+    shl edi, 4
+    lea rcx, [rip + idt]
+    add rdi, rcx
+    mov [rdi], ax
+    mov cx, cs
+    mov [rdi + 2], cx
+    mov word ptr [rdi + 4], 0x8e00              /* present, interrupt gate */
+    shr rax, 16
+    mov [rdi + 6], ax
+    shr rax, 16
+    mov [rdi + 8], eax
+    lidt [rip + idt_desc]
+    pop rcx
+    pop rdi
+    ret
+
 exit:
     out DEBUG_EXIT, al
 1:  cli
@@ -164,8 +184,16 @@ pvh_pdpt: .skip 4096
 pvh_pd:   .skip 4096
 #endif
 
+    .section .rodata
+    .align 8
+idt_desc:
+    .word 256 * 16 - 1
+    .quad idt
+
     .section .bss
     .align 16
+idt:
+    .skip 256 * 16
 stack_bottom:
     .skip 8192
 stack_top:

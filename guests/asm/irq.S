@@ -4,18 +4,9 @@
 #define VECTOR 0x40
 
 main:
-    /* IDT gate for VECTOR: interrupt gate, present, current CS. */
-    lea rdi, [rip + idt + VECTOR * 16]
+    mov edi, VECTOR
     lea rax, [rip + handler]
-    mov [rdi], ax
-    mov cx, cs
-    mov [rdi + 2], cx
-    mov word ptr [rdi + 4], 0x8e00
-    shr rax, 16
-    mov [rdi + 6], ax
-    shr rax, 16
-    mov [rdi + 8], eax
-    lidt [rip + idt_desc]
+    call idt_set
 
     mov rdi, LAPIC
     mov dword ptr [rdi + 0xf0], 0x1ff     /* spurious vector register: enable */
@@ -42,12 +33,5 @@ handler:
 
     .section .rodata
 ok: .asciz "timer interrupt delivered\r\n"
-    .align 8
-idt_desc:
-    .word (VECTOR + 1) * 16 - 1
-    .quad idt
     .section .data
 fired: .byte 0
-    .section .bss
-    .align 16
-idt: .skip (VECTOR + 1) * 16

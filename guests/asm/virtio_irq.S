@@ -15,18 +15,9 @@
 #define GSI     5
 
 main:
-    /* IDT gate for VECTOR. */
-    lea rdi, [rip + idt + VECTOR * 16]
+    mov edi, VECTOR
     lea rax, [rip + handler]
-    mov [rdi], ax
-    mov cx, cs
-    mov [rdi + 2], cx
-    mov word ptr [rdi + 4], 0x8e00
-    shr rax, 16
-    mov [rdi + 6], ax
-    shr rax, 16
-    mov [rdi + 8], eax
-    lidt [rip + idt_desc]
+    call idt_set
 
     mov al, 0xff                                    /* mask the 8259s: GSIs below 16 also */
     out 0x21, al                                    /* reach them, and they would deliver */
@@ -93,14 +84,7 @@ handler:
     .section .rodata
 ok: .asciz "virtio interrupt delivered, InterruptStatus "
 nl: .asciz "\r\n"
-    .align 8
-idt_desc:
-    .word (VECTOR + 1) * 16 - 1
-    .quad idt
     .section .data
 fired: .byte 0
     .align 4
 isr:   .long 0
-    .section .bss
-    .align 16
-idt: .skip (VECTOR + 1) * 16

@@ -6,8 +6,9 @@
 //! - virtio-net: 64-byte frames transmitted to a TAP, against `write` of the same frames to
 //!   the same TAP (needs root to create the TAP; skipped with a reason otherwise).
 //!
-//! Run with `cargo bench -p devices --bench backends`. The image lives in the page cache, so
-//! this measures the device path's overhead, not the disk.
+//! Run with `cargo bench -p devices --bench backends`. Environment: `VIBE_BENCH_IMAGE_MB`
+//! shrinks the image, `VIBE_BENCH_ONLY_4K` runs only the cached 4 KiB case (both for profiling
+//! under valgrind), `VIBE_BENCH_NO_IO_URING` makes the device use pread/pwrite only.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -306,6 +307,17 @@ fn main() {
             "pread/pwrite per segment"
         }
     );
+    if std::env::var_os("VIBE_BENCH_ONLY_4K").is_some() {
+        block_case(
+            "virtio-blk 4 KiB random read, cached",
+            &path,
+            49_984,
+            4096,
+            (false, true, false),
+        );
+        let _ = std::fs::remove_file(&path);
+        return;
+    }
     let hot = block_case(
         "virtio-blk 4 KiB random read, cached",
         &path,
