@@ -13,6 +13,7 @@ need cc gcc          # assembles the test guests
 need lz4 lz4         # unpacks the Debian kernel for the slow tier
 need dpkg-deb dpkg
 need iasl acpica-tools  # decompiles the ACPI tables in a test
+need dtc device-tree-compiler  # checks the arm64 device tree in a test
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     apt-get install -y -qq "${missing[@]}" >/dev/null || { apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; }

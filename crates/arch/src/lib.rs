@@ -2,6 +2,8 @@
 //! written into guest memory, and the initial CPU register values. This crate computes and
 //! writes; it never runs a vCPU or calls the hypervisor.
 
+/// Portable: compiled on every host, so it is tested here.
+pub mod aarch64;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 

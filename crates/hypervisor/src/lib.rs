@@ -20,6 +20,8 @@
 //! The core never names a backend type: it is generic over these traits, and the backend is
 //! chosen by `cfg(target_os)` in exactly one place ([`default_hypervisor`]).
 
+/// Portable: compiled on every host, so it is tested here.
+pub mod arm64;
 pub mod exit;
 #[cfg(target_os = "linux")]
 pub mod kvm;
