@@ -43,10 +43,12 @@ fn debian_arm64_image_header_and_placement() {
     let initrd = vec![0x5au8; 1 << 20];
     let p = image::load(&mem, &bytes, Some(&initrd), ram).unwrap();
     assert_eq!(p.kernel, RAM_START);
-    assert_eq!(p.kernel % BASE_ALIGN, 0);
+    assert!(p.kernel.is_multiple_of(BASE_ALIGN));
     assert_eq!(p.kernel_end, p.kernel + h.image_size);
     assert!(
-        p.fdt % BASE_ALIGN == 0 && p.fdt >= p.kernel_end && p.fdt + (2 << 20) <= RAM_START + ram
+        p.fdt.is_multiple_of(BASE_ALIGN)
+            && p.fdt >= p.kernel_end
+            && p.fdt + (2 << 20) <= RAM_START + ram
     );
     let (ia, is) = p.initrd.unwrap();
     assert!(ia >= p.kernel_end && ia + is <= p.fdt);
