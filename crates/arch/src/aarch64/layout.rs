@@ -84,6 +84,6 @@ mod tests {
                 }
             }
         }
-        assert!(MAX_CPUS >= 64);
+        const { assert!(MAX_CPUS >= 64) };
     }
 }
