@@ -4,9 +4,11 @@
 //! Not part of the default `cargo test` (it takes a minute or more under this project's nested,
 //! emulating KVM). Run it with
 //!     cargo test --release --test linux_boot -- --ignored --nocapture
-//! On this nested KVM the kernel stops at its int3 self-test (an emulation failure): the test
-//! then also checks that vibe-vmm reports it clearly (exit reason, RIP, instruction bytes).
-//! On hardware with VT-x/AMD-V the kernel boots on to the initramfs, which the test accepts.
+//! On this nested KVM the kernel's code is emulated, and KVM's emulator fails on some
+//! instructions: vibe-vmm completes `int3`, `clac` and `stac` itself (arch::x86_64::fixup), and
+//! the kernel then stops at the next one it meets (`popcnt`, about a minute in): the test
+//! checks that vibe-vmm reports that clearly (exit reason, RIP, instruction bytes). On hardware
+//! with VT-x/AMD-V the kernel boots on to the initramfs, which the test accepts.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

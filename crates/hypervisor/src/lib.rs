@@ -174,6 +174,10 @@ pub trait Vcpu: Send {
     /// Wires LINT0 as ExtINT and LINT1 as NMI, as firmware does for the boot protocol.
     #[cfg(target_arch = "x86_64")]
     fn setup_lapic_lints(&self) -> Result<()>;
+    /// Delivers exception `vector` to the guest on its next entry, as if the instruction
+    /// about to run had raised it (used to finish instructions the hypervisor could not).
+    #[cfg(target_arch = "x86_64")]
+    fn inject_exception(&self, vector: u8) -> Result<()>;
     /// Translates a guest virtual address with the vCPU's current page tables.
     fn translate_gva(&self, gva: u64) -> Result<Option<u64>>;
 }

@@ -29,6 +29,9 @@ pub(crate) struct VcpuContext<V: hypervisor::Vm> {
     pub cpuid_hide: Vec<arch::x86_64::cpuid::Feature>,
 }
 
+/// KVM's internal-error suberror for "instruction emulation failed".
+const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
+
 /// What an unbacked read returns: all ones, as an open bus does on a PC.
 const OPEN_BUS: u8 = 0xff;
 
@@ -122,7 +125,12 @@ impl<V: hypervisor::Vm> VcpuContext<V> {
                 VmExit::SystemEvent(SystemEvent::Crash) => {
                     return self.crash("guest reported a crash".into())
                 }
-                VmExit::InternalError { description, .. } => {
+                VmExit::InternalError { code, description } => {
+                    #[cfg(target_arch = "x86_64")]
+                    if code == KVM_INTERNAL_ERROR_EMULATION && self.finish_instruction(&vcpu) {
+                        continue;
+                    }
+                    let _ = code;
                     let at = self.where_(&vcpu);
                     return self.crash(format!("{description}{at}"));
                 }
@@ -137,6 +145,38 @@ impl<V: hypervisor::Vm> VcpuContext<V> {
                 }
             }
         }
+    }
+
+    /// Completes an instruction the hypervisor failed to emulate, if it is one that
+    /// `arch::x86_64::fixup` knows; returns whether the guest can go on.
+    #[cfg(target_arch = "x86_64")]
+    fn finish_instruction(&self, vcpu: &V::Vcpu) -> bool {
+        let Ok(mut regs) = vcpu.regs() else {
+            return false;
+        };
+        let Ok(Some(gpa)) = vcpu.translate_gva(regs.rip) else {
+            return false;
+        };
+        let mut bytes = [0u8; 15];
+        let n = self.mem.read(&mut bytes, GuestAddress(gpa)).unwrap_or(0);
+        let Some(fix) = arch::x86_64::fixup::for_instruction(&bytes[..n]) else {
+            return false;
+        };
+        (regs.rip, regs.rflags) = fix.apply(regs.rip, regs.rflags);
+        if vcpu.set_regs(&regs).is_err() {
+            return false;
+        }
+        if let Some(vector) = fix.exception {
+            if vcpu.inject_exception(vector).is_err() {
+                return false;
+            }
+        }
+        log::debug!(
+            "vcpu{}: completed {} the hypervisor could not emulate",
+            self.id,
+            fix.mnemonic
+        );
+        true
     }
 
     fn crash(&self, reason: String) {

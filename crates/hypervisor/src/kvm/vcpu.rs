@@ -243,6 +243,11 @@ impl crate::Vcpu for KvmVcpu {
         super::x86_64::setup_lapic_lints(self)
     }
 
+    #[cfg(target_arch = "x86_64")]
+    fn inject_exception(&self, vector: u8) -> Result<()> {
+        super::x86_64::inject_exception(self, vector)
+    }
+
     fn translate_gva(&self, gva: u64) -> Result<Option<u64>> {
         let t = self
             .fd

@@ -181,3 +181,15 @@ pub(super) fn setup_lapic_lints(v: &KvmVcpu) -> Result<()> {
     }
     v.fd.set_lapic(&lapic).map_err(os_err("KVM_SET_LAPIC"))
 }
+
+pub(super) fn inject_exception(v: &KvmVcpu, vector: u8) -> Result<()> {
+    let mut events =
+        v.fd.get_vcpu_events()
+            .map_err(os_err("KVM_GET_VCPU_EVENTS"))?;
+    events.exception.injected = 1;
+    events.exception.nr = vector;
+    events.exception.has_error_code = 0;
+    events.exception.error_code = 0;
+    v.fd.set_vcpu_events(&events)
+        .map_err(os_err("KVM_SET_VCPU_EVENTS"))
+}
