@@ -17,16 +17,23 @@
 //! - **HVF arm64** (planned): a data abort's syndrome (ESR) gives size, direction and register;
 //!   the backend maps it to the same MMIO exits and writes the register on the next entry.
 //!
-//! The core never names a backend type: it is generic over these traits, and the backend is
-//! chosen by `cfg(target_os)` in exactly one place ([`default_hypervisor`]).
+//! The core never names a backend type: it is generic over these traits (plus [`ArchVm`] /
+//! [`ArchVcpu`], the guest-architecture half: registers, CPUID, ...), and the backend is chosen
+//! by `cfg(target_os)` in exactly one place ([`default_hypervisor`]). The architecture traits
+//! and the portable exit logic ([`arm64`]) compile on every host, so a backend for either
+//! architecture can be built and tested against a fake anywhere.
 
 /// Portable: compiled on every host, so it is tested here.
 pub mod arm64;
 pub mod exit;
 #[cfg(target_os = "linux")]
 pub mod kvm;
-#[cfg(target_arch = "x86_64")]
+/// Portable: the register types and the x86 traits compile on every host.
 pub mod x86_64;
+
+/// The architecture-specific traits the VMM core needs of a backend on this host.
+#[cfg(target_arch = "x86_64")]
+pub use x86_64::{X86Vcpu as ArchVcpu, X86Vm as ArchVm};
 
 use std::io;
 
@@ -141,13 +148,11 @@ pub trait Vm: Send + Sync {
     fn register_mmio_notify(&self, evt: &EventFd, addr: u64, value: u32) -> Result<()>;
 
     fn create_vcpu(&self, id: u32) -> Result<Self::Vcpu>;
-
-    /// The CPUID leaves the hypervisor can present to a guest.
-    #[cfg(target_arch = "x86_64")]
-    fn supported_cpuid(&self) -> Result<Vec<x86_64::CpuidEntry>>;
 }
 
-/// One virtual CPU. Its methods are called only from the thread that runs it.
+/// One virtual CPU. Its methods are called only from the thread that runs it. What depends on
+/// the guest architecture (registers, CPUID, ...) is in [`x86_64::X86Vcpu`] and its arm64
+/// counterpart, so a backend for either architecture builds and tests on any host.
 pub trait Vcpu: Send {
     /// Enters the guest, completing the previous exit with `entry`, and runs until the next exit.
     fn run(&mut self, entry: VmEntry) -> Result<VmExit>;
@@ -156,28 +161,6 @@ pub trait Vcpu: Send {
     /// Call once, on the vCPU's own thread, before the first `run`.
     fn kicker(&mut self) -> Result<Box<dyn VcpuKicker>>;
 
-    #[cfg(target_arch = "x86_64")]
-    fn set_regs(&self, regs: &x86_64::Regs) -> Result<()>;
-    #[cfg(target_arch = "x86_64")]
-    fn regs(&self) -> Result<x86_64::Regs>;
-    #[cfg(target_arch = "x86_64")]
-    fn set_special_regs(&self, sregs: &x86_64::SpecialRegs) -> Result<()>;
-    #[cfg(target_arch = "x86_64")]
-    fn special_regs(&self) -> Result<x86_64::SpecialRegs>;
-    #[cfg(target_arch = "x86_64")]
-    fn set_cpuid(&self, entries: &[x86_64::CpuidEntry]) -> Result<()>;
-    #[cfg(target_arch = "x86_64")]
-    fn set_msrs(&self, msrs: &[x86_64::MsrEntry]) -> Result<()>;
-    /// Sets the FPU to its power-on state (x87 control word, MXCSR).
-    #[cfg(target_arch = "x86_64")]
-    fn reset_fpu(&self) -> Result<()>;
-    /// Wires LINT0 as ExtINT and LINT1 as NMI, as firmware does for the boot protocol.
-    #[cfg(target_arch = "x86_64")]
-    fn setup_lapic_lints(&self) -> Result<()>;
-    /// Delivers exception `vector` to the guest on its next entry, as if the instruction
-    /// about to run had raised it (used to finish instructions the hypervisor could not).
-    #[cfg(target_arch = "x86_64")]
-    fn inject_exception(&self, vector: u8) -> Result<()>;
     /// Translates a guest virtual address with the vCPU's current page tables.
     fn translate_gva(&self, gva: u64) -> Result<Option<u64>>;
 }

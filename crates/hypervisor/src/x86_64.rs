@@ -1,4 +1,30 @@
-//! Backend-neutral x86_64 register state: what `arch` computes and a backend loads.
+//! Backend-neutral x86_64 register state (what `arch` computes and a backend loads) and the
+//! x86 parts of the VM and vCPU contracts.
+
+use crate::Result;
+
+/// The x86 side of a VM.
+pub trait X86Vm: crate::Vm<Vcpu: X86Vcpu> {
+    /// The CPUID leaves the hypervisor can present to a guest.
+    fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>>;
+}
+
+/// The x86 side of a vCPU: register state and the set-up a boot protocol needs.
+pub trait X86Vcpu: crate::Vcpu {
+    fn set_regs(&self, regs: &Regs) -> Result<()>;
+    fn regs(&self) -> Result<Regs>;
+    fn set_special_regs(&self, sregs: &SpecialRegs) -> Result<()>;
+    fn special_regs(&self) -> Result<SpecialRegs>;
+    fn set_cpuid(&self, entries: &[CpuidEntry]) -> Result<()>;
+    fn set_msrs(&self, msrs: &[MsrEntry]) -> Result<()>;
+    /// Sets the FPU to its power-on state (x87 control word, MXCSR).
+    fn reset_fpu(&self) -> Result<()>;
+    /// Wires LINT0 as ExtINT and LINT1 as NMI, as firmware does for the boot protocol.
+    fn setup_lapic_lints(&self) -> Result<()>;
+    /// Delivers exception `vector` to the guest on its next entry, as if the instruction
+    /// about to run had raised it (used to finish instructions the hypervisor could not).
+    fn inject_exception(&self, vector: u8) -> Result<()>;
+}
 
 /// General-purpose registers, RIP and RFLAGS.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

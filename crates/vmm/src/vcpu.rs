@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use devices::Bus;
 use hypervisor::exit::{Data, SystemEvent};
-use hypervisor::{Vcpu, VmEntry, VmExit};
+use hypervisor::{ArchVcpu, Vcpu, VmEntry, VmExit};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::boot::BootPlan;
@@ -14,7 +14,7 @@ use crate::state::{Outcome, VmState};
 use crate::Result;
 
 /// Everything a vCPU thread needs, moved into it.
-pub(crate) struct VcpuContext<V: hypervisor::Vm> {
+pub(crate) struct VcpuContext<V: hypervisor::ArchVm> {
     pub id: u32,
     pub num_cpus: u32,
     pub vm: Arc<V>,
@@ -35,7 +35,7 @@ const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
 /// What an unbacked read returns: all ones, as an open bus does on a PC.
 const OPEN_BUS: u8 = 0xff;
 
-impl<V: hypervisor::Vm> VcpuContext<V> {
+impl<V: hypervisor::ArchVm> VcpuContext<V> {
     /// Creates and configures the vCPU on this thread (HVF requires that), reports readiness,
     /// waits for the go signal, then runs.
     pub(crate) fn thread_main(self, ready: Sender<Result<()>>, go: Receiver<bool>) {

@@ -31,7 +31,7 @@ use crate::vcpu::VcpuContext;
 use crate::{memory, Error, Result, VmConfig};
 
 /// A virtual machine built from a [`VmConfig`].
-pub struct Vm<V: hypervisor::Vm + 'static> {
+pub struct Vm<V: hypervisor::ArchVm + 'static> {
     vm: Arc<V>,
     mem: Arc<GuestMemoryMmap>,
     state: Arc<VmState>,
@@ -67,7 +67,7 @@ fn serial_writer(out: SerialOutput) -> Result<Box<dyn Write + Send>> {
     })
 }
 
-impl<V: hypervisor::Vm + 'static> Vm<V> {
+impl<V: hypervisor::ArchVm + 'static> Vm<V> {
     /// Creates the VM: validates the config, allocates and maps memory, creates the irqchip and
     /// the platform devices, and loads the kernel. No vCPU runs until [`Vm::start`].
     pub fn new<H: Hypervisor<Vm = V>>(hv: &H, mut config: VmConfig) -> Result<Self> {
@@ -443,7 +443,7 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl<V: hypervisor::Vm + 'static> Drop for Vm<V> {
+impl<V: hypervisor::ArchVm + 'static> Drop for Vm<V> {
     fn drop(&mut self) {
         self.join();
     }

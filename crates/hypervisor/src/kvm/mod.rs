@@ -242,8 +242,10 @@ impl crate::Vm for KvmVm {
             })?;
         Ok(KvmVcpu::new(fd))
     }
+}
 
-    #[cfg(target_arch = "x86_64")]
+#[cfg(target_arch = "x86_64")]
+impl crate::x86_64::X86Vm for KvmVm {
     fn supported_cpuid(&self) -> Result<Vec<crate::x86_64::CpuidEntry>> {
         Ok(self
             .cpuid

@@ -210,49 +210,43 @@ impl crate::Vcpu for KvmVcpu {
         Ok(Box::new(KvmKicker { thread }))
     }
 
-    #[cfg(target_arch = "x86_64")]
-    fn set_regs(&self, regs: &crate::x86_64::Regs) -> Result<()> {
-        super::x86_64::set_regs(self, regs)
-    }
-    #[cfg(target_arch = "x86_64")]
-    fn regs(&self) -> Result<crate::x86_64::Regs> {
-        super::x86_64::regs(self)
-    }
-    #[cfg(target_arch = "x86_64")]
-    fn set_special_regs(&self, sregs: &crate::x86_64::SpecialRegs) -> Result<()> {
-        super::x86_64::set_special_regs(self, sregs)
-    }
-    #[cfg(target_arch = "x86_64")]
-    fn special_regs(&self) -> Result<crate::x86_64::SpecialRegs> {
-        super::x86_64::special_regs(self)
-    }
-    #[cfg(target_arch = "x86_64")]
-    fn set_cpuid(&self, entries: &[crate::x86_64::CpuidEntry]) -> Result<()> {
-        super::x86_64::set_cpuid(self, entries)
-    }
-    #[cfg(target_arch = "x86_64")]
-    fn set_msrs(&self, msrs: &[crate::x86_64::MsrEntry]) -> Result<()> {
-        super::x86_64::set_msrs(self, msrs)
-    }
-    #[cfg(target_arch = "x86_64")]
-    fn reset_fpu(&self) -> Result<()> {
-        super::x86_64::reset_fpu(self)
-    }
-    #[cfg(target_arch = "x86_64")]
-    fn setup_lapic_lints(&self) -> Result<()> {
-        super::x86_64::setup_lapic_lints(self)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    fn inject_exception(&self, vector: u8) -> Result<()> {
-        super::x86_64::inject_exception(self, vector)
-    }
-
     fn translate_gva(&self, gva: u64) -> Result<Option<u64>> {
         let t = self
             .fd
             .translate_gva(gva)
             .map_err(os_err("KVM_TRANSLATE"))?;
         Ok((t.valid != 0).then_some(t.physical_address))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl crate::x86_64::X86Vcpu for KvmVcpu {
+    fn set_regs(&self, regs: &crate::x86_64::Regs) -> Result<()> {
+        super::x86_64::set_regs(self, regs)
+    }
+    fn regs(&self) -> Result<crate::x86_64::Regs> {
+        super::x86_64::regs(self)
+    }
+    fn set_special_regs(&self, sregs: &crate::x86_64::SpecialRegs) -> Result<()> {
+        super::x86_64::set_special_regs(self, sregs)
+    }
+    fn special_regs(&self) -> Result<crate::x86_64::SpecialRegs> {
+        super::x86_64::special_regs(self)
+    }
+    fn set_cpuid(&self, entries: &[crate::x86_64::CpuidEntry]) -> Result<()> {
+        super::x86_64::set_cpuid(self, entries)
+    }
+    fn set_msrs(&self, msrs: &[crate::x86_64::MsrEntry]) -> Result<()> {
+        super::x86_64::set_msrs(self, msrs)
+    }
+    fn reset_fpu(&self) -> Result<()> {
+        super::x86_64::reset_fpu(self)
+    }
+    fn setup_lapic_lints(&self) -> Result<()> {
+        super::x86_64::setup_lapic_lints(self)
+    }
+
+    fn inject_exception(&self, vector: u8) -> Result<()> {
+        super::x86_64::inject_exception(self, vector)
     }
 }
