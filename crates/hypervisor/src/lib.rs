@@ -23,12 +23,12 @@
 //! and the portable exit logic ([`arm64`]) compile on every host, so a backend for either
 //! architecture can be built and tested against a fake anywhere.
 
-/// Portable: compiled on every host, so it is tested here.
+// Portable: compiled on every host, so it is tested here.
 pub mod arm64;
 pub mod exit;
 #[cfg(target_os = "linux")]
 pub mod kvm;
-/// Portable: the register types and the x86 traits compile on every host.
+// Portable: the register types and the x86 traits compile on every host.
 pub mod x86_64;
 
 /// The architecture-specific traits the VMM core needs of a backend on this host.
