@@ -11,6 +11,7 @@
 
 mod boot;
 pub mod config;
+mod device_manager;
 mod error;
 mod event_loop;
 pub mod memory;

@@ -1,0 +1,233 @@
+//! The device manager: builds the port and MMIO buses, the platform devices on them, the virtio
+//! devices behind their virtio-mmio transports, and the event-loop handlers that serve them.
+//!
+//! In two steps, because the kernel's boot structures must describe the virtio devices before
+//! they are wired: [`plan_virtio`] opens what the config asks for and gives each device its
+//! window and interrupt line; [`build`] puts everything on the buses.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use arch::x86_64::layout::{self, VirtioMmioSlot, MAX_VIRTIO_DEVICES};
+use devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT};
+use devices::i8042::{self, I8042};
+use devices::mmio_console::MmioConsole;
+use devices::serial::{self, Serial};
+use devices::virtio::block::Block;
+use devices::virtio::console::{Console as VirtioConsole, ConsoleInputHandle, RX_QUEUE};
+use devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
+use devices::virtio::net::{self, Net, Tap};
+use devices::virtio::VirtioDevice;
+use devices::{Bus, BusDevice, ConsoleInput, VmControl};
+use vm_memory::GuestMemoryMmap;
+
+use crate::config::SerialOutput;
+use crate::event_loop::EventLoopBuilder;
+use crate::state::VmState;
+use crate::{Error, Result, VmConfig};
+
+/// The virtio devices a config asks for, in window order, not yet wired.
+pub(crate) struct VirtioPlan {
+    devices: Vec<Box<dyn VirtioDevice>>,
+    /// Where each device is described to the guest (window and interrupt line).
+    pub slots: Vec<VirtioMmioSlot>,
+    /// (device index, TAP descriptor) of the network devices.
+    taps: Vec<(usize, RawFd)>,
+    /// (device index, input side) of the virtio-console.
+    console: Option<(usize, ConsoleInputHandle)>,
+}
+
+/// Everything on the buses, ready for the vCPUs and the event loop.
+pub(crate) struct Devices {
+    pub pio: Bus,
+    pub mmio: Bus,
+    pub events: EventLoopBuilder,
+    pub serial: Arc<Mutex<Serial>>,
+    pub virtio_console: Option<Arc<Mutex<dyn ConsoleInput>>>,
+    pub mmio_console: Option<Arc<Mutex<dyn ConsoleInput>>>,
+}
+
+pub(crate) fn serial_writer(out: SerialOutput) -> Result<Box<dyn Write + Send>> {
+    Ok(match out {
+        SerialOutput::Stdout => Box::new(io::stdout()),
+        SerialOutput::File(path) => {
+            Box::new(File::create(&path).map_err(|source| Error::SerialFile { path, source })?)
+        }
+        SerialOutput::Writer(w) => w,
+        SerialOutput::None => Box::new(io::sink()),
+    })
+}
+
+/// Opens the disks and TAPs and creates the virtio devices: disks, network devices, then the
+/// console, each with the next window and interrupt line. Takes the virtio-console's output
+/// out of `config`.
+pub(crate) fn plan_virtio(config: &mut VmConfig) -> Result<VirtioPlan> {
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for disk in &config.disks {
+        devices.push(Box::new(Block::open(&disk.path, disk.read_only)?));
+    }
+    let mut taps = Vec::new();
+    let mut macs: Vec<[u8; 6]> = Vec::new();
+    for (i, n) in config.nets.iter().enumerate() {
+        let mac = n
+            .mac
+            .unwrap_or([0x52, 0x54, 0x00, 0x12, 0x34, 0x56u8.wrapping_add(i as u8)]);
+        if macs.contains(&mac) {
+            let text: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+            return Err(Error::DuplicateMac(text.join(":")));
+        }
+        macs.push(mac);
+        let dev = Net::new(Box::new(Tap::open(&n.tap)?), mac);
+        if let Some(fd) = dev.tap_fd() {
+            taps.push((devices.len(), fd));
+        }
+        devices.push(Box::new(dev));
+    }
+    let mut console = None;
+    if let Some(out) = config.virtio_console.take() {
+        let dev = VirtioConsole::new(serial_writer(out)?);
+        console = Some((devices.len(), dev.input_handle()));
+        devices.push(Box::new(dev));
+    }
+    if devices.len() > MAX_VIRTIO_DEVICES as usize {
+        return Err(Error::TooManyDevices {
+            count: devices.len(),
+            max: MAX_VIRTIO_DEVICES,
+        });
+    }
+    let slots = (0..devices.len() as u32).map(VirtioMmioSlot::nth).collect();
+    Ok(VirtioPlan {
+        devices,
+        slots,
+        taps,
+        console,
+    })
+}
+
+/// Puts the platform devices on the port bus and the virtio devices and MMIO console on the
+/// MMIO bus, and collects the event-loop handlers. Takes the serial and MMIO-console outputs
+/// out of `config`.
+pub(crate) fn build<V: hypervisor::Vm>(
+    vm: &V,
+    mem: &GuestMemoryMmap,
+    state: &Arc<VmState>,
+    config: &mut VmConfig,
+    virtio: VirtioPlan,
+) -> Result<Devices> {
+    let serial_out = std::mem::replace(&mut config.serial, SerialOutput::None);
+    let serial = Arc::new(Mutex::new(Serial::new(
+        vm.irq_line(serial::COM1_IRQ, config.irqfd)?,
+        serial_writer(serial_out)?,
+    )));
+    let control: Arc<dyn VmControl> = state.clone();
+    let mut pio = Bus::new();
+    let mut add = |dev: Arc<Mutex<dyn BusDevice>>, base, len| {
+        pio.insert(dev, base, len)
+            .map_err(|source| Error::Bus { base, source })
+    };
+    add(serial.clone(), serial::COM1_PORT, serial::PORT_RANGE)?;
+    let keyboard = Arc::new(Mutex::new(I8042::new(control.clone())));
+    add(keyboard, i8042::I8042_DATA_PORT, i8042::PORT_RANGE)?;
+    add(
+        Arc::new(Mutex::new(DebugExit::new(control))),
+        DEBUG_EXIT_PORT,
+        1,
+    )?;
+
+    let mut mmio = Bus::new();
+    let mut events = EventLoopBuilder::default();
+    let VirtioPlan {
+        devices,
+        slots,
+        taps,
+        mut console,
+    } = virtio;
+    let mut virtio_console: Option<Arc<Mutex<dyn ConsoleInput>>> = None;
+    let fast = (config.ioeventfd, config.irqfd);
+    for (n, (device, slot)) in devices.into_iter().zip(&slots).enumerate() {
+        let transport = add_virtio(vm, mem, &mut mmio, &mut events, device, slot, fast)?;
+        if let Some(&(_, fd)) = taps.iter().find(|(at, _)| *at == n) {
+            let t = transport.clone();
+            events.add_edge(fd, Box::new(move || lock(&t).process_queue(net::RX_QUEUE)));
+        }
+        if let Some((_, mut handle)) = console.take_if(|(at, _)| *at == n) {
+            let rx = lock(&transport).notify_eventfds()[RX_QUEUE]
+                .try_clone()
+                .map_err(|source| Error::Os {
+                    op: "dup a queue eventfd",
+                    source,
+                })?;
+            handle.connect(rx);
+            virtio_console = Some(Arc::new(Mutex::new(handle)));
+        }
+    }
+    let mut mmio_console: Option<Arc<Mutex<dyn ConsoleInput>>> = None;
+    if let Some(out) = config.mmio_console.take() {
+        let dev = Arc::new(Mutex::new(MmioConsole::new(serial_writer(out)?)));
+        let base = layout::platform_mmio_window(0);
+        mmio.insert(dev.clone(), base, layout::MMIO_WINDOW_SIZE)
+            .map_err(|source| Error::Bus { base, source })?;
+        mmio_console = Some(dev);
+    }
+    Ok(Devices {
+        pio,
+        mmio,
+        events,
+        serial,
+        virtio_console,
+        mmio_console,
+    })
+}
+
+/// Puts a virtio device on the MMIO bus behind a virtio-mmio transport at `slot`, and routes
+/// its queue notifications to the event loop (through ioeventfd when the hypervisor has it and
+/// `ioeventfd` is set; interrupts through irqfd when `irqfd` is set).
+fn add_virtio<V: hypervisor::Vm>(
+    vm: &V,
+    mem: &GuestMemoryMmap,
+    bus: &mut Bus,
+    events: &mut EventLoopBuilder,
+    device: Box<dyn VirtioDevice>,
+    slot: &VirtioMmioSlot,
+    (ioeventfd, irqfd): (bool, bool),
+) -> Result<Arc<Mutex<MmioTransport>>> {
+    let os = |op| move |source| Error::Os { op, source };
+    let transport = MmioTransport::new(device, mem.clone(), vm.irq_line(slot.gsi, irqfd)?)
+        .map_err(os("create a virtio-mmio transport"))?;
+    let notify: Vec<_> = transport
+        .notify_eventfds()
+        .iter()
+        .map(|e| e.try_clone())
+        .collect::<io::Result<_>>()
+        .map_err(os("dup a queue eventfd"))?;
+    let transport = Arc::new(Mutex::new(transport));
+    bus.insert(transport.clone(), slot.base, slot.size)
+        .map_err(|source| Error::Bus {
+            base: slot.base,
+            source,
+        })?;
+    for (index, evt) in notify.into_iter().enumerate() {
+        if ioeventfd {
+            match vm.register_mmio_notify(&evt, slot.base + REG_QUEUE_NOTIFY, index as u32) {
+                Ok(()) | Err(hypervisor::Error::Unsupported) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let t = transport.clone();
+        events.add(
+            evt.as_raw_fd(),
+            Box::new(move || {
+                let _ = evt.read();
+                lock(&t).process_queue(index);
+            }),
+        );
+    }
+    Ok(transport)
+}
+
+/// Locks a device; one whose holder panicked is still usable (plain register state).
+pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
