@@ -6,6 +6,7 @@ pub mod cpuid;
 pub mod fixup;
 pub mod gdt;
 pub mod layout;
+pub mod mmu;
 pub mod mptable;
 pub mod paging;
 pub mod regs;
