@@ -57,12 +57,12 @@ fn build(mem: &GuestMemoryMmap, mode: &str, rng: &mut Rng) -> PagingRegs {
                 put64(mem, 0x10000 + l4 * 8, pdpt | 3);
                 for l3 in 0..4u64 {
                     match rng.next() % 3 {
-                        0 => put64(mem, pdpt + l3 * 8, (rng.next() % 4 << 30) | 0x83),
+                        0 => put64(mem, pdpt + l3 * 8, ((rng.next() % 4) << 30) | 0x83),
                         1 => {
                             let pd = table();
                             put64(mem, pdpt + l3 * 8, pd | 3);
                             for l2 in 0..8u64 {
-                                if rng.next() % 2 == 0 {
+                                if rng.next().is_multiple_of(2) {
                                     put64(mem, pd + l2 * 8, frame(rng, 2 << 20) | 0x83);
                                 } else {
                                     let pt = table();
@@ -90,7 +90,7 @@ fn build(mem: &GuestMemoryMmap, mode: &str, rng: &mut Rng) -> PagingRegs {
                 let pd = table();
                 put64(mem, 0x10000 + l3 * 8, pd | 1);
                 for l2 in 0..8u64 {
-                    if rng.next() % 2 == 0 {
+                    if rng.next().is_multiple_of(2) {
                         put64(mem, pd + l2 * 8, frame(rng, 2 << 20) | 0x83);
                     } else {
                         let pt = table();

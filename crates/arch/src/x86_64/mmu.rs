@@ -359,7 +359,7 @@ mod tests {
             cr0: CR0_PG | 1,
             cr3: 0x1000,
             cr4: CR4_PAE,
-            efer: 0,
+            ..Default::default()
         };
         assert_eq!(
             translate(&m, &pae, 0x4061_0000, Access::Read, 0),
@@ -381,7 +381,7 @@ mod tests {
             cr0: CR0_PG | CR0_WP | 1,
             cr3: 0x5000,
             cr4: CR4_PSE,
-            efer: 0,
+            ..Default::default()
         };
         assert_eq!(
             translate(&m32, &r32, 0x40_3456, Access::Read, 0),
