@@ -9,18 +9,12 @@
 mod common;
 
 use arch::x86_64::mmu::{self, Access, PagingRegs};
-use hypervisor::x86_64::X86Vcpu;
-use hypervisor::x86_64::X86Vm;
+use arch::x86_64::regs::{CR0_PE, CR0_PG, CR4_PAE, CR4_PSE, EFER_LMA, EFER_LME};
+use hypervisor::x86_64::{X86Vcpu, X86Vm};
 use hypervisor::{Hypervisor, Vcpu, Vm};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const MEM: u64 = 64 << 20;
-const CR0_PE: u64 = 1;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PSE: u64 = 1 << 4;
-const CR4_PAE: u64 = 1 << 5;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
 
 struct Rng(u64);
 impl Rng {
@@ -40,9 +34,28 @@ fn put32(mem: &GuestMemoryMmap, at: u64, v: u32) {
     mem.write_obj(v, GuestAddress(at)).unwrap();
 }
 
+fn frame(rng: &mut Rng, align: u64) -> u64 {
+    (rng.next() % MEM) & !(align - 1)
+}
+
+/// A page directory at `pd` whose first 8 entries are 2 MiB pages or page tables of 16 random
+/// 4 KiB frames (the same 8-byte format in long mode and PAE); `table` hands out table pages.
+fn fill_pd(mem: &GuestMemoryMmap, pd: u64, rng: &mut Rng, table: &mut impl FnMut() -> u64) {
+    for l2 in 0..8u64 {
+        if rng.next().is_multiple_of(2) {
+            put64(mem, pd + l2 * 8, frame(rng, 2 << 20) | 0x83);
+        } else {
+            let pt = table();
+            put64(mem, pd + l2 * 8, pt | 3);
+            for l1 in 0..16u64 {
+                put64(mem, pt + l1 * 8, frame(rng, 4096) | 3);
+            }
+        }
+    }
+}
+
 /// Random tables for `mode`, CR3 at 0x10000, tables from 0x11000, frames below MEM.
 fn build(mem: &GuestMemoryMmap, mode: &str, rng: &mut Rng) -> PagingRegs {
-    let frame = |rng: &mut Rng, align: u64| (rng.next() % MEM) & !(align - 1);
     let mut next_table = 0x11000u64;
     let mut table = || {
         next_table += 0x1000;
@@ -61,17 +74,7 @@ fn build(mem: &GuestMemoryMmap, mode: &str, rng: &mut Rng) -> PagingRegs {
                         1 => {
                             let pd = table();
                             put64(mem, pdpt + l3 * 8, pd | 3);
-                            for l2 in 0..8u64 {
-                                if rng.next().is_multiple_of(2) {
-                                    put64(mem, pd + l2 * 8, frame(rng, 2 << 20) | 0x83);
-                                } else {
-                                    let pt = table();
-                                    put64(mem, pd + l2 * 8, pt | 3);
-                                    for l1 in 0..16u64 {
-                                        put64(mem, pt + l1 * 8, frame(rng, 4096) | 3);
-                                    }
-                                }
-                            }
+                            fill_pd(mem, pd, rng, &mut table);
                         }
                         _ => {}
                     }
@@ -89,17 +92,7 @@ fn build(mem: &GuestMemoryMmap, mode: &str, rng: &mut Rng) -> PagingRegs {
             for l3 in 0..4u64 {
                 let pd = table();
                 put64(mem, 0x10000 + l3 * 8, pd | 1);
-                for l2 in 0..8u64 {
-                    if rng.next().is_multiple_of(2) {
-                        put64(mem, pd + l2 * 8, frame(rng, 2 << 20) | 0x83);
-                    } else {
-                        let pt = table();
-                        put64(mem, pd + l2 * 8, pt | 3);
-                        for l1 in 0..16u64 {
-                            put64(mem, pt + l1 * 8, frame(rng, 4096) | 3);
-                        }
-                    }
-                }
+                fill_pd(mem, pd, rng, &mut table);
             }
             PagingRegs {
                 cr0: CR0_PE | CR0_PG,

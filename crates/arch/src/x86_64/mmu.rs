@@ -7,13 +7,7 @@
 //! paging is refused. A failed walk reports why and where (the level and the entry's address)
 //! instead of guessing.
 
-const CR0_PG: u64 = 1 << 31;
-const CR0_WP: u64 = 1 << 16;
-const CR4_PSE: u64 = 1 << 4;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_LA57: u64 = 1 << 12;
-const EFER_LMA: u64 = 1 << 10;
-const EFER_NXE: u64 = 1 << 11;
+use super::regs::{CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PSE, EFER_LMA, EFER_NXE};
 
 const PRESENT: u64 = 1;
 const WRITABLE: u64 = 1 << 1;
@@ -117,6 +111,48 @@ impl Rights {
     }
 }
 
+/// Walks 512-entry tables of 8-byte entries from `table` (at level `top`) down: long mode from
+/// the PML4 (level 4), PAE from a page directory (level 2).
+fn walk_64bit(
+    mem: &impl PhysRead,
+    regs: &PagingRegs,
+    mut table: u64,
+    top: u8,
+    linear: u64,
+    (access, cpl): (Access, u8),
+    mut rights: Rights,
+) -> Result<u64, WalkError> {
+    let nx = regs.efer & EFER_NXE != 0;
+    for level in (1..=top).rev() {
+        let shift = 12 + 9 * (u32::from(level) - 1);
+        let entry_addr = table + ((linear >> shift) & 0x1ff) * 8;
+        let entry = mem
+            .read_u64(entry_addr)
+            .ok_or(WalkError::Unreadable(entry_addr))?;
+        if entry & PRESENT == 0 {
+            return Err(WalkError::NotPresent {
+                level,
+                entry: entry_addr,
+            });
+        }
+        rights.add(entry, nx);
+        if level == 3 && entry & PAGE_SIZE != 0 && !regs.gb_pages {
+            return Err(WalkError::Reserved { level });
+        }
+        // The last level, or a large page: 1 GiB at level 3, 2 MiB at level 2.
+        if level == 1 || (level <= 3 && entry & PAGE_SIZE != 0) {
+            rights.check(regs, access, cpl, level)?;
+            let page = 1u64 << shift;
+            return Ok((entry & ADDR_MASK & !(page - 1)) | (linear & (page - 1)));
+        }
+        table = entry & ADDR_MASK;
+    }
+    Err(WalkError::NotPresent {
+        level: 0,
+        entry: table,
+    })
+}
+
 /// Translates `linear` for an `access` at privilege `cpl`.
 pub fn translate(
     mem: &impl PhysRead,
@@ -128,7 +164,6 @@ pub fn translate(
     if regs.cr0 & CR0_PG == 0 {
         return Ok(linear);
     }
-    let nx = regs.efer & EFER_NXE != 0;
     let mut rights = Rights {
         writable: true,
         user: true,
@@ -143,32 +178,15 @@ pub fn translate(
         if top != 0 && top != 0x1_ffff {
             return Err(WalkError::NonCanonical(linear));
         }
-        let mut table = regs.cr3 & ADDR_MASK;
-        for level in (1..=4u8).rev() {
-            let shift = 12 + 9 * (u32::from(level) - 1);
-            let entry_addr = table + ((linear >> shift) & 0x1ff) * 8;
-            let entry = mem
-                .read_u64(entry_addr)
-                .ok_or(WalkError::Unreadable(entry_addr))?;
-            if entry & PRESENT == 0 {
-                return Err(WalkError::NotPresent {
-                    level,
-                    entry: entry_addr,
-                });
-            }
-            rights.add(entry, nx);
-            if level == 3 && entry & PAGE_SIZE != 0 && !regs.gb_pages {
-                return Err(WalkError::Reserved { level });
-            }
-            // Large pages at level 3 (1 GiB) and 2 (2 MiB).
-            if level == 1 || (level <= 3 && entry & PAGE_SIZE != 0) {
-                rights.check(regs, access, cpl, level)?;
-                let page = 1u64 << shift;
-                return Ok((entry & ADDR_MASK & !(page - 1)) | (linear & (page - 1)));
-            }
-            table = entry & ADDR_MASK;
-        }
-        unreachable!("level 1 always returns")
+        return walk_64bit(
+            mem,
+            regs,
+            regs.cr3 & ADDR_MASK,
+            4,
+            linear,
+            (access, cpl),
+            rights,
+        );
     }
     let linear = linear & 0xffff_ffff;
     if regs.cr4 & CR4_PAE != 0 {
@@ -183,28 +201,15 @@ pub fn translate(
                 entry: pdpte_addr,
             });
         }
-        let mut table = pdpte & ADDR_MASK;
-        for level in [2u8, 1] {
-            let shift = 12 + 9 * (u32::from(level) - 1);
-            let entry_addr = table + ((linear >> shift) & 0x1ff) * 8;
-            let entry = mem
-                .read_u64(entry_addr)
-                .ok_or(WalkError::Unreadable(entry_addr))?;
-            if entry & PRESENT == 0 {
-                return Err(WalkError::NotPresent {
-                    level,
-                    entry: entry_addr,
-                });
-            }
-            rights.add(entry, nx);
-            if level == 1 || entry & PAGE_SIZE != 0 {
-                rights.check(regs, access, cpl, level)?;
-                let page = 1u64 << shift;
-                return Ok((entry & ADDR_MASK & !(page - 1)) | (linear & (page - 1)));
-            }
-            table = entry & ADDR_MASK;
-        }
-        unreachable!("level 1 always returns")
+        return walk_64bit(
+            mem,
+            regs,
+            pdpte & ADDR_MASK,
+            2,
+            linear,
+            (access, cpl),
+            rights,
+        );
     }
     // 32-bit paging: two 1024-entry levels of 4-byte entries; no NX.
     let pde_addr = (regs.cr3 & 0xffff_f000) + (linear >> 22) * 4;

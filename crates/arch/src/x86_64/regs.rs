@@ -5,12 +5,17 @@ use hypervisor::x86_64::{MsrEntry, Regs, SpecialRegs};
 use super::gdt::{self, BOOT_GDT};
 use super::layout;
 
-const CR0_PE: u64 = 1;
-const CR0_ET: u64 = 1 << 4;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
+// Control-register and EFER bits (Intel SDM vol. 3, 2.5 and 2.2.1).
+pub const CR0_PE: u64 = 1;
+pub const CR0_ET: u64 = 1 << 4;
+pub const CR0_WP: u64 = 1 << 16;
+pub const CR0_PG: u64 = 1 << 31;
+pub const CR4_PSE: u64 = 1 << 4;
+pub const CR4_PAE: u64 = 1 << 5;
+pub const CR4_LA57: u64 = 1 << 12;
+pub const EFER_LME: u64 = 1 << 8;
+pub const EFER_LMA: u64 = 1 << 10;
+pub const EFER_NXE: u64 = 1 << 11;
 const RFLAGS_RESERVED: u64 = 1 << 1;
 
 /// How the kernel is entered.
