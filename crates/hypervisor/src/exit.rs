@@ -67,8 +67,9 @@ pub enum VmExit {
     Interrupted,
     /// The hypervisor could not run or emulate guest code.
     InternalError {
-        /// Backend-specific code, e.g. KVM's suberror (1 = emulation failure).
-        code: u32,
+        /// The hypervisor's instruction emulator gave up on the instruction at RIP (the VMM
+        /// may be able to finish it); otherwise some other internal failure.
+        emulation: bool,
         description: String,
     },
     /// The hypervisor refused to enter the guest.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use devices::Bus;
 use hypervisor::exit::{Data, SystemEvent};
+use hypervisor::x86_64::Regs;
 use hypervisor::{ArchVcpu, Vcpu, VmEntry, VmExit};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -28,9 +29,6 @@ pub(crate) struct VcpuContext<V: hypervisor::ArchVm> {
     #[cfg(target_arch = "x86_64")]
     pub cpuid_hide: Vec<arch::x86_64::cpuid::Feature>,
 }
-
-/// KVM's internal-error suberror for "instruction emulation failed".
-const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
 
 /// What an unbacked read returns: all ones, as an open bus does on a PC.
 const OPEN_BUS: u8 = 0xff;
@@ -125,12 +123,13 @@ impl<V: hypervisor::ArchVm> VcpuContext<V> {
                 VmExit::SystemEvent(SystemEvent::Crash) => {
                     return self.crash("guest reported a crash".into())
                 }
-                VmExit::InternalError { code, description } => {
-                    #[cfg(target_arch = "x86_64")]
-                    if code == KVM_INTERNAL_ERROR_EMULATION && self.finish_instruction(&vcpu) {
+                VmExit::InternalError {
+                    emulation,
+                    description,
+                } => {
+                    if emulation && self.finish_instruction(&vcpu) {
                         continue;
                     }
-                    let _ = code;
                     let at = self.where_(&vcpu);
                     return self.crash(format!("{description}{at}"));
                 }
@@ -147,18 +146,24 @@ impl<V: hypervisor::ArchVm> VcpuContext<V> {
         }
     }
 
+    /// The guest's RIP, where it points in guest memory, and up to 15 bytes of the instruction
+    /// there (fewer near the end of RAM; none if RIP is not mapped).
+    fn instruction_at_rip(&self, vcpu: &V::Vcpu) -> Option<(Regs, Option<u64>, [u8; 15], usize)> {
+        let regs = vcpu.regs().ok()?;
+        let mut bytes = [0u8; 15];
+        let gpa = vcpu.translate_gva(regs.rip).ok().flatten();
+        let n = gpa.map_or(0, |gpa| {
+            self.mem.read(&mut bytes, GuestAddress(gpa)).unwrap_or(0)
+        });
+        Some((regs, gpa, bytes, n))
+    }
+
     /// Completes an instruction the hypervisor failed to emulate, if it is one that
     /// `arch::x86_64::fixup` knows; returns whether the guest can go on.
-    #[cfg(target_arch = "x86_64")]
     fn finish_instruction(&self, vcpu: &V::Vcpu) -> bool {
-        let Ok(mut regs) = vcpu.regs() else {
+        let Some((mut regs, _, bytes, n)) = self.instruction_at_rip(vcpu) else {
             return false;
         };
-        let Ok(Some(gpa)) = vcpu.translate_gva(regs.rip) else {
-            return false;
-        };
-        let mut bytes = [0u8; 15];
-        let n = self.mem.read(&mut bytes, GuestAddress(gpa)).unwrap_or(0);
         let Some(fix) = arch::x86_64::fixup::for_instruction(&bytes[..n]) else {
             return false;
         };
@@ -187,16 +192,12 @@ impl<V: hypervisor::ArchVm> VcpuContext<V> {
     }
 
     /// ", at RIP 0x... (bytes ...)" for error reports: where the guest was and what it ran.
-    #[cfg(target_arch = "x86_64")]
     fn where_(&self, vcpu: &V::Vcpu) -> String {
-        let Ok(regs) = vcpu.regs() else {
+        let Some((regs, gpa, bytes, n)) = self.instruction_at_rip(vcpu) else {
             return String::new();
         };
         let mut s = format!(", at RIP {:#x}", regs.rip);
-        if let Ok(Some(gpa)) = vcpu.translate_gva(regs.rip) {
-            let mut bytes = [0u8; 15];
-            // Fewer bytes are fine near the end of RAM.
-            let n = self.mem.read(&mut bytes, GuestAddress(gpa)).unwrap_or(0);
+        if let Some(gpa) = gpa {
             let hex: Vec<String> = bytes[..n].iter().map(|b| format!("{b:02x}")).collect();
             s += &format!(" (gpa {gpa:#x}), instruction bytes [{}]", hex.join(" "));
         }

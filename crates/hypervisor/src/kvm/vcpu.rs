@@ -13,6 +13,9 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use crate::exit::{Data, SystemEvent};
 use crate::{os_err, Result, VcpuKicker, VmEntry, VmExit};
 
+/// KVM_EXIT_INTERNAL_ERROR suberror: the in-kernel instruction emulator failed.
+const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
+
 thread_local! {
     /// `immediate_exit` byte of the `kvm_run` page of the vCPU this thread runs.
     static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(ptr::null_mut()) };
@@ -112,7 +115,7 @@ impl KvmVcpu {
         // SAFETY: called only for KVM_EXIT_INTERNAL_ERROR, whose member is `internal`.
         let internal = unsafe { run.__bindgen_anon_1.internal };
         let what = match internal.suberror {
-            1 => "instruction emulation failed",
+            KVM_INTERNAL_ERROR_EMULATION => "instruction emulation failed",
             2 => "simultaneous exceptions",
             3 => "delivery event failed",
             _ => "internal error",
@@ -123,7 +126,7 @@ impl KvmVcpu {
             .map(|d| format!("{d:#x}"))
             .collect();
         VmExit::InternalError {
-            code: internal.suberror,
+            emulation: internal.suberror == KVM_INTERNAL_ERROR_EMULATION,
             description: format!(
                 "KVM {what} (suberror {}, data [{}])",
                 internal.suberror,
@@ -136,7 +139,7 @@ impl KvmVcpu {
 /// `rep ins`/`rep outs` moves more than one element per exit; no device here needs it.
 fn string_io(port: u16, len: usize) -> VmExit {
     VmExit::InternalError {
-        code: 0,
+        emulation: false,
         description: format!(
             "string port I/O (rep ins/outs) of {len} bytes at port {port:#x} is not supported"
         ),
