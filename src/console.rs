@@ -142,10 +142,7 @@ fn forward_stdin(input: &Mutex<dyn ConsoleInput>, stop: &StopHandle, done: &Even
         }
         let mut rest = &out[..];
         while !rest.is_empty() {
-            let n = input
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .queue_input(rest);
+            let n = devices::lock(input).queue_input(rest);
             rest = &rest[n..];
             if n == 0 {
                 // FIFO full: wait for the guest to drain it, unless the VM is ending.

@@ -5,6 +5,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::lock;
+
 /// A device on a bus. `offset` is relative to the start of the device's range; `data` is the
 /// access (1, 2, 4 or 8 bytes, little-endian).
 pub trait BusDevice: Send {
@@ -103,14 +105,6 @@ impl Bus {
             None => false,
         }
     }
-}
-
-/// Locks a device; a device whose previous user panicked is still usable (its state is plain
-/// registers), so poisoning is ignored rather than spreading the panic to every vCPU.
-fn lock<'a>(
-    m: &'a Mutex<dyn BusDevice + 'static>,
-) -> std::sync::MutexGuard<'a, dyn BusDevice + 'static> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -12,6 +12,12 @@ pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 
+/// Locks a device or its shared state. A holder that panicked leaves plain register state
+/// behind, still usable, so poisoning is ignored rather than spread to every thread.
+pub fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Why a device asks the VM to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {

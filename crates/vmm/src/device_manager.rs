@@ -20,7 +20,7 @@ use devices::virtio::console::{Console as VirtioConsole, ConsoleInputHandle, RX_
 use devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use devices::virtio::net::{self, Net, Tap};
 use devices::virtio::VirtioDevice;
-use devices::{Bus, BusDevice, ConsoleInput, VmControl};
+use devices::{lock, Bus, BusDevice, ConsoleInput, VmControl};
 use vm_memory::GuestMemoryMmap;
 
 use crate::config::SerialOutput;
@@ -225,9 +225,4 @@ fn add_virtio<V: hypervisor::Vm>(
         );
     }
     Ok(transport)
-}
-
-/// Locks a device; one whose holder panicked is still usable (plain register state).
-pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

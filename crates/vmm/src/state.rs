@@ -3,9 +3,9 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 
-use devices::{StopReason, VmControl};
+use devices::{lock, StopReason, VmControl};
 use hypervisor::VcpuKicker;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -43,6 +43,7 @@ pub(crate) struct VmState {
     /// True while the VM should be paused; vCPUs count themselves in `parked`.
     pause: Mutex<PauseState>,
     pause_changed: Condvar,
+    /// `pause.requested`, readable without the lock: the vCPU loop checks it on every exit.
     paused: AtomicBool,
     /// Written once a stop is requested; `Vm::wait` blocks on it.
     exit_evt: EventFd,
@@ -52,10 +53,6 @@ pub(crate) struct VmState {
 struct PauseState {
     requested: bool,
     parked: usize,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl VmState {

@@ -13,7 +13,7 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{VirtioDevice, TYPE_CONSOLE};
-use crate::ConsoleInput;
+use crate::{lock, ConsoleInput};
 
 pub const QUEUE_SIZE: u16 = 64;
 pub const RX_QUEUE: usize = 0;
@@ -24,10 +24,6 @@ const INPUT_CAPACITY: usize = 64 * 1024;
 const MAX_CHUNK: u32 = 64 * 1024;
 
 type InputBuffer = Arc<Mutex<VecDeque<u8>>>;
-
-fn lock(b: &InputBuffer) -> std::sync::MutexGuard<'_, VecDeque<u8>> {
-    b.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 pub struct Console {
     out: Box<dyn Write + Send>,
@@ -81,8 +77,7 @@ impl Console {
     /// Fills the guest's receive buffers with pending input.
     fn receive(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used = false;
-        let input = self.input.clone();
-        let mut input = lock(&input);
+        let mut input = lock(&self.input);
         while !input.is_empty() {
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
                 break;
@@ -91,8 +86,10 @@ impl Console {
             let mut written = 0u32;
             for d in chain.filter(|d| d.is_write_only()) {
                 let n = (d.len() as usize).min(input.len());
-                let bytes: Vec<u8> = input.iter().take(n).copied().collect();
-                if mem.write_slice(&bytes, d.addr()).is_err() {
+                if mem
+                    .write_slice(&input.make_contiguous()[..n], d.addr())
+                    .is_err()
+                {
                     break;
                 }
                 input.drain(..n);

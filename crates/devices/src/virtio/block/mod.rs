@@ -251,9 +251,8 @@ impl VirtioDevice for Block {
                         len: d.len(),
                         write_only: d.is_write_only(),
                     }));
-                    let mut c = self.prepare(&descs, mem);
-                    c.head = head;
-                    self.completions.push(c);
+                    let c = self.prepare(&descs, mem);
+                    self.completions.push(Completion { head, ..c });
                 }
             }
             Err(e) => log::warn!("virtio-blk: bad available ring: {e}"),
