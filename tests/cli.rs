@@ -318,6 +318,8 @@ struct Pty {
     master: std::fs::File,
     slave_fd: i32,
     child: std::process::Child,
+    /// The slave's local modes before the VMM started (it may go raw at once).
+    initial_lflag: libc::tcflag_t,
 }
 
 impl Pty {
@@ -335,6 +337,7 @@ impl Pty {
             )
         };
         assert_eq!(rc, 0, "openpty failed");
+        let initial_lflag = lflag_of(slave);
         // SAFETY: each dup'd descriptor is owned by exactly one Stdio.
         let stdio = || unsafe { Stdio::from_raw_fd(libc::dup(slave)) };
         let child = bin()
@@ -350,6 +353,7 @@ impl Pty {
             master,
             slave_fd: slave,
             child,
+            initial_lflag,
         }
     }
 
@@ -394,12 +398,16 @@ impl Pty {
     }
 
     fn lflag(&self) -> libc::tcflag_t {
-        // SAFETY: tcgetattr on our slave descriptor.
-        unsafe {
-            let mut t: libc::termios = std::mem::zeroed();
-            assert_eq!(libc::tcgetattr(self.slave_fd, &mut t), 0);
-            t.c_lflag
-        }
+        lflag_of(self.slave_fd)
+    }
+}
+
+fn lflag_of(fd: i32) -> libc::tcflag_t {
+    // SAFETY: tcgetattr on a descriptor the caller owns, into a local struct.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        assert_eq!(libc::tcgetattr(fd, &mut t), 0);
+        t.c_lflag
     }
 }
 
@@ -419,7 +427,7 @@ fn terminal_input_reaches_the_guest_and_the_terminal_is_restored() {
     }
     let guest = temp_file("echo.elf", test_guests::SERIAL_ECHO);
     let mut pty = Pty::spawn(&["run", "--kernel", guest.to_str().unwrap()]);
-    let before = pty.lflag();
+    let before = pty.initial_lflag;
     assert_ne!(
         before & libc::ICANON,
         0,
@@ -445,7 +453,7 @@ fn ctrl_a_x_stops_the_vm_and_restores_the_terminal() {
     }
     let guest = temp_file("echo.elf", test_guests::SERIAL_ECHO);
     let mut pty = Pty::spawn(&["run", "--kernel", guest.to_str().unwrap(), "--cpus", "2"]);
-    let before = pty.lflag();
+    let before = pty.initial_lflag;
     pty.read_until("ready");
     use std::io::Write;
     // Ctrl-A Ctrl-A is one literal Ctrl-A, which the guest echoes (and then exits).
