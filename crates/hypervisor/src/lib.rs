@@ -14,8 +14,10 @@
 //!   backend fetches and decodes the instruction itself and turns it into the same
 //!   [`VmExit::MmioRead`]/[`VmExit::MmioWrite`]; on the next entry it writes the destination
 //!   register and advances RIP. Interrupt controllers then live in userspace.
-//! - **HVF arm64** (planned): a data abort's syndrome (ESR) gives size, direction and register;
-//!   the backend maps it to the same MMIO exits and writes the register on the next entry.
+//! - **HVF arm64** ([`hvf::arm64`], generic over the framework's calls and tested against a
+//!   fake): a data abort's syndrome (ESR) gives size, direction and register; the backend maps
+//!   it to the same MMIO exits and writes the register on the next entry. PSCI, WFI and the
+//!   virtual timer are handled inside the backend.
 //!
 //! The core never names a backend type: it is generic over these traits (plus [`ArchVm`] /
 //! [`ArchVcpu`], the guest-architecture half: registers, CPUID, ...), and the backend is chosen
@@ -26,6 +28,8 @@
 // Portable: compiled on every host, so it is tested here.
 pub mod arm64;
 pub mod exit;
+// Portable: generic over the framework's calls, tested on Linux against a fake.
+pub mod hvf;
 #[cfg(target_os = "linux")]
 pub mod kvm;
 // Portable: the register types and the x86 traits compile on every host.
@@ -74,6 +78,8 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("{op} failed with Hypervisor.framework error {code:#x}")]
+    Hvf { op: &'static str, code: i32 },
     #[error("no hypervisor backend for this platform")]
     Unsupported,
 }
@@ -169,4 +175,10 @@ pub trait Vcpu: Send {
 #[cfg(target_os = "linux")]
 pub fn default_hypervisor() -> Result<kvm::Kvm> {
     kvm::Kvm::open()
+}
+
+/// The backend for this host.
+#[cfg(all(target_os = "macos", target_arch = "aarch64"))]
+pub fn default_hypervisor() -> Result<hvf::arm64::HvfArm64<hvf::arm64::ffi::Framework>> {
+    Ok(hvf::arm64::HvfArm64::new(hvf::arm64::ffi::Framework::load()))
 }

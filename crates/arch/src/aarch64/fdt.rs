@@ -112,7 +112,7 @@ pub fn build(c: &FdtConfig) -> FdtWriterResult<Vec<u8>> {
     let uart = f.begin_node(&format!("uart@{UART_START:x}"))?;
     f.property_string("compatible", "ns16550a")?;
     f.property_array_u64("reg", &reg(UART_START, UART_SIZE))?;
-    f.property_array_u32("interrupts", &[IRQ_TYPE_SPI, UART_SPI, IRQ_LEVEL_HIGH])?;
+    f.property_array_u32("interrupts", &[IRQ_TYPE_SPI, UART_SPI, IRQ_EDGE_RISING])?;
     f.property_u32("clock-frequency", UART_CLOCK_HZ)?;
     f.end_node(uart)?;
 
