@@ -14,6 +14,8 @@ use std::io::Write;
 
 use crate::{BusDevice, ConsoleInput};
 
+/// The console's register page.
+pub const WINDOW_SIZE: u64 = 0x1000;
 pub const REG_DATA: u64 = 0x00;
 pub const REG_STATUS: u64 = 0x04;
 pub const REG_ID: u64 = 0x08;

@@ -37,7 +37,7 @@ const DEFAULT_CMDLINE_MAX: usize = 2048;
 trait KernelFile: Read + ReadVolatile + Seek {}
 impl<T: Read + ReadVolatile + Seek> KernelFile for T {}
 
-fn open(path: &Path, what: &'static str) -> Result<File> {
+pub(crate) fn open(path: &Path, what: &'static str) -> Result<File> {
     let err = |source| Error::ReadFile {
         what,
         path: path.to_owned(),

@@ -10,10 +10,10 @@ use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
-use arch::x86_64::layout::{self, VirtioMmioSlot, MAX_VIRTIO_DEVICES};
+use arch::VirtioMmioSlot;
 use devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT};
 use devices::i8042::{self, I8042};
-use devices::mmio_console::MmioConsole;
+use devices::mmio_console::{self, MmioConsole};
 use devices::serial::{self, Serial};
 use devices::virtio::block::Block;
 use devices::virtio::console::{Console as VirtioConsole, ConsoleInputHandle, RX_QUEUE};
@@ -27,6 +27,48 @@ use crate::config::SerialOutput;
 use crate::event_loop::EventLoopBuilder;
 use crate::state::VmState;
 use crate::{Error, Result, VmConfig};
+
+/// Where a guest platform puts the devices this manager builds.
+pub(crate) struct Platform {
+    /// Window and interrupt line of virtio-mmio device `n`.
+    virtio_slot: fn(u32) -> VirtioMmioSlot,
+    max_virtio: u32,
+    /// The 16550: (on the port bus rather than in MMIO space, base, interrupt line).
+    serial: (bool, u64, u32),
+    mmio_console: u64,
+    /// The PC's i8042 reset line and the debug-exit port.
+    pc_ports: bool,
+}
+
+impl Platform {
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn x86_64() -> Self {
+        use arch::x86_64::layout;
+        Platform {
+            virtio_slot: layout::virtio_slot,
+            max_virtio: layout::MAX_VIRTIO_DEVICES,
+            serial: (true, serial::COM1_PORT, serial::COM1_IRQ),
+            mmio_console: layout::platform_mmio_window(0),
+            pc_ports: true,
+        }
+    }
+
+    /// The arm64 `virt` layout: every device in MMIO space, interrupts are GIC SPIs.
+    pub(crate) fn aarch64() -> Self {
+        use arch::aarch64::layout;
+        Platform {
+            virtio_slot: layout::virtio_slot,
+            max_virtio: layout::MAX_VIRTIO_DEVICES,
+            serial: (
+                false,
+                layout::UART_START,
+                layout::SPI_BASE + layout::UART_SPI,
+            ),
+            mmio_console: layout::MMIO_CONSOLE_START,
+            pc_ports: false,
+        }
+    }
+}
 
 /// The virtio devices a config asks for, in window order, not yet wired.
 pub(crate) struct VirtioPlan {
@@ -63,7 +105,7 @@ pub(crate) fn serial_writer(out: SerialOutput) -> Result<Box<dyn Write + Send>> 
 /// Opens the disks and TAPs and creates the virtio devices: disks, network devices, then the
 /// console, each with the next window and interrupt line. Takes the virtio-console's output
 /// out of `config`.
-pub(crate) fn plan_virtio(config: &mut VmConfig) -> Result<VirtioPlan> {
+pub(crate) fn plan_virtio(config: &mut VmConfig, platform: &Platform) -> Result<VirtioPlan> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in &config.disks {
         devices.push(Box::new(Block::open(&disk.path, disk.read_only)?));
@@ -91,13 +133,15 @@ pub(crate) fn plan_virtio(config: &mut VmConfig) -> Result<VirtioPlan> {
         console = Some((devices.len(), dev.input_handle()));
         devices.push(Box::new(dev));
     }
-    if devices.len() > MAX_VIRTIO_DEVICES as usize {
+    if devices.len() > platform.max_virtio as usize {
         return Err(Error::TooManyDevices {
             count: devices.len(),
-            max: MAX_VIRTIO_DEVICES,
+            max: platform.max_virtio,
         });
     }
-    let slots = (0..devices.len() as u32).map(VirtioMmioSlot::nth).collect();
+    let slots = (0..devices.len() as u32)
+        .map(platform.virtio_slot)
+        .collect();
     Ok(VirtioPlan {
         devices,
         slots,
@@ -106,37 +150,45 @@ pub(crate) fn plan_virtio(config: &mut VmConfig) -> Result<VirtioPlan> {
     })
 }
 
-/// Puts the platform devices on the port bus and the virtio devices and MMIO console on the
-/// MMIO bus, and collects the event-loop handlers. Takes the serial and MMIO-console outputs
-/// out of `config`.
+fn insert(bus: &mut Bus, dev: Arc<Mutex<dyn BusDevice>>, base: u64, len: u64) -> Result<()> {
+    bus.insert(dev, base, len)
+        .map_err(|source| Error::Bus { base, source })
+}
+
+/// Puts the serial port (and on a PC the i8042 and debug-exit port) on their bus and the
+/// virtio devices and MMIO console on the MMIO bus, where `platform` says, and collects the
+/// event-loop handlers. Takes the serial and MMIO-console outputs out of `config`.
 pub(crate) fn build<V: hypervisor::Vm>(
     vm: &V,
     mem: &GuestMemoryMmap,
     state: &Arc<VmState>,
     config: &mut VmConfig,
     virtio: VirtioPlan,
+    platform: &Platform,
 ) -> Result<Devices> {
     let serial_out = std::mem::replace(&mut config.serial, SerialOutput::None);
+    let (serial_on_ports, serial_base, serial_irq) = platform.serial;
     let serial = Arc::new(Mutex::new(Serial::new(
-        vm.irq_line(serial::COM1_IRQ, config.irqfd)?,
+        vm.irq_line(serial_irq, config.irqfd)?,
         serial_writer(serial_out)?,
     )));
-    let control: Arc<dyn VmControl> = state.clone();
     let mut pio = Bus::new();
-    let mut add = |dev: Arc<Mutex<dyn BusDevice>>, base, len| {
-        pio.insert(dev, base, len)
-            .map_err(|source| Error::Bus { base, source })
-    };
-    add(serial.clone(), serial::COM1_PORT, serial::PORT_RANGE)?;
-    let keyboard = Arc::new(Mutex::new(I8042::new(control.clone())));
-    add(keyboard, i8042::I8042_DATA_PORT, i8042::PORT_RANGE)?;
-    add(
-        Arc::new(Mutex::new(DebugExit::new(control))),
-        DEBUG_EXIT_PORT,
-        1,
-    )?;
-
     let mut mmio = Bus::new();
+    let serial_bus = if serial_on_ports { &mut pio } else { &mut mmio };
+    insert(serial_bus, serial.clone(), serial_base, serial::PORT_RANGE)?;
+    if platform.pc_ports {
+        let control: Arc<dyn VmControl> = state.clone();
+        let keyboard = Arc::new(Mutex::new(I8042::new(control.clone())));
+        insert(
+            &mut pio,
+            keyboard,
+            i8042::I8042_DATA_PORT,
+            i8042::PORT_RANGE,
+        )?;
+        let debug_exit = Arc::new(Mutex::new(DebugExit::new(control)));
+        insert(&mut pio, debug_exit, DEBUG_EXIT_PORT, 1)?;
+    }
+
     let mut events = EventLoopBuilder::default();
     let VirtioPlan {
         devices,
@@ -166,9 +218,12 @@ pub(crate) fn build<V: hypervisor::Vm>(
     let mut mmio_console: Option<Arc<Mutex<dyn ConsoleInput>>> = None;
     if let Some(out) = config.mmio_console.take() {
         let dev = Arc::new(Mutex::new(MmioConsole::new(serial_writer(out)?)));
-        let base = layout::platform_mmio_window(0);
-        mmio.insert(dev.clone(), base, layout::MMIO_WINDOW_SIZE)
-            .map_err(|source| Error::Bus { base, source })?;
+        insert(
+            &mut mmio,
+            dev.clone(),
+            platform.mmio_console,
+            mmio_console::WINDOW_SIZE,
+        )?;
         mmio_console = Some(dev);
     }
     Ok(Devices {
@@ -203,11 +258,7 @@ fn add_virtio<V: hypervisor::Vm>(
         .collect::<io::Result<_>>()
         .map_err(os("dup a queue eventfd"))?;
     let transport = Arc::new(Mutex::new(transport));
-    bus.insert(transport.clone(), slot.base, slot.size)
-        .map_err(|source| Error::Bus {
-            base: slot.base,
-            source,
-        })?;
+    insert(bus, transport.clone(), slot.base, slot.size)?;
     for (index, evt) in notify.into_iter().enumerate() {
         if ioeventfd {
             match vm.register_mmio_notify(&evt, slot.base + REG_QUEUE_NOTIFY, index as u32) {

@@ -36,6 +36,10 @@ pub enum Error {
     BadKernel { what: String, detail: String },
     #[error(transparent)]
     Boot(#[from] arch::x86_64::Error),
+    #[error(transparent)]
+    Arm64Image(#[from] arch::aarch64::image::Error),
+    #[error("cannot build the device tree: {0}")]
+    DeviceTree(String),
     #[error("cannot open serial output {path}")]
     SerialFile {
         path: PathBuf,

@@ -9,6 +9,7 @@
 //!              Vm::wait:  first stop request wins ─> kick every vCPU ─> join ─> Outcome
 //! ```
 
+pub mod aarch64;
 mod boot;
 pub mod config;
 mod device_manager;
@@ -18,8 +19,10 @@ pub mod memory;
 mod state;
 mod vcpu;
 mod vm;
+mod x86_64;
 
 pub use config::{ConsoleKind, DiskConfig, KernelImage, NetConfig, SerialOutput, VmConfig};
 pub use error::{Error, Result};
 pub use state::{Outcome, StopHandle};
-pub use vm::{Vm, MAX_VCPUS};
+pub use vm::Vm;
+pub use x86_64::MAX_VCPUS;

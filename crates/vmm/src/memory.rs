@@ -18,13 +18,19 @@ fn host_memory() -> u64 {
     (pages.max(0) as u64).saturating_mul(size.max(0) as u64)
 }
 
-/// Allocates guest RAM of `size` bytes, laid out by the memory map.
+/// Allocates guest RAM of `size` bytes, laid out by the x86_64 memory map.
 pub fn allocate(size: u64) -> Result<GuestMemoryMmap> {
-    if size < layout::MIN_RAM {
-        return Err(Error::MemoryTooSmall {
-            size,
-            min: layout::MIN_RAM,
-        });
+    allocate_ranges(size, layout::MIN_RAM, layout::ram_ranges)
+}
+
+/// Allocates guest RAM of `size` (at least `min`) bytes in the ranges `ranges(size)` gives.
+pub(crate) fn allocate_ranges(
+    size: u64,
+    min: u64,
+    ranges: impl FnOnce(u64) -> Vec<(u64, u64)>,
+) -> Result<GuestMemoryMmap> {
+    if size < min {
+        return Err(Error::MemoryTooSmall { size, min });
     }
     let host = host_memory();
     if host != 0 && size > host {
@@ -36,7 +42,7 @@ pub fn allocate(size: u64) -> Result<GuestMemoryMmap> {
             reason: "size must be a multiple of 4 KiB".into(),
         });
     }
-    let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(size)
+    let ranges: Vec<(GuestAddress, usize)> = ranges(size)
         .into_iter()
         .map(|(start, len)| (GuestAddress(start), len as usize))
         .collect();

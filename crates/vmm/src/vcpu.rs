@@ -1,41 +1,51 @@
-//! One vCPU thread: set the vCPU up, then run it and route each exit to the buses until the VM
-//! stops.
+//! One vCPU thread: create the vCPU on it, then run it and route each exit to the buses until
+//! the VM stops. The guest architecture's part (registers at boot, error reports, finishing
+//! instructions the hypervisor could not) comes in through [`VcpuSetup`].
 
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
 use devices::Bus;
 use hypervisor::exit::{Data, SystemEvent};
-use hypervisor::x86_64::Regs;
-use hypervisor::{ArchVcpu, Vcpu, VmEntry, VmExit};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use hypervisor::{Vcpu, VmEntry, VmExit};
+use vm_memory::GuestMemoryMmap;
 
-use crate::boot::BootPlan;
 use crate::state::{Outcome, VmState};
 use crate::Result;
 
+/// What a guest architecture adds to the vCPU thread.
+pub(crate) trait VcpuSetup<V: hypervisor::Vm>: Send + Sync {
+    /// Creates vCPU `id` on the calling thread (Hypervisor.framework requires that) and loads
+    /// its boot state.
+    fn create(&self, vm: &V, id: u32) -> Result<V::Vcpu>;
+
+    /// Completes an instruction the hypervisor failed to emulate, if the VMM knows it;
+    /// returns whether the guest can go on.
+    fn finish_instruction(&self, _vcpu: &V::Vcpu, _mem: &GuestMemoryMmap) -> bool {
+        false
+    }
+
+    /// ", at PC ..." for error reports: where the guest was and what it ran.
+    fn location(&self, vcpu: &V::Vcpu, mem: &GuestMemoryMmap) -> String;
+}
+
 /// Everything a vCPU thread needs, moved into it.
-pub(crate) struct VcpuContext<V: hypervisor::ArchVm> {
+pub(crate) struct VcpuContext<V: hypervisor::Vm> {
     pub id: u32,
-    pub num_cpus: u32,
     pub vm: Arc<V>,
+    pub setup: Arc<dyn VcpuSetup<V>>,
     pub state: Arc<VmState>,
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub mem: Arc<GuestMemoryMmap>,
-    pub plan: BootPlan,
-    #[cfg(target_arch = "x86_64")]
-    pub cpuid: Vec<hypervisor::x86_64::CpuidEntry>,
-    #[cfg(target_arch = "x86_64")]
-    pub cpuid_hide: Vec<arch::x86_64::cpuid::Feature>,
 }
 
-/// What an unbacked read returns: all ones, as an open bus does on a PC.
+/// What an unbacked read returns: all ones, as an open bus does.
 const OPEN_BUS: u8 = 0xff;
 
-impl<V: hypervisor::ArchVm> VcpuContext<V> {
-    /// Creates and configures the vCPU on this thread (HVF requires that), reports readiness,
-    /// waits for the go signal, then runs.
+impl<V: hypervisor::Vm> VcpuContext<V> {
+    /// Creates and configures the vCPU on this thread, reports readiness, waits for the go
+    /// signal, then runs.
     pub(crate) fn thread_main(self, ready: Sender<Result<()>>, go: Receiver<bool>) {
         let vcpu = match self.create() {
             Ok(v) => v,
@@ -52,23 +62,7 @@ impl<V: hypervisor::ArchVm> VcpuContext<V> {
     }
 
     fn create(&self) -> Result<V::Vcpu> {
-        let mut vcpu = self.vm.create_vcpu(self.id)?;
-        #[cfg(target_arch = "x86_64")]
-        {
-            use arch::x86_64::{cpuid, regs};
-            let table = cpuid::for_vcpu(&self.cpuid, self.id, self.num_cpus, &self.cpuid_hide);
-            vcpu.set_cpuid(&table)?;
-            vcpu.set_msrs(&regs::boot_msrs())?;
-            vcpu.reset_fpu()?;
-            vcpu.setup_lapic_lints()?;
-            // Secondary vCPUs wait for INIT/SIPI from the boot vCPU, as on real hardware.
-            if self.id == 0 {
-                let p = self.plan;
-                vcpu.set_regs(&regs::boot_regs(p.protocol, p.entry))?;
-                let sregs = regs::boot_special_regs(p.protocol, vcpu.special_regs()?, p.cr3);
-                vcpu.set_special_regs(&sregs)?;
-            }
-        }
+        let mut vcpu = self.setup.create(&self.vm, self.id)?;
         self.state.add_kicker(vcpu.kicker()?);
         Ok(vcpu)
     }
@@ -127,10 +121,10 @@ impl<V: hypervisor::ArchVm> VcpuContext<V> {
                     emulation,
                     description,
                 } => {
-                    if emulation && self.finish_instruction(&vcpu) {
+                    if emulation && self.setup.finish_instruction(&vcpu, &self.mem) {
                         continue;
                     }
-                    let at = self.where_(&vcpu);
+                    let at = self.setup.location(&vcpu, &self.mem);
                     return self.crash(format!("{description}{at}"));
                 }
                 VmExit::FailEntry { reason } => {
@@ -139,49 +133,11 @@ impl<V: hypervisor::ArchVm> VcpuContext<V> {
                     ))
                 }
                 VmExit::Unhandled { reason } => {
-                    let at = self.where_(&vcpu);
+                    let at = self.setup.location(&vcpu, &self.mem);
                     return self.crash(format!("unhandled exit reason {reason}{at}"));
                 }
             }
         }
-    }
-
-    /// The guest's RIP, where it points in guest memory, and up to 15 bytes of the instruction
-    /// there (fewer near the end of RAM; none if RIP is not mapped).
-    fn instruction_at_rip(&self, vcpu: &V::Vcpu) -> Option<(Regs, Option<u64>, [u8; 15], usize)> {
-        let regs = vcpu.regs().ok()?;
-        let mut bytes = [0u8; 15];
-        let gpa = vcpu.translate_gva(regs.rip).ok().flatten();
-        let n = gpa.map_or(0, |gpa| {
-            self.mem.read(&mut bytes, GuestAddress(gpa)).unwrap_or(0)
-        });
-        Some((regs, gpa, bytes, n))
-    }
-
-    /// Completes an instruction the hypervisor failed to emulate, if it is one that
-    /// `arch::x86_64::fixup` knows; returns whether the guest can go on.
-    fn finish_instruction(&self, vcpu: &V::Vcpu) -> bool {
-        let Some((mut regs, _, bytes, n)) = self.instruction_at_rip(vcpu) else {
-            return false;
-        };
-        let Some(fix) = arch::x86_64::fixup::for_instruction(&bytes[..n]) else {
-            return false;
-        };
-        (regs.rip, regs.rflags) = fix.apply(regs.rip, regs.rflags);
-        if vcpu.set_regs(&regs).is_err() {
-            return false;
-        }
-        if let Some(vector) = fix.exception {
-            if vcpu.inject_exception(vector).is_err() {
-                return false;
-            }
-        }
-        log::debug!(
-            "vcpu{}: completed {} the hypervisor could not emulate",
-            self.id,
-            fix.mnemonic
-        );
-        true
     }
 
     fn crash(&self, reason: String) {
@@ -189,18 +145,5 @@ impl<V: hypervisor::ArchVm> VcpuContext<V> {
             vcpu: self.id,
             reason,
         });
-    }
-
-    /// ", at RIP 0x... (bytes ...)" for error reports: where the guest was and what it ran.
-    fn where_(&self, vcpu: &V::Vcpu) -> String {
-        let Some((regs, gpa, bytes, n)) = self.instruction_at_rip(vcpu) else {
-            return String::new();
-        };
-        let mut s = format!(", at RIP {:#x}", regs.rip);
-        if let Some(gpa) = gpa {
-            let hex: Vec<String> = bytes[..n].iter().map(|b| format!("{b:02x}")).collect();
-            s += &format!(" (gpa {gpa:#x}), instruction bytes [{}]", hex.join(" "));
-        }
-        s
     }
 }

@@ -7,19 +7,18 @@ use std::thread::JoinHandle;
 
 use devices::serial::Serial;
 use devices::{Bus, BusDevice, ConsoleInput};
-use hypervisor::Hypervisor;
 use vm_memory::GuestMemoryMmap;
 
-use crate::boot::{self, BootPlan};
 use crate::config::ConsoleKind;
-use crate::device_manager;
+use crate::device_manager::Devices;
 use crate::event_loop::{EventLoop, EventLoopBuilder};
 use crate::state::{Outcome, StopHandle, VmState};
-use crate::vcpu::VcpuContext;
-use crate::{memory, Error, Result, VmConfig};
+use crate::vcpu::{VcpuContext, VcpuSetup};
+use crate::{Error, Result};
 
-/// A virtual machine built from a [`VmConfig`].
-pub struct Vm<V: hypervisor::ArchVm + 'static> {
+/// A virtual machine built from a [`VmConfig`]: by [`Vm::new`] for x86_64 guests, by
+/// [`crate::aarch64::create`] for arm64 guests. Everything after creation is the same for both.
+pub struct Vm<V: hypervisor::Vm + 'static> {
     vm: Arc<V>,
     mem: Arc<GuestMemoryMmap>,
     state: Arc<VmState>,
@@ -29,50 +28,35 @@ pub struct Vm<V: hypervisor::ArchVm + 'static> {
     serial: Arc<Mutex<Serial>>,
     virtio_console: Option<Arc<Mutex<dyn ConsoleInput>>>,
     mmio_console: Option<Arc<Mutex<dyn ConsoleInput>>>,
-    plan: BootPlan,
+    /// How each vCPU is created and set up for the guest architecture.
+    setup: Arc<dyn VcpuSetup<V>>,
     cpus: u32,
-    #[cfg(target_arch = "x86_64")]
-    cpuid: Vec<hypervisor::x86_64::CpuidEntry>,
-    #[cfg(target_arch = "x86_64")]
-    cpuid_hide: Vec<arch::x86_64::cpuid::Feature>,
     threads: Vec<JoinHandle<()>>,
     /// Device handlers, until `start` runs them on the event-loop thread.
     events: Option<EventLoopBuilder>,
     event_loop: Option<EventLoop>,
 }
 
-/// The most vCPUs this VMM can describe to a guest (the MP table's APIC ID space).
-pub const MAX_VCPUS: u32 = arch::x86_64::mptable::MAX_CPUS;
+/// Checks the vCPU count against the hypervisor's and the platform's limits.
+pub(crate) fn check_cpus(cpus: u32, hypervisor_max: u32, platform_max: u32) -> Result<()> {
+    let max = hypervisor_max.min(platform_max);
+    if cpus == 0 || cpus > max {
+        return Err(Error::BadCpuCount { cpus, max });
+    }
+    Ok(())
+}
 
-impl<V: hypervisor::ArchVm + 'static> Vm<V> {
-    /// Creates the VM: validates the config, allocates and maps memory, creates the irqchip and
-    /// the platform devices, and loads the kernel. No vCPU runs until [`Vm::start`].
-    pub fn new<H: Hypervisor<Vm = V>>(hv: &H, mut config: VmConfig) -> Result<Self> {
-        let max = hv.max_vcpus().min(MAX_VCPUS);
-        if config.cpus == 0 || config.cpus > max {
-            return Err(Error::BadCpuCount {
-                cpus: config.cpus,
-                max,
-            });
-        }
-        let mem = memory::allocate(config.memory)?;
-        let vm = hv.create_vm()?;
-        memory::register(&vm, &mem)?;
-        // A hardware-reduced ACPI platform has no PIT (the FADT tells the guest so); a legacy
-        // one gets KVM's. Measured here, an idle in-kernel PIT costs ~10% of PIO exit rate.
-        vm.create_irqchip(!config.acpi)?;
-        let state = Arc::new(VmState::new().map_err(|source| Error::Os {
-            op: "eventfd",
-            source,
-        })?);
-
-        let virtio = device_manager::plan_virtio(&mut config)?;
-        let plan = boot::load(&mem, &config, &virtio.slots)?;
-        let devices = device_manager::build(&vm, &mem, &state, &mut config, virtio)?;
-
-        #[cfg(target_arch = "x86_64")]
-        let cpuid = vm.supported_cpuid()?;
-        Ok(Vm {
+impl<V: hypervisor::Vm + 'static> Vm<V> {
+    /// Puts a created VM together; no vCPU runs until [`Vm::start`].
+    pub(crate) fn assemble(
+        vm: V,
+        mem: GuestMemoryMmap,
+        state: Arc<VmState>,
+        devices: Devices,
+        setup: Arc<dyn VcpuSetup<V>>,
+        cpus: u32,
+    ) -> Self {
+        Vm {
             vm: Arc::new(vm),
             mem: Arc::new(mem),
             state,
@@ -81,16 +65,12 @@ impl<V: hypervisor::ArchVm + 'static> Vm<V> {
             serial: devices.serial,
             virtio_console: devices.virtio_console,
             mmio_console: devices.mmio_console,
-            plan,
-            cpus: config.cpus,
-            #[cfg(target_arch = "x86_64")]
-            cpuid,
-            #[cfg(target_arch = "x86_64")]
-            cpuid_hide: config.cpuid_hide,
+            setup,
+            cpus,
             threads: Vec::new(),
             events: Some(devices.events),
             event_loop: None,
-        })
+        }
     }
 
     /// Adds a port-I/O device before the VM starts.
@@ -163,17 +143,12 @@ impl<V: hypervisor::ArchVm + 'static> Vm<V> {
             go.push(go_tx);
             let ctx = VcpuContext {
                 id,
-                num_cpus: self.cpus,
                 vm: self.vm.clone(),
+                setup: self.setup.clone(),
                 state: self.state.clone(),
                 pio: pio.clone(),
                 mmio: mmio.clone(),
                 mem: self.mem.clone(),
-                plan: self.plan,
-                #[cfg(target_arch = "x86_64")]
-                cpuid: self.cpuid.clone(),
-                #[cfg(target_arch = "x86_64")]
-                cpuid_hide: self.cpuid_hide.clone(),
             };
             let ready = ready_tx.clone();
             let handle = std::thread::Builder::new()
@@ -258,7 +233,7 @@ impl<V: hypervisor::ArchVm + 'static> Vm<V> {
     }
 }
 
-impl<V: hypervisor::ArchVm + 'static> Drop for Vm<V> {
+impl<V: hypervisor::Vm + 'static> Drop for Vm<V> {
     fn drop(&mut self) {
         self.join();
     }

@@ -45,6 +45,18 @@ pub const fn virtio_mmio_window(n: u64) -> u64 {
     VIRTIO_MMIO_START + n * MMIO_WINDOW_SIZE
 }
 
+/// Virtio-mmio device `n`'s window and interrupt line (a GIC INTID).
+pub const fn virtio_slot(n: u32) -> crate::VirtioMmioSlot {
+    crate::VirtioMmioSlot {
+        base: virtio_mmio_window(n as u64),
+        size: MMIO_WINDOW_SIZE,
+        gsi: SPI_BASE + VIRTIO_SPI_START + n,
+    }
+}
+
+/// The most virtio-mmio devices: one window each, and SPIs up to the GIC's 1020.
+pub const MAX_VIRTIO_DEVICES: u32 = (VIRTIO_MMIO_SIZE / MMIO_WINDOW_SIZE) as u32;
+
 pub const fn gic_redist_size(cpus: u32) -> u64 {
     cpus as u64 * GIC_REDIST_SIZE_PER_CPU
 }

@@ -158,7 +158,7 @@ mod tests {
     #[test]
     fn tables_are_well_formed_and_linked() {
         for cpus in [1, 2, 8, MAX_CPUS] {
-            let slots: Vec<_> = (0..3).map(VirtioMmioSlot::nth).collect();
+            let slots: Vec<_> = (0..3).map(crate::x86_64::layout::virtio_slot).collect();
             let t = build(cpus, &slots).unwrap();
             let find = |addr: u64| &t.iter().find(|(a, _)| *a == addr).unwrap().1;
             let rsdp = &t[0].1;
@@ -198,7 +198,7 @@ mod tests {
 
 #[cfg(test)]
 mod iasl {
-    use crate::x86_64::layout::VirtioMmioSlot;
+
     use std::process::Command;
 
     /// Decompiles the DSDT with ACPICA's `iasl` (Debian `acpica-tools`, installed by
@@ -216,7 +216,7 @@ mod iasl {
         }
         let dir = std::env::temp_dir().join(format!("vibe-iasl-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let slots: Vec<_> = (0..3).map(VirtioMmioSlot::nth).collect();
+        let slots: Vec<_> = (0..3).map(crate::x86_64::layout::virtio_slot).collect();
         std::fs::write(dir.join("dsdt.aml"), super::dsdt(&slots)).unwrap();
         let out = Command::new("iasl")
             .arg("-d")

@@ -99,31 +99,14 @@ pub const fn virtio_gsi(n: u32) -> u32 {
     VIRTIO_GSI_START + n
 }
 
-/// Where a virtio-mmio device is: its window and interrupt line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VirtioMmioSlot {
-    pub base: u64,
-    pub size: u64,
-    pub gsi: u32,
-}
+pub use crate::VirtioMmioSlot;
 
-impl VirtioMmioSlot {
-    pub const fn nth(n: u32) -> Self {
-        VirtioMmioSlot {
-            base: virtio_mmio_window(n as u64),
-            size: MMIO_WINDOW_SIZE,
-            gsi: virtio_gsi(n),
-        }
-    }
-
-    /// The kernel command-line form, for kernels built with VIRTIO_MMIO_CMDLINE_DEVICES.
-    pub fn cmdline(&self) -> String {
-        format!(
-            "virtio_mmio.device={}K@{:#x}:{}",
-            self.size >> 10,
-            self.base,
-            self.gsi
-        )
+/// Virtio-mmio device `n`'s window and interrupt line (a GSI).
+pub const fn virtio_slot(n: u32) -> VirtioMmioSlot {
+    VirtioMmioSlot {
+        base: virtio_mmio_window(n as u64),
+        size: MMIO_WINDOW_SIZE,
+        gsi: virtio_gsi(n),
     }
 }
 

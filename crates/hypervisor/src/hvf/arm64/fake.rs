@@ -23,9 +23,11 @@ pub enum Step {
     Signal(&'static str),
     /// Blocks the vCPU (as if the guest spun) until another script signalled this point.
     WaitFor(&'static str),
+    /// Blocks the vCPU until SPI `intid` has been raised (a guest waiting for a device).
+    WaitForSpi(u32),
 }
 
-fn exception(syndrome: u64, ipa: u64, regs: Vec<(Reg, u64)>) -> Step {
+fn exit(syndrome: u64, ipa: u64, regs: Vec<(Reg, u64)>) -> Step {
     Step::Exit {
         exit: Exit {
             reason: ExitReason::Exception,
@@ -52,28 +54,29 @@ fn data_abort_esr(size: u8, reg: u8, write: bool) -> u64 {
 impl Step {
     /// `str wN/xN, [x0]` of `value` (size 1, 2, 4 or 8) to an unmapped `ipa`, through X1.
     pub fn mmio_write(ipa: u64, size: u8, value: u64) -> Step {
-        exception(data_abort_esr(size, 1, true), ipa, vec![(Reg::X(1), value)])
+        exit(data_abort_esr(size, 1, true), ipa, vec![(Reg::X(1), value)])
     }
 
     /// `ldr wN/xN, [x0]` (size 1, 2, 4 or 8) from an unmapped `ipa` into X`reg`.
     pub fn mmio_read(ipa: u64, size: u8, reg: u8) -> Step {
-        exception(data_abort_esr(size, reg, false), ipa, Vec::new())
+        exit(data_abort_esr(size, reg, false), ipa, Vec::new())
     }
 
     /// `hvc #0` with X0..X3 = `x`.
     pub fn hvc(x: [u64; 4]) -> Step {
         let regs = (0..4).map(|n| (Reg::X(n), x[usize::from(n)])).collect();
-        exception((0x16 << 26) | (1 << 25), 0, regs)
+        exit((0x16 << 26) | (1 << 25), 0, regs)
     }
 
     /// `wfi`.
     pub fn wfi() -> Step {
-        exception((0x01 << 26) | (1 << 25), 0, Vec::new())
+        exit((0x01 << 26) | (1 << 25), 0, Vec::new())
     }
 
-    /// A trapped `msr`/`mrs` with this ESR_EL2.
-    pub fn sysreg(syndrome: u64) -> Step {
-        exception(syndrome, 0, Vec::new())
+    /// Any exception with this ESR_EL2 (and faulting IPA, for aborts); e.g. a trapped
+    /// `msr`/`mrs`.
+    pub fn exception(syndrome: u64, ipa: u64) -> Step {
+        exit(syndrome, ipa, Vec::new())
     }
 
     /// The guest's virtual timer fired (the framework masks it).
@@ -234,6 +237,7 @@ impl Api for FakeHvf {
             level,
             thread,
         });
+        self.changed.notify_all();
         Ok(())
     }
 
@@ -307,6 +311,18 @@ impl Api for FakeHvf {
                     s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
                 }
                 Some(Step::WaitFor(_)) => {}
+                Some(Step::WaitForSpi(intid)) => {
+                    let raised = |log: &[Event]| {
+                        log.iter()
+                            .any(|e| matches!(e, Event::Spi { intid: i, .. } if *i == intid))
+                    };
+                    if !raised(&s.log) {
+                        if let Some(script) = s.scripts.get_mut(&cpu) {
+                            script.push_front(Step::WaitForSpi(intid));
+                        }
+                        s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+                    }
+                }
                 // The script is over: the guest spins until the VMM stops it.
                 None => s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner()),
             }

@@ -597,9 +597,9 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_emulate() {
-        let no_isv = Step::sysreg((0x24 << 26) | (1 << 25) | (2 << 22));
+        let no_isv = Step::exception((0x24 << 26) | (1 << 25) | (2 << 22), UART);
         // mrs x1, sctlr_el1 trapped: not a register the VMM fakes.
-        let sctlr = Step::sysreg((0x18 << 26) | (3 << 20) | (1 << 10) | (1 << 5) | 1);
+        let sctlr = Step::exception((0x18 << 26) | (3 << 20) | (1 << 10) | (1 << 5) | 1, 0);
         let (_hv, vm) = vm(1, vec![(0, vec![no_isv, sctlr])]);
         let mut cpu = vm.create_vcpu(0).unwrap();
         let e = cpu.run(VmEntry::None).unwrap();
@@ -623,7 +623,7 @@ mod tests {
             vec![(
                 0,
                 vec![
-                    Step::sysreg(oslsr),
+                    Step::exception(oslsr, 0),
                     Step::hvc([psci::SYSTEM_OFF as u64, 0, 0, 0]),
                 ],
             )],
