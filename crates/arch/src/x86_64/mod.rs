@@ -3,6 +3,7 @@
 pub mod acpi;
 pub mod boot;
 pub mod cpuid;
+pub mod emulator;
 pub mod fixup;
 pub mod gdt;
 pub mod layout;
