@@ -22,6 +22,7 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
     ("bench_tiny", "bench_tiny.S", &["-DPVH"]),
     ("bench_pio", "bench_pio.S", &["-DPVH"]),
     ("pvh_hello", "demo.S", &["-DPVH"]),
+    ("emulate", "emulate.S", &[]),
 ];
 
 fn main() {

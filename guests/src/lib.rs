@@ -61,3 +61,8 @@ guest!(
 guest!(
     /// The demo guest entered through its PVH note (32-bit protected mode).
     PVH_HELLO, "pvh_hello.elf");
+guest!(
+    /// MMIO with many instruction forms, each bracketed by `out 0xe0`/`out 0xe1`, first in
+    /// 32-bit protected mode (entered at `_start + 16` by the emulator test, ends with
+    /// `out 0xe2`), then in 64-bit mode (`_start`, ends with status 0 on the debug-exit port).
+    EMULATE, "emulate.elf");

@@ -121,7 +121,10 @@ fn sign_extend(v: u64, size: usize) -> u64 {
 
 /// The 64-bit register behind `reg`, by index RAX=0 .. R15=15, and whether it is AH..BH.
 fn gpr(reg: Register) -> Option<(usize, bool)> {
-    let high = matches!(reg, Register::AH | Register::CH | Register::DH | Register::BH);
+    let high = matches!(
+        reg,
+        Register::AH | Register::CH | Register::DH | Register::BH
+    );
     let full = reg.full_register();
     let idx = (full as usize).checked_sub(Register::RAX as usize)?;
     (idx < 16 && reg.is_gpr()).then_some((idx, high))
@@ -460,26 +463,21 @@ impl<B: GuestBus> Exec<'_, B> {
         use Mnemonic::*;
         let m = self.insn.mnemonic();
         let size = self.memory_size();
-        let addr_size: usize = match self.insn.op_kind(if m == Stosb
-            || m == Stosw
-            || m == Stosd
-            || m == Stosq
-        {
-            0
-        } else {
-            self.insn.op_count() - 1
-        }) {
-            OpKind::MemorySegSI | OpKind::MemoryESDI => 2,
-            OpKind::MemorySegESI | OpKind::MemoryESEDI => 4,
-            _ => 8,
-        };
+        let addr_size: usize =
+            match self
+                .insn
+                .op_kind(if m == Stosb || m == Stosw || m == Stosd || m == Stosq {
+                    0
+                } else {
+                    self.insn.op_count() - 1
+                }) {
+                OpKind::MemorySegSI | OpKind::MemoryESDI => 2,
+                OpKind::MemorySegESI | OpKind::MemoryESEDI => 4,
+                _ => 8,
+            };
         let am = mask(addr_size);
         let rep = self.insn.has_rep_prefix() || self.insn.has_repe_prefix();
-        let mut count = if rep {
-            self.cpu.regs.rcx & am
-        } else {
-            1
-        };
+        let mut count = if rep { self.cpu.regs.rcx & am } else { 1 };
         let step = if self.cpu.regs.rflags & DF != 0 {
             (size as u64).wrapping_neg()
         } else {
@@ -525,7 +523,6 @@ impl<B: GuestBus> Exec<'_, B> {
         Ok(())
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -590,7 +587,11 @@ mod tests {
                 (true, MMIO, vec![0x88, 0x77, 0x66, 0x55]),
                 (true, MMIO + 8, vec![0x77]),
                 (true, MMIO + 16, vec![0x34, 0x12]),
-                (true, MMIO + 24, 0x1122_3344_5566_7788u64.to_le_bytes().to_vec()),
+                (
+                    true,
+                    MMIO + 24,
+                    0x1122_3344_5566_7788u64.to_le_bytes().to_vec()
+                ),
             ]
         );
         cpu.regs.rcx = u64::MAX;
@@ -656,7 +657,10 @@ mod tests {
         cpu.regs.rcx = 3;
         mem.write(MMIO, &[1, 2, 3]).unwrap();
         run(&[0xf3, 0xa4], &mut cpu, &mut mem); // rep movsb
-        assert_eq!((cpu.regs.rsi, cpu.regs.rdi, cpu.regs.rcx), (MMIO + 3, 0x5003, 0));
+        assert_eq!(
+            (cpu.regs.rsi, cpu.regs.rdi, cpu.regs.rcx),
+            (MMIO + 3, 0x5003, 0)
+        );
         assert_eq!(mem.bytes[&0x5002], 3);
         cpu.regs.rflags |= DF;
         cpu.regs.rax = 0xabcd;
@@ -689,7 +693,12 @@ mod tests {
         let at: Vec<_> = mem.log.iter().map(|l| (l.1, l.2.len())).collect();
         assert_eq!(
             at,
-            vec![(MMIO + 0x300, 4), (MMIO, 4), (MMIO + 0x200, 4), (MMIO + 0x200, 2)]
+            vec![
+                (MMIO + 0x300, 4),
+                (MMIO, 4),
+                (MMIO + 0x200, 4),
+                (MMIO + 0x200, 2)
+            ]
         );
         assert_eq!(cpu.regs.rip, 0x2005);
     }
