@@ -18,6 +18,9 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     if let Ok(req) = parse(&descs, |_| Some(h)) {
         let _ = req.in_range(u64::from(h[0]) << 20);
-        assert_eq!(req.data_len, req.data.iter().map(|d| u64::from(d.len)).sum::<u64>());
+        assert_eq!(
+            req.data_len,
+            req.data.iter().map(|d| u64::from(d.len)).sum::<u64>()
+        );
     }
 });

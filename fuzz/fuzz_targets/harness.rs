@@ -39,7 +39,11 @@ fn bring_up(t: &mut MmioTransport, queues: usize) {
         w(t, REG_DRIVER_FEATURES_SEL, sel);
         w(t, REG_DRIVER_FEATURES, u32::from_le_bytes(f));
     }
-    w(t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+    w(
+        t,
+        REG_STATUS,
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+    );
     for q in 0..queues as u32 {
         let base = q * 0x400;
         w(t, REG_QUEUE_SEL, q);
@@ -49,7 +53,11 @@ fn bring_up(t: &mut MmioTransport, queues: usize) {
         w(t, REG_QUEUE_DEVICE_LOW, base + 0x300);
         w(t, REG_QUEUE_READY, 1);
     }
-    w(t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+    w(
+        t,
+        REG_STATUS,
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+    );
 }
 
 pub fn run(device: Box<dyn VirtioDevice>, data: &[u8]) {
@@ -59,7 +67,8 @@ pub fn run(device: Box<dyn VirtioDevice>, data: &[u8]) {
     let ops_len = (usize::from(mode & 0x3f) * 7).min(rest.len());
     let (ops, image) = rest.split_at(ops_len);
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    mem.write_slice(&image[..image.len().min(MEM_SIZE)], GuestAddress(0)).unwrap();
+    mem.write_slice(&image[..image.len().min(MEM_SIZE)], GuestAddress(0))
+        .unwrap();
     let queues = device.queue_max_sizes().len();
     let mut t = MmioTransport::new(device, mem, Box::new(NoIrq)).unwrap();
     let process = |t: &mut MmioTransport| {

@@ -32,6 +32,11 @@ const STATUS: u64 = CF | PF | AF | ZF | SF | OF;
 /// The longest x86 instruction.
 pub const MAX_INSN_LEN: usize = 15;
 
+/// REP iterations done per call. A REP string instruction is interruptible: after this many
+/// the registers say how far it got and RIP stays on it, so the guest re-executes it, and a
+/// huge RCX never holds the vCPU thread.
+pub const MAX_REP_ITERATIONS: u64 = 1024;
+
 /// What the emulator reads and changes: the general registers, and how addresses are formed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CpuState {
@@ -82,17 +87,23 @@ pub fn decode(bytes: &[u8], cpu: &CpuState) -> Result<Instruction, EmuError> {
 }
 
 /// Decodes and executes the instruction at RIP (`bytes` fetched there), making its memory
-/// accesses through `bus`. On success `cpu` holds the state after the instruction; on error
-/// it is unchanged.
+/// accesses through `bus`. On success `cpu` holds the state after the instruction (or, for a
+/// long REP, after [`MAX_REP_ITERATIONS`] of it, with RIP still on it); on error it is
+/// unchanged.
 pub fn emulate(bytes: &[u8], cpu: &mut CpuState, bus: &mut impl GuestBus) -> Result<(), EmuError> {
     let insn = decode(bytes, cpu)?;
     let mut next = *cpu;
-    Exec {
+    let mut exec = Exec {
         insn: &insn,
         cpu: &mut next,
         bus,
+        done: true,
+    };
+    exec.run()?;
+    if !exec.done {
+        *cpu = next;
+        return Ok(());
     }
-    .run()?;
     next.regs.rip = match cpu.bitness {
         64 => insn.next_ip(),
         32 => insn.next_ip() & 0xffff_ffff,
@@ -230,6 +241,8 @@ struct Exec<'a, B: GuestBus> {
     insn: &'a Instruction,
     cpu: &'a mut CpuState,
     bus: &'a mut B,
+    /// False when a REP instruction stopped part-way (RIP must stay on it).
+    done: bool,
 }
 
 impl<B: GuestBus> Exec<'_, B> {
@@ -485,7 +498,13 @@ impl<B: GuestBus> Exec<'_, B> {
         };
         let src_base = self.seg_base(self.insn.memory_segment());
         let dst_base = self.seg_base(Register::ES);
+        let mut budget = MAX_REP_ITERATIONS;
         while count > 0 {
+            if budget == 0 {
+                self.done = false;
+                break;
+            }
+            budget -= 1;
             let (si, di) = (self.cpu.regs.rsi & am, self.cpu.regs.rdi & am);
             match m {
                 Movsb | Movsw | Movsd | Movsq => {
@@ -673,7 +692,14 @@ mod tests {
         cpu.regs.rsi = MMIO;
         run(&[0xac], &mut cpu, &mut mem); // lodsb
         assert_eq!((cpu.regs.rax & 0xff, cpu.regs.rsi), (1, MMIO + 1));
-        cpu.regs.rcx = 0;
+        // A huge count is done in slices: RIP stays on the instruction until RCX reaches 0.
+        cpu.regs.rcx = MAX_REP_ITERATIONS + 1;
+        cpu.regs.rdi = MMIO;
+        let rip = cpu.regs.rip;
+        run(&[0xf3, 0xaa], &mut cpu, &mut mem); // rep stosb
+        assert_eq!((cpu.regs.rip, cpu.regs.rcx), (rip, 1));
+        run(&[0xf3, 0xaa], &mut cpu, &mut mem);
+        assert_eq!((cpu.regs.rip, cpu.regs.rcx), (rip + 2, 0));
         let before = mem.log.len();
         run(&[0xf3, 0xa4], &mut cpu, &mut mem); // rep movsb with RCX = 0 does nothing
         assert_eq!(mem.log.len(), before);
