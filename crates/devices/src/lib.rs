@@ -6,6 +6,7 @@
 pub mod bus;
 pub mod debug_exit;
 pub mod i8042;
+pub mod irqchip;
 pub mod mmio_console;
 pub mod serial;
 pub mod virtio;

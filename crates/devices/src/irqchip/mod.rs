@@ -1,0 +1,406 @@
+//! An x86 interrupt controller in the VMM: one local APIC per vCPU ([`lapic`]) and an IOAPIC
+//! ([`ioapic`]), for hypervisors that have none (Hypervisor.framework on Intel) and for KVM
+//! with `--irqchip userspace` (no `KVM_CREATE_IRQCHIP`), which proves it on real hardware.
+//!
+//! [`Irqchip`] ties them together: device lines raise IOAPIC pins, pins and IPIs latch vectors
+//! in local APICs, and the vCPU whose APIC got one is kicked out of the guest so its thread can
+//! inject it (on KVM with `KVM_INTERRUPT` once the guest opens an interrupt window). A timer
+//! thread fires the APIC timers. vCPUs other than the boot one wait for INIT and STARTUP IPIs,
+//! as on hardware. No PIC or PIT: the platform is ACPI hardware-reduced, and the MP table
+//! routes every device line through the IOAPIC.
+
+pub mod ioapic;
+pub mod lapic;
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hypervisor::{IrqLine, VcpuKicker};
+
+use crate::lock;
+use ioapic::Ioapic;
+use lapic::{Destination, Ipi, Lapic, WriteEffect};
+
+/// Where the guest finds every local APIC (each vCPU sees its own there).
+pub const LAPIC_BASE: u64 = 0xfee0_0000;
+pub const LAPIC_SIZE: u64 = 0x1000;
+
+/// Whether a vCPU runs or waits for a STARTUP IPI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Power {
+    Running,
+    WaitForSipi,
+    /// A STARTUP arrived with this vector; the vCPU thread starts it in real mode.
+    Starting(u8),
+}
+
+struct Inner {
+    lapics: Vec<Lapic>,
+    power: Vec<Power>,
+    ioapic: Ioapic,
+    shutdown: bool,
+}
+
+pub struct Irqchip {
+    inner: Mutex<Inner>,
+    /// Signalled on every change a waiting vCPU or the timer thread may care about.
+    changed: Condvar,
+    kickers: Mutex<Vec<Option<Box<dyn VcpuKicker>>>>,
+    epoch: Instant,
+    timer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Irqchip {
+    /// A controller for `cpus` vCPUs (APIC IDs 0..cpus; vCPU 0 runs, the others wait for
+    /// STARTUP), with its timer thread running.
+    pub fn new(cpus: u32) -> std::io::Result<Arc<Self>> {
+        let n = cpus as usize;
+        let chip = Arc::new(Irqchip {
+            inner: Mutex::new(Inner {
+                lapics: (0..cpus).map(|id| Lapic::new(id as u8)).collect(),
+                power: (0..n)
+                    .map(|i| {
+                        if i == 0 {
+                            Power::Running
+                        } else {
+                            Power::WaitForSipi
+                        }
+                    })
+                    .collect(),
+                ioapic: Ioapic::default(),
+                shutdown: false,
+            }),
+            changed: Condvar::new(),
+            kickers: Mutex::new((0..n).map(|_| None).collect()),
+            epoch: Instant::now(),
+            timer: Mutex::new(None),
+        });
+        let c = chip.clone();
+        let handle = std::thread::Builder::new()
+            .name("apic-timer".into())
+            .spawn(move || c.timer_thread())?;
+        *lock(&chip.timer) = Some(handle);
+        Ok(chip)
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        lock(&self.inner)
+    }
+
+    /// Stops the timer thread (which holds a reference to the chip) and waits for it.
+    pub fn shutdown(&self) {
+        self.lock().shutdown = true;
+        self.changed.notify_all();
+        if let Some(t) = lock(&self.timer).take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Registers the handle that pulls vCPU `id` out of the guest when an interrupt arrives.
+    pub fn attach(&self, id: u32, kicker: Box<dyn VcpuKicker>) {
+        if let Some(k) = lock(&self.kickers).get_mut(id as usize) {
+            *k = Some(kicker);
+        }
+    }
+
+    fn kick(&self, ids: &[usize]) {
+        self.changed.notify_all();
+        let kickers = lock(&self.kickers);
+        for &id in ids {
+            if let Some(Some(k)) = kickers.get(id) {
+                k.kick();
+            }
+        }
+    }
+
+    /// Wakes vCPU threads waiting in [`Irqchip::wait_for_interrupt`] or for a STARTUP, so they
+    /// notice a stop or pause request.
+    pub fn wake_all(&self) {
+        drop(self.lock());
+        self.changed.notify_all();
+    }
+
+    /// An interrupt line into IOAPIC pin `pin` (the GSI).
+    pub fn line(self: &Arc<Self>, pin: u32) -> Box<dyn IrqLine> {
+        Box::new(PinLine {
+            chip: self.clone(),
+            pin,
+        })
+    }
+
+    /// Raises IOAPIC pin `pin` (an edge).
+    pub fn raise(&self, pin: u32) {
+        let mut inner = self.lock();
+        let Some(route) = inner.ioapic.raise(pin) else {
+            return;
+        };
+        let targets = deliver(&mut inner, route.vector, route.dest, route.level, 0);
+        drop(inner);
+        self.kick(&targets);
+    }
+
+    /// vCPU `id` reads its local APIC at `offset`.
+    pub fn read_lapic(&self, id: u32, offset: u64, data: &mut [u8]) {
+        let now = self.now();
+        let v = match self.lock().lapics.get(id as usize) {
+            Some(a) if data.len() == 4 && offset % 16 == 0 => a.read(offset, now),
+            _ => 0,
+        };
+        let n = data.len().min(4);
+        data[..n].copy_from_slice(&v.to_le_bytes()[..n]);
+        data[n..].fill(0);
+    }
+
+    /// vCPU `id` writes its local APIC at `offset` (32-bit aligned writes only, as the SDM
+    /// requires; others are dropped).
+    pub fn write_lapic(&self, id: u32, offset: u64, data: &[u8]) {
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            return;
+        };
+        if offset % 16 != 0 {
+            return;
+        }
+        let now = self.now();
+        let mut inner = self.lock();
+        let Some(a) = inner.lapics.get_mut(id as usize) else {
+            return;
+        };
+        let from = a.id();
+        let targets = match a.write(offset, u32::from_le_bytes(bytes), now) {
+            WriteEffect::None => Vec::new(),
+            WriteEffect::LevelEoi(v) => {
+                inner.ioapic.end_of_interrupt(v);
+                Vec::new()
+            }
+            WriteEffect::Ipi(Ipi::Fixed { vector, dest }) => {
+                deliver(&mut inner, vector, dest, false, from)
+            }
+            WriteEffect::Ipi(Ipi::Init { dest }) => {
+                set_power(&mut inner, dest, from, |p| *p = Power::WaitForSipi)
+            }
+            WriteEffect::Ipi(Ipi::Startup { vector, dest }) => {
+                set_power(&mut inner, dest, from, |p| {
+                    if *p == Power::WaitForSipi {
+                        *p = Power::Starting(vector);
+                    }
+                })
+            }
+        };
+        drop(inner);
+        // The timer thread re-reads deadlines on every change; targets leave the guest.
+        let others: Vec<usize> = targets.into_iter().filter(|&t| t != id as usize).collect();
+        self.kick(&others);
+    }
+
+    /// Whether vCPU `id` has an interrupt to take.
+    pub fn has_interrupt(&self, id: u32) -> bool {
+        self.lock()
+            .lapics
+            .get(id as usize)
+            .is_some_and(|a| a.pending().is_some())
+    }
+
+    /// The vector vCPU `id` takes now (moved to in-service), if any.
+    pub fn acknowledge(&self, id: u32) -> Option<u8> {
+        self.lock().lapics.get_mut(id as usize)?.acknowledge()
+    }
+
+    /// Blocks a halted vCPU until it has an interrupt or `give_up()` says to stop waiting.
+    pub fn wait_for_interrupt(&self, id: u32, give_up: impl Fn() -> bool) {
+        let mut inner = self.lock();
+        while !give_up()
+            && !inner.shutdown
+            && inner
+                .lapics
+                .get(id as usize)
+                .is_some_and(|a| a.pending().is_none())
+        {
+            inner = self
+                .changed
+                .wait(inner)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// For a vCPU that must not run yet (after reset or INIT): waits for a STARTUP IPI and
+    /// returns its vector, or `None` if `give_up()` said to stop waiting. A running vCPU gets
+    /// `None` at once.
+    pub fn wait_for_startup(&self, id: u32, give_up: impl Fn() -> bool) -> Option<u8> {
+        let mut inner = self.lock();
+        loop {
+            match inner.power.get(id as usize).copied() {
+                Some(Power::Starting(v)) => {
+                    inner.power[id as usize] = Power::Running;
+                    return Some(v);
+                }
+                Some(Power::WaitForSipi) if !give_up() && !inner.shutdown => {
+                    inner = self
+                        .changed
+                        .wait(inner)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Whether vCPU `id` is held until a STARTUP IPI.
+    pub fn is_waiting_for_startup(&self, id: u32) -> bool {
+        self.lock()
+            .power
+            .get(id as usize)
+            .is_some_and(|p| *p != Power::Running)
+    }
+
+    fn timer_thread(&self) {
+        let mut inner = self.lock();
+        while !inner.shutdown {
+            let now = self.now();
+            let mut fired = Vec::new();
+            for (i, a) in inner.lapics.iter_mut().enumerate() {
+                if a.tick(now) {
+                    fired.push(i);
+                }
+            }
+            if !fired.is_empty() {
+                drop(inner);
+                self.kick(&fired);
+                inner = self.lock();
+                continue;
+            }
+            let next = inner.lapics.iter().filter_map(Lapic::timer_deadline).min();
+            inner = match next {
+                Some(d) => {
+                    let wait = Duration::from_nanos(d.saturating_sub(now));
+                    self.changed
+                        .wait_timeout(inner, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+                None => self
+                    .changed
+                    .wait(inner)
+                    .unwrap_or_else(|e| e.into_inner()),
+            };
+        }
+    }
+}
+
+/// Latches `vector` in every APIC `dest` names; returns their indices.
+fn deliver(inner: &mut Inner, vector: u8, dest: Destination, level: bool, from: u8) -> Vec<usize> {
+    let mut targets = Vec::new();
+    for (i, a) in inner.lapics.iter_mut().enumerate() {
+        if a.matches(dest, from) {
+            a.accept(vector, level);
+            targets.push(i);
+        }
+    }
+    targets
+}
+
+fn set_power(
+    inner: &mut Inner,
+    dest: Destination,
+    from: u8,
+    f: impl Fn(&mut Power),
+) -> Vec<usize> {
+    let mut targets = Vec::new();
+    for (i, a) in inner.lapics.iter().enumerate() {
+        if a.matches(dest, from) {
+            f(&mut inner.power[i]);
+            targets.push(i);
+        }
+    }
+    targets
+}
+
+/// A device's interrupt line into an IOAPIC pin.
+struct PinLine {
+    chip: Arc<Irqchip>,
+    pin: u32,
+}
+
+impl IrqLine for PinLine {
+    fn trigger(&self) -> std::io::Result<()> {
+        self.chip.raise(self.pin);
+        Ok(())
+    }
+}
+
+/// The IOAPIC's registers on the MMIO bus.
+pub struct IoapicDevice(pub Arc<Irqchip>);
+
+impl crate::BusDevice for IoapicDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.0.lock().ioapic.read(offset, data);
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.0.lock().ioapic.write(offset, data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Count(Arc<AtomicUsize>);
+    impl VcpuKicker for Count {
+        fn kick(&self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn w(chip: &Irqchip, id: u32, offset: u64, v: u32) {
+        chip.write_lapic(id, offset, &v.to_le_bytes());
+    }
+
+    #[test]
+    fn device_line_to_apic_and_startup_ipis() {
+        let chip = Irqchip::new(2).unwrap();
+        let kicks = Arc::new(AtomicUsize::new(0));
+        chip.attach(1, Box::new(Count(kicks.clone())));
+        for id in 0..2 {
+            w(&chip, id, lapic::REG_SVR, 0x1ff);
+        }
+        // IOAPIC pin 5 -> vector 0x35 on APIC 1.
+        let mut dev = IoapicDevice(chip.clone());
+        use crate::BusDevice;
+        dev.write(ioapic::REG_SELECT, &[0x1a]);
+        dev.write(ioapic::REG_WINDOW, &0x35u32.to_le_bytes());
+        dev.write(ioapic::REG_SELECT, &[0x1b]);
+        dev.write(ioapic::REG_WINDOW, &(1u32 << 24).to_le_bytes());
+        chip.line(5).trigger().unwrap();
+        assert_eq!(kicks.load(Ordering::SeqCst), 1);
+        assert!(chip.has_interrupt(1) && !chip.has_interrupt(0));
+        assert_eq!(chip.acknowledge(1), Some(0x35));
+        // vCPU 1 waits for STARTUP; INIT then STARTUP from vCPU 0 release it.
+        assert!(chip.is_waiting_for_startup(1));
+        w(&chip, 0, lapic::REG_ICR_HIGH, 1 << 24);
+        w(&chip, 0, lapic::REG_ICR_LOW, 0x4500);
+        w(&chip, 0, lapic::REG_ICR_LOW, 0x4610);
+        assert_eq!(chip.wait_for_startup(1, || false), Some(0x10));
+        assert!(!chip.is_waiting_for_startup(1));
+        assert_eq!(chip.wait_for_startup(0, || false), None);
+        chip.shutdown();
+    }
+
+    #[test]
+    fn the_timer_thread_fires_and_wakes_a_halted_vcpu() {
+        let chip = Irqchip::new(1).unwrap();
+        w(&chip, 0, lapic::REG_SVR, 0x1ff);
+        w(&chip, 0, lapic::REG_TIMER_DIVIDE, 0xb);
+        w(&chip, 0, lapic::REG_LVT_TIMER, 0x40);
+        w(&chip, 0, lapic::REG_TIMER_INITIAL, 2_000_000); // 2 ms
+        let t = Instant::now();
+        chip.wait_for_interrupt(0, || t.elapsed() > Duration::from_secs(5));
+        assert!(chip.has_interrupt(0), "woken by the timer, not the 5 s limit");
+        assert!(t.elapsed() >= Duration::from_millis(1));
+        chip.shutdown();
+    }
+}
