@@ -65,6 +65,9 @@ pub enum VmExit {
     SystemEvent(SystemEvent),
     /// A [`crate::VcpuKicker`] stopped the run (or a signal arrived).
     Interrupted,
+    /// The guest can now take the interrupt the VMM is holding for it (asked for with
+    /// `X86Vcpu::request_interrupt_window`).
+    InterruptWindow,
     /// The hypervisor could not run or emulate guest code.
     InternalError {
         /// The hypervisor's instruction emulator gave up on the instruction at RIP (the VMM

@@ -24,6 +24,18 @@ pub trait X86Vcpu: crate::Vcpu {
     /// Delivers exception `vector` to the guest on its next entry, as if the instruction
     /// about to run had raised it (used to finish instructions the hypervisor could not).
     fn inject_exception(&self, vector: u8) -> Result<()>;
+
+    // For an interrupt controller in the VMM (no in-kernel irqchip):
+
+    /// Whether the guest can take an external interrupt on the next entry (interrupts
+    /// enabled, no interrupt shadow, nothing else being injected), as of the last exit.
+    fn interrupt_window_open(&mut self) -> bool;
+    /// Delivers external interrupt `vector` on the next entry (KVM_INTERRUPT). Only when
+    /// [`X86Vcpu::interrupt_window_open`] said so.
+    fn inject_interrupt(&mut self, vector: u8) -> Result<()>;
+    /// Asks for a [`crate::VmExit::InterruptWindow`] exit as soon as the guest can take an
+    /// interrupt (or stops asking).
+    fn request_interrupt_window(&mut self, on: bool);
 }
 
 /// General-purpose registers, RIP and RFLAGS.

@@ -83,7 +83,8 @@ where
     mem.write_slice(&tree, GuestAddress(placed.fdt))
         .map_err(|e| Error::DeviceTree(e.to_string()))?;
 
-    let devices = device_manager::build(&vm, &mem, &state, &mut config, virtio, &platform)?;
+    let irq = |gsi| Ok(vm.irq_line(gsi, false)?);
+    let devices = device_manager::build(&vm, &irq, &mem, &state, &mut config, virtio, &platform)?;
     let setup = Arc::new(Arm64Setup {
         entry: placed.kernel,
         fdt: placed.fdt,

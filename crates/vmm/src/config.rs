@@ -31,6 +31,16 @@ pub enum ConsoleKind {
     Mmio,
 }
 
+/// Who emulates the x86 interrupt controllers (local APICs, IOAPIC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IrqchipMode {
+    /// The hypervisor (KVM's in-kernel irqchip).
+    Kernel,
+    /// vibe-vmm itself (`devices::irqchip`), as on Hypervisor.framework; interrupts are
+    /// injected when the guest opens an interrupt window.
+    Userspace,
+}
+
 /// A virtio-blk disk backed by a raw image file.
 #[derive(Debug, Clone)]
 pub struct DiskConfig {
@@ -70,6 +80,8 @@ pub struct VmConfig {
     pub irqfd: bool,
     /// Describe the machine with ACPI tables (MADT, FADT); the MP table is always there.
     pub acpi: bool,
+    /// Who emulates the x86 interrupt controllers.
+    pub irqchip: IrqchipMode,
     /// CPUID features hidden from the guest.
     #[cfg(target_arch = "x86_64")]
     pub cpuid_hide: Vec<Feature>,
@@ -86,6 +98,7 @@ impl VmConfig {
             cpus: 1,
             serial: SerialOutput::Stdout,
             acpi: true,
+            irqchip: IrqchipMode::Kernel,
             disks: Vec::new(),
             nets: Vec::new(),
             virtio_console: None,

@@ -28,6 +28,10 @@ use crate::event_loop::EventLoopBuilder;
 use crate::state::VmState;
 use crate::{Error, Result, VmConfig};
 
+/// Gives the interrupt line for a GSI (x86) or GIC INTID (arm64): from the hypervisor, or
+/// from the VMM's own interrupt controller.
+pub(crate) type IrqSource<'a> = dyn Fn(u32) -> Result<Box<dyn hypervisor::IrqLine>> + 'a;
+
 /// Where a guest platform puts the devices this manager builds.
 pub(crate) struct Platform {
     /// Window and interrupt line of virtio-mmio device `n`.
@@ -160,6 +164,7 @@ fn insert(bus: &mut Bus, dev: Arc<Mutex<dyn BusDevice>>, base: u64, len: u64) ->
 /// event-loop handlers. Takes the serial and MMIO-console outputs out of `config`.
 pub(crate) fn build<V: hypervisor::Vm>(
     vm: &V,
+    irq: &IrqSource,
     mem: &GuestMemoryMmap,
     state: &Arc<VmState>,
     config: &mut VmConfig,
@@ -169,7 +174,7 @@ pub(crate) fn build<V: hypervisor::Vm>(
     let serial_out = std::mem::replace(&mut config.serial, SerialOutput::None);
     let (serial_on_ports, serial_base, serial_irq) = platform.serial;
     let serial = Arc::new(Mutex::new(Serial::new(
-        vm.irq_line(serial_irq, config.irqfd)?,
+        irq(serial_irq)?,
         serial_writer(serial_out)?,
     )));
     let mut pio = Bus::new();
@@ -197,9 +202,17 @@ pub(crate) fn build<V: hypervisor::Vm>(
         mut console,
     } = virtio;
     let mut virtio_console: Option<Arc<Mutex<dyn ConsoleInput>>> = None;
-    let fast = (config.ioeventfd, config.irqfd);
     for (n, (device, slot)) in devices.into_iter().zip(&slots).enumerate() {
-        let transport = add_virtio(vm, mem, &mut mmio, &mut events, device, slot, fast)?;
+        let transport = add_virtio(
+            vm,
+            irq,
+            mem,
+            &mut mmio,
+            &mut events,
+            device,
+            slot,
+            config.ioeventfd,
+        )?;
         if let Some(&(_, fd)) = taps.iter().find(|(at, _)| *at == n) {
             let t = transport.clone();
             events.add_edge(fd, Box::new(move || lock(&t).process_queue(net::RX_QUEUE)));
@@ -238,18 +251,20 @@ pub(crate) fn build<V: hypervisor::Vm>(
 
 /// Puts a virtio device on the MMIO bus behind a virtio-mmio transport at `slot`, and routes
 /// its queue notifications to the event loop (through ioeventfd when the hypervisor has it and
-/// `ioeventfd` is set; interrupts through irqfd when `irqfd` is set).
+/// `ioeventfd` is set).
+#[allow(clippy::too_many_arguments)]
 fn add_virtio<V: hypervisor::Vm>(
     vm: &V,
+    irq: &IrqSource,
     mem: &GuestMemoryMmap,
     bus: &mut Bus,
     events: &mut EventLoopBuilder,
     device: Box<dyn VirtioDevice>,
     slot: &VirtioMmioSlot,
-    (ioeventfd, irqfd): (bool, bool),
+    ioeventfd: bool,
 ) -> Result<Arc<Mutex<MmioTransport>>> {
     let os = |op| move |source| Error::Os { op, source };
-    let transport = MmioTransport::new(device, mem.clone(), vm.irq_line(slot.gsi, irqfd)?)
+    let transport = MmioTransport::new(device, mem.clone(), irq(slot.gsi)?)
         .map_err(os("create a virtio-mmio transport"))?;
     let notify: Vec<_> = transport
         .notify_eventfds()

@@ -21,7 +21,9 @@ mod vcpu;
 mod vm;
 mod x86_64;
 
-pub use config::{ConsoleKind, DiskConfig, KernelImage, NetConfig, SerialOutput, VmConfig};
+pub use config::{
+    ConsoleKind, DiskConfig, IrqchipMode, KernelImage, NetConfig, SerialOutput, VmConfig,
+};
 pub use error::{Error, Result};
 pub use state::{Outcome, StopHandle};
 pub use vm::Vm;

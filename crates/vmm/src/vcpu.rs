@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use devices::Bus;
 use hypervisor::exit::{Data, SystemEvent};
-use hypervisor::{Vcpu, VmEntry, VmExit};
+use hypervisor::{Vcpu, VcpuKicker, VmEntry, VmExit};
 use vm_memory::GuestMemoryMmap;
 
 use crate::state::{Outcome, VmState};
@@ -27,6 +27,36 @@ pub(crate) trait VcpuSetup<V: hypervisor::Vm>: Send + Sync {
 
     /// ", at PC ..." for error reports: where the guest was and what it ran.
     fn location(&self, vcpu: &V::Vcpu, mem: &GuestMemoryMmap) -> String;
+
+    // Hooks for an interrupt controller the VMM runs itself (x86 `--irqchip userspace`).
+
+    /// Reads an address only this vCPU sees (its local APIC); false if `addr` is not one.
+    fn local_read(&self, _id: u32, _addr: u64, _data: &mut [u8]) -> bool {
+        false
+    }
+
+    /// Writes an address only this vCPU sees; false if `addr` is not one.
+    fn local_write(&self, _id: u32, _addr: u64, _data: &[u8]) -> bool {
+        false
+    }
+
+    /// Runs before every entry into the guest (to inject interrupts); `Ok(false)` means the
+    /// vCPU may not run yet (it waits for a start-up IPI and was asked to stop or pause).
+    fn before_entry(&self, _id: u32, _vcpu: &mut V::Vcpu, _state: &VmState) -> Result<bool> {
+        Ok(true)
+    }
+
+    /// The guest halted and the hypervisor left waiting for an interrupt to the VMM.
+    fn halt(&self, _id: u32, _state: &VmState) {
+        // With an in-kernel irqchip HLT waits in the kernel; a backend that returns it has no
+        // interrupt to wait for yet, so yield instead of spinning hot.
+        std::thread::yield_now()
+    }
+
+    /// Wakes this vCPU's thread wherever the set-up makes it wait, for stop and pause.
+    fn waker(&self) -> Option<Box<dyn VcpuKicker>> {
+        None
+    }
 }
 
 /// Everything a vCPU thread needs, moved into it.
@@ -64,6 +94,9 @@ impl<V: hypervisor::Vm> VcpuContext<V> {
     fn create(&self) -> Result<V::Vcpu> {
         let mut vcpu = self.setup.create(&self.vm, self.id)?;
         self.state.add_kicker(vcpu.kicker()?);
+        if let Some(waker) = self.setup.waker() {
+            self.state.add_kicker(waker);
+        }
         Ok(vcpu)
     }
 
@@ -76,6 +109,11 @@ impl<V: hypervisor::Vm> VcpuContext<V> {
             if self.state.pause_requested() {
                 self.state.park();
                 continue;
+            }
+            match self.setup.before_entry(self.id, &mut vcpu, &self.state) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => return self.crash(e.to_string()),
             }
             let exit = match vcpu.run(entry) {
                 Ok(exit) => exit,
@@ -92,21 +130,23 @@ impl<V: hypervisor::Vm> VcpuContext<V> {
                     entry = VmEntry::IoIn(data);
                 }
                 VmExit::MmioWrite { addr, data } => {
-                    if !self.mmio.write(addr, data.as_slice()) {
+                    if !self.setup.local_write(self.id, addr, data.as_slice())
+                        && !self.mmio.write(addr, data.as_slice())
+                    {
                         log::debug!("vcpu{}: unhandled MMIO write at {addr:#x}", self.id);
                     }
                 }
                 VmExit::MmioRead { addr, size } => {
                     let mut data = Data::new(&[OPEN_BUS; 8][..usize::from(size)]);
-                    if !self.mmio.read(addr, data.as_mut_slice()) {
+                    if !self.setup.local_read(self.id, addr, data.as_mut_slice())
+                        && !self.mmio.read(addr, data.as_mut_slice())
+                    {
                         log::debug!("vcpu{}: unhandled MMIO read at {addr:#x}", self.id);
                     }
                     entry = VmEntry::MmioRead(data);
                 }
-                VmExit::Interrupted => {}
-                // With an in-kernel irqchip HLT waits in the kernel; a backend that returns it
-                // has no interrupt to wait for yet, so yield instead of spinning hot.
-                VmExit::Halt => std::thread::yield_now(),
+                VmExit::Interrupted | VmExit::InterruptWindow => {}
+                VmExit::Halt => self.setup.halt(self.id, &self.state),
                 VmExit::Shutdown => return self.crash("triple fault (CPU shutdown)".into()),
                 VmExit::SystemEvent(SystemEvent::Shutdown) => {
                     return self.state.request_stop(Outcome::PowerOff)

@@ -4,12 +4,14 @@
 
 use std::sync::Arc;
 
-use arch::x86_64::{cpuid, regs};
+use arch::x86_64::{cpuid, layout, regs};
+use devices::irqchip::{IoapicDevice, Irqchip};
 use hypervisor::x86_64::{CpuidEntry, Regs, X86Vcpu, X86Vm};
-use hypervisor::Hypervisor;
+use hypervisor::{Hypervisor, IrqLine, Vcpu, VcpuKicker};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::boot::{self, BootPlan};
+use crate::config::IrqchipMode;
 use crate::device_manager::{self, Platform};
 use crate::state::VmState;
 use crate::vcpu::VcpuSetup;
@@ -28,9 +30,26 @@ impl<V: X86Vm + 'static> Vm<V> {
         let mem = memory::allocate(config.memory)?;
         let vm = hv.create_vm()?;
         memory::register(&vm, &mem)?;
-        // A hardware-reduced ACPI platform has no PIT (the FADT tells the guest so); a legacy
-        // one gets KVM's. Measured here, an idle in-kernel PIT costs ~10% of PIO exit rate.
-        vm.create_irqchip(!config.acpi)?;
+        let chip = match config.irqchip {
+            // A hardware-reduced ACPI platform has no PIT (the FADT tells the guest so); a
+            // legacy one gets KVM's. Measured here, an idle in-kernel PIT costs ~10% of PIO
+            // exit rate.
+            IrqchipMode::Kernel => {
+                vm.create_irqchip(!config.acpi)?;
+                None
+            }
+            IrqchipMode::Userspace => {
+                // Our APIC has neither x2APIC nor the TSC-deadline timer: hide them.
+                for name in ["x2apic", "tsc_deadline_timer"] {
+                    let f = cpuid::FEATURES.iter().find(|f| f.name == name);
+                    config.cpuid_hide.extend(f.copied());
+                }
+                Some(Irqchip::new(config.cpus).map_err(|source| Error::Os {
+                    op: "start the APIC timer thread",
+                    source,
+                })?)
+            }
+        };
         let state = Arc::new(VmState::new().map_err(|source| Error::Os {
             op: "eventfd",
             source,
@@ -39,12 +58,31 @@ impl<V: X86Vm + 'static> Vm<V> {
         let platform = Platform::x86_64();
         let virtio = device_manager::plan_virtio(&mut config, &platform)?;
         let plan = boot::load(&mem, &config, &virtio.slots)?;
-        let devices = device_manager::build(&vm, &mem, &state, &mut config, virtio, &platform)?;
+        let irqfd = config.irqfd;
+        let irq = |gsi| -> Result<Box<dyn IrqLine>> {
+            match &chip {
+                Some(c) => Ok(c.line(gsi)),
+                None => Ok(vm.irq_line(gsi, irqfd)?),
+            }
+        };
+        let mut devices =
+            device_manager::build(&vm, &irq, &mem, &state, &mut config, virtio, &platform)?;
+        if let Some(c) = &chip {
+            let ioapic = Arc::new(std::sync::Mutex::new(IoapicDevice(c.clone())));
+            devices
+                .mmio
+                .insert(ioapic, layout::IOAPIC_START, layout::IOAPIC_SIZE)
+                .map_err(|source| Error::Bus {
+                    base: layout::IOAPIC_START,
+                    source,
+                })?;
+        }
         let setup = Arc::new(X86Setup {
             plan,
             cpuid: vm.supported_cpuid()?,
             cpuid_hide: config.cpuid_hide,
             num_cpus: config.cpus,
+            irqchip: chip,
         });
         Ok(Vm::assemble(vm, mem, state, devices, setup, config.cpus))
     }
@@ -56,6 +94,31 @@ struct X86Setup {
     cpuid: Vec<CpuidEntry>,
     cpuid_hide: Vec<cpuid::Feature>,
     num_cpus: u32,
+    /// The interrupt controller, when the VMM runs it (`--irqchip userspace`).
+    irqchip: Option<Arc<Irqchip>>,
+}
+
+impl Drop for X86Setup {
+    fn drop(&mut self) {
+        if let Some(c) = &self.irqchip {
+            c.shutdown();
+        }
+    }
+}
+
+/// Wakes vCPU threads waiting on the userspace interrupt controller.
+struct ChipWaker(Arc<Irqchip>);
+
+impl VcpuKicker for ChipWaker {
+    fn kick(&self) {
+        self.0.wake_all();
+    }
+}
+
+/// The local APIC's page, as an offset into it.
+fn lapic_offset(addr: u64) -> Option<u64> {
+    addr.checked_sub(layout::APIC_START)
+        .filter(|&o| o < layout::APIC_SIZE)
 }
 
 impl X86Setup {
@@ -77,12 +140,15 @@ impl X86Setup {
 
 impl<V: X86Vm> VcpuSetup<V> for X86Setup {
     fn create(&self, vm: &V, id: u32) -> Result<V::Vcpu> {
-        let vcpu = vm.create_vcpu(id)?;
+        let mut vcpu = vm.create_vcpu(id)?;
         let table = cpuid::for_vcpu(&self.cpuid, id, self.num_cpus, &self.cpuid_hide);
         vcpu.set_cpuid(&table)?;
         vcpu.set_msrs(&regs::boot_msrs())?;
         vcpu.reset_fpu()?;
-        vcpu.setup_lapic_lints()?;
+        match &self.irqchip {
+            None => vcpu.setup_lapic_lints()?,
+            Some(c) => c.attach(id, vcpu.kicker()?),
+        }
         // Secondary vCPUs wait for INIT/SIPI from the boot vCPU, as on real hardware.
         if id == 0 {
             let p = self.plan;
@@ -126,5 +192,57 @@ impl<V: X86Vm> VcpuSetup<V> for X86Setup {
             s += &format!(" (gpa {gpa:#x}), instruction bytes [{}]", hex.join(" "));
         }
         s
+    }
+
+    fn local_read(&self, id: u32, addr: u64, data: &mut [u8]) -> bool {
+        let (Some(c), Some(offset)) = (&self.irqchip, lapic_offset(addr)) else {
+            return false;
+        };
+        c.read_lapic(id, offset, data);
+        true
+    }
+
+    fn local_write(&self, id: u32, addr: u64, data: &[u8]) -> bool {
+        let (Some(c), Some(offset)) = (&self.irqchip, lapic_offset(addr)) else {
+            return false;
+        };
+        c.write_lapic(id, offset, data);
+        true
+    }
+
+    /// Holds a secondary vCPU until its STARTUP IPI, then injects the highest pending
+    /// interrupt if the guest can take it, else asks to hear when it can.
+    fn before_entry(&self, id: u32, vcpu: &mut V::Vcpu, state: &VmState) -> Result<bool> {
+        let Some(c) = &self.irqchip else {
+            return Ok(true);
+        };
+        if c.is_waiting_for_startup(id) {
+            let give_up = || state.stopping() || state.pause_requested();
+            let Some(vector) = c.wait_for_startup(id, give_up) else {
+                return Ok(false);
+            };
+            let (r, s) = regs::startup_state(vector, vcpu.special_regs()?);
+            vcpu.set_special_regs(&s)?;
+            vcpu.set_regs(&r)?;
+        }
+        if c.has_interrupt(id) && vcpu.interrupt_window_open() {
+            if let Some(vector) = c.acknowledge(id) {
+                vcpu.inject_interrupt(vector)?;
+            }
+        }
+        vcpu.request_interrupt_window(c.has_interrupt(id));
+        Ok(true)
+    }
+
+    fn halt(&self, id: u32, state: &VmState) {
+        match &self.irqchip {
+            Some(c) => c.wait_for_interrupt(id, || state.stopping() || state.pause_requested()),
+            None => std::thread::yield_now(),
+        }
+    }
+
+    fn waker(&self) -> Option<Box<dyn VcpuKicker>> {
+        let c = self.irqchip.as_ref()?;
+        Some(Box::new(ChipWaker(c.clone())))
     }
 }

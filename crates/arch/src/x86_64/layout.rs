@@ -60,7 +60,10 @@ pub const MMIO_WINDOW_SIZE: u64 = 4 * KIB;
 pub const PCIE_ECAM_START: u64 = 0xe000_0000;
 pub const PCIE_ECAM_SIZE: u64 = 256 * MIB;
 pub const IOAPIC_START: u64 = 0xfec0_0000;
+pub const IOAPIC_SIZE: u64 = 4 * KIB;
 pub const APIC_START: u64 = 0xfee0_0000;
+/// Each vCPU sees its own local APIC in this page.
+pub const APIC_SIZE: u64 = 4 * KIB;
 pub const KVM_PRIVATE_START: u64 = 0xfffb_c000;
 pub const KVM_PRIVATE_SIZE: u64 = 0x4000;
 pub const HIGH_RAM_START: u64 = 4 * GIB;

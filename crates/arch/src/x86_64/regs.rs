@@ -1,6 +1,6 @@
 //! Initial vCPU register state for each boot protocol, and the MSRs set at boot.
 
-use hypervisor::x86_64::{MsrEntry, Regs, SpecialRegs};
+use hypervisor::x86_64::{DescriptorTable, MsrEntry, Regs, Segment, SpecialRegs};
 
 use super::gdt::{self, BOOT_GDT};
 use super::layout;
@@ -97,6 +97,38 @@ const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 const MISC_ENABLE_FAST_STRING: u64 = 1;
 /// MTRRs enabled, default type write-back.
 const MTRR_ENABLE_WB: u64 = (1 << 11) | 6;
+
+/// A vCPU released by a STARTUP IPI with `vector`: real mode at `vector << 12` (CS =
+/// `vector << 8`, IP = 0), everything else in its power-on state (SDM 9.1.1, 10.4.4.1).
+pub fn startup_state(vector: u8, mut s: SpecialRegs) -> (Regs, SpecialRegs) {
+    let real = |selector: u16, type_| Segment {
+        base: u64::from(selector) << 4,
+        limit: 0xffff,
+        selector,
+        type_,
+        present: 1,
+        s: 1,
+        ..Default::default()
+    };
+    s.cs = real(u16::from(vector) << 8, 0xb);
+    for seg in [&mut s.ds, &mut s.es, &mut s.fs, &mut s.gs, &mut s.ss] {
+        *seg = real(0, 3);
+    }
+    s.cr0 = 0x6000_0010; // CD, NW, ET
+    s.cr3 = 0;
+    s.cr4 = 0;
+    s.efer = 0;
+    s.gdt = Default::default();
+    s.idt = DescriptorTable {
+        base: 0,
+        limit: 0xffff,
+    };
+    let r = Regs {
+        rflags: RFLAGS_RESERVED,
+        ..Default::default()
+    };
+    (r, s)
+}
 
 /// MSR values every vCPU starts with: syscall MSRs cleared, fast strings on, memory write-back.
 pub fn boot_msrs() -> Vec<MsrEntry> {

@@ -53,11 +53,19 @@ pub enum Destination {
 /// An inter-processor interrupt the guest asked for by writing the ICR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ipi {
-    Fixed { vector: u8, dest: Destination },
+    Fixed {
+        vector: u8,
+        dest: Destination,
+    },
     /// INIT: the targets wait for a STARTUP.
-    Init { dest: Destination },
+    Init {
+        dest: Destination,
+    },
     /// STARTUP: the targets start in real mode at `vector << 12`.
-    Startup { vector: u8, dest: Destination },
+    Startup {
+        vector: u8,
+        dest: Destination,
+    },
 }
 
 /// 256 bits, one per vector.
@@ -254,7 +262,9 @@ impl Lapic {
             0x200..=0x270 if offset & 0xf == 0 => bank(&self.irr, REG_IRR),
             REG_ICR_LOW => self.icr_low,
             REG_ICR_HIGH => self.icr_high,
-            0x320..=0x370 if offset & 0xf == 0 => self.lvt[((offset - REG_LVT_TIMER) >> 4) as usize],
+            0x320..=0x370 if offset & 0xf == 0 => {
+                self.lvt[((offset - REG_LVT_TIMER) >> 4) as usize]
+            }
             REG_TIMER_INITIAL => self.timer_initial,
             REG_TIMER_CURRENT => self.timer_current(now),
             REG_TIMER_DIVIDE => self.timer_divide,

@@ -22,10 +22,6 @@ use crate::lock;
 use ioapic::Ioapic;
 use lapic::{Destination, Ipi, Lapic, WriteEffect};
 
-/// Where the guest finds every local APIC (each vCPU sees its own there).
-pub const LAPIC_BASE: u64 = 0xfee0_0000;
-pub const LAPIC_SIZE: u64 = 0x1000;
-
 /// Whether a vCPU runs or waits for a STARTUP IPI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Power {
@@ -148,7 +144,7 @@ impl Irqchip {
     pub fn read_lapic(&self, id: u32, offset: u64, data: &mut [u8]) {
         let now = self.now();
         let v = match self.lock().lapics.get(id as usize) {
-            Some(a) if data.len() == 4 && offset % 16 == 0 => a.read(offset, now),
+            Some(a) if data.len() == 4 && offset.is_multiple_of(16) => a.read(offset, now),
             _ => 0,
         };
         let n = data.len().min(4);
@@ -162,7 +158,7 @@ impl Irqchip {
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
             return;
         };
-        if offset % 16 != 0 {
+        if !offset.is_multiple_of(16) {
             return;
         }
         let now = self.now();
@@ -220,10 +216,7 @@ impl Irqchip {
                 .get(id as usize)
                 .is_some_and(|a| a.pending().is_none())
         {
-            inner = self
-                .changed
-                .wait(inner)
-                .unwrap_or_else(|e| e.into_inner());
+            inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
         }
     }
 
@@ -239,10 +232,7 @@ impl Irqchip {
                     return Some(v);
                 }
                 Some(Power::WaitForSipi) if !give_up() && !inner.shutdown => {
-                    inner = self
-                        .changed
-                        .wait(inner)
-                        .unwrap_or_else(|e| e.into_inner());
+                    inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
                 }
                 _ => return None,
             }
@@ -282,10 +272,7 @@ impl Irqchip {
                         .unwrap_or_else(|e| e.into_inner())
                         .0
                 }
-                None => self
-                    .changed
-                    .wait(inner)
-                    .unwrap_or_else(|e| e.into_inner()),
+                None => self.changed.wait(inner).unwrap_or_else(|e| e.into_inner()),
             };
         }
     }
@@ -303,12 +290,7 @@ fn deliver(inner: &mut Inner, vector: u8, dest: Destination, level: bool, from: 
     targets
 }
 
-fn set_power(
-    inner: &mut Inner,
-    dest: Destination,
-    from: u8,
-    f: impl Fn(&mut Power),
-) -> Vec<usize> {
+fn set_power(inner: &mut Inner, dest: Destination, from: u8, f: impl Fn(&mut Power)) -> Vec<usize> {
     let mut targets = Vec::new();
     for (i, a) in inner.lapics.iter().enumerate() {
         if a.matches(dest, from) {
@@ -399,7 +381,10 @@ mod tests {
         w(&chip, 0, lapic::REG_TIMER_INITIAL, 2_000_000); // 2 ms
         let t = Instant::now();
         chip.wait_for_interrupt(0, || t.elapsed() > Duration::from_secs(5));
-        assert!(chip.has_interrupt(0), "woken by the timer, not the 5 s limit");
+        assert!(
+            chip.has_interrupt(0),
+            "woken by the timer, not the 5 s limit"
+        );
         assert!(t.elapsed() >= Duration::from_millis(1));
         chip.shutdown();
     }

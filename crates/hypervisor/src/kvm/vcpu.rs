@@ -190,6 +190,7 @@ impl crate::Vcpu for KvmVcpu {
             VcpuExit::Hlt => VmExit::Halt,
             VcpuExit::Shutdown => VmExit::Shutdown,
             VcpuExit::Intr => VmExit::Interrupted,
+            VcpuExit::IrqWindowOpen => VmExit::InterruptWindow,
             VcpuExit::SystemEvent(kind, _) => VmExit::SystemEvent(match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => SystemEvent::Shutdown,
                 KVM_SYSTEM_EVENT_RESET => SystemEvent::Reset,
@@ -251,5 +252,18 @@ impl crate::x86_64::X86Vcpu for KvmVcpu {
 
     fn inject_exception(&self, vector: u8) -> Result<()> {
         super::x86_64::inject_exception(self, vector)
+    }
+
+    fn interrupt_window_open(&mut self) -> bool {
+        let run = self.fd.get_kvm_run();
+        run.ready_for_interrupt_injection != 0 && run.if_flag != 0
+    }
+
+    fn inject_interrupt(&mut self, vector: u8) -> Result<()> {
+        super::x86_64::inject_interrupt(self, vector)
+    }
+
+    fn request_interrupt_window(&mut self, on: bool) {
+        self.fd.get_kvm_run().request_interrupt_window = u8::from(on);
     }
 }

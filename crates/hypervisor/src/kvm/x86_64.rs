@@ -193,3 +193,25 @@ pub(super) fn inject_exception(v: &KvmVcpu, vector: u8) -> Result<()> {
     v.fd.set_vcpu_events(&events)
         .map_err(os_err("KVM_SET_VCPU_EVENTS"))
 }
+
+vmm_sys_util::ioctl_iow_nr!(
+    KVM_INTERRUPT,
+    kvm_bindings::KVMIO,
+    0x86,
+    kvm_bindings::kvm_interrupt
+);
+
+/// KVM_INTERRUPT: queues an external interrupt for the next entry (no in-kernel irqchip).
+pub(super) fn inject_interrupt(v: &KvmVcpu, vector: u8) -> Result<()> {
+    let irq = kvm_bindings::kvm_interrupt {
+        irq: u32::from(vector),
+    };
+    // SAFETY: KVM_INTERRUPT reads one kvm_interrupt from a live struct; the fd is a vCPU.
+    let rc = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&v.fd, KVM_INTERRUPT(), &irq) };
+    if rc < 0 {
+        return Err(crate::os_err("KVM_INTERRUPT")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
