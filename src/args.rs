@@ -74,6 +74,10 @@ pub struct RunArgs {
     /// Do not give the guest ACPI tables (it then finds its CPUs through the MP table only).
     #[arg(long)]
     pub no_acpi: bool,
+    /// Who emulates the local APICs and IOAPIC: kernel (KVM's in-kernel irqchip) or userspace
+    /// (vibe-vmm's own, as on Hypervisor.framework; no PIT or PIC).
+    #[arg(long, value_name = "WHO", default_value = "kernel", value_parser = parse_irqchip)]
+    pub irqchip: vmm::IrqchipMode,
     /// CPU features to hide from the guest's CPUID, comma-separated (e.g. cx16,xsave).
     #[arg(long, value_name = "LIST", default_value = "", value_parser = parse_hide)]
     pub cpuid_hide: FeatureList,
@@ -122,6 +126,14 @@ fn parse_net(s: &str) -> Result<vmm::NetConfig, String> {
     }
     let tap = tap.ok_or("missing tap=NAME")?;
     Ok(vmm::NetConfig { tap, mac })
+}
+
+fn parse_irqchip(s: &str) -> Result<vmm::IrqchipMode, String> {
+    match s {
+        "kernel" => Ok(vmm::IrqchipMode::Kernel),
+        "userspace" => Ok(vmm::IrqchipMode::Userspace),
+        _ => Err(format!("{s:?} is not kernel or userspace")),
+    }
 }
 
 fn parse_console(s: &str) -> Result<vmm::ConsoleKind, String> {

@@ -70,6 +70,7 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
     config.memory = args.memory;
     config.cpus = args.cpus;
     config.acpi = !args.no_acpi;
+    config.irqchip = args.irqchip;
     config.disks = args.disks.clone();
     config.nets = args.nets.clone();
     config.cpuid_hide = args.cpuid_hide.0.clone();

@@ -79,6 +79,20 @@ fn no_arguments_boots_the_demo_guest() {
 }
 
 #[test]
+fn the_userspace_interrupt_controller_is_selectable() {
+    if !kvm_usable() {
+        return;
+    }
+    let out = run(&["run", "--irqchip", "userspace", "--cpus", "2"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("vCPUs: 2"), "{stdout}");
+    let bad = run(&["run", "--irqchip", "qemu"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not kernel or userspace"));
+}
+
+#[test]
 fn run_options_reach_the_guest() {
     if !kvm_usable() {
         return;
