@@ -57,6 +57,10 @@ pub enum VmExit {
     MmioRead { addr: u64, size: u8 },
     /// A store to an address no memory backs.
     MmioWrite { addr: u64, data: Data },
+    /// An access to `gpa`, which no memory backs, by an instruction the hypervisor did not
+    /// decode (Hypervisor.framework on Intel): the VMM emulates the instruction at RIP,
+    /// including its register results and the new RIP.
+    MmioInstruction { gpa: u64 },
     /// The guest halted and the hypervisor left it to the VMM to wait.
     Halt,
     /// Triple fault or other CPU shutdown.

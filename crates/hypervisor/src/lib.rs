@@ -178,6 +178,12 @@ pub fn default_hypervisor() -> Result<kvm::Kvm> {
 }
 
 /// The backend for this host.
+#[cfg(all(target_os = "macos", target_arch = "x86_64"))]
+pub fn default_hypervisor() -> Result<hvf::x86_64::HvfX86<hvf::x86_64::ffi::Framework>> {
+    Ok(hvf::x86_64::HvfX86::new(hvf::x86_64::ffi::Framework))
+}
+
+/// The backend for this host.
 #[cfg(all(target_os = "macos", target_arch = "aarch64"))]
 pub fn default_hypervisor() -> Result<hvf::arm64::HvfArm64<hvf::arm64::ffi::Framework>> {
     Ok(hvf::arm64::HvfArm64::new(hvf::arm64::ffi::Framework::load()))

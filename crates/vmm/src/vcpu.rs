@@ -28,6 +28,21 @@ pub(crate) trait VcpuSetup<V: hypervisor::Vm>: Send + Sync {
     /// ", at PC ..." for error reports: where the guest was and what it ran.
     fn location(&self, vcpu: &V::Vcpu, mem: &GuestMemoryMmap) -> String;
 
+    /// Emulates the instruction at the vCPU's PC, which accessed unbacked `gpa`, against
+    /// guest memory and `mmio` (for hypervisors that do not decode MMIO instructions).
+    fn emulate_mmio(
+        &self,
+        _id: u32,
+        _vcpu: &mut V::Vcpu,
+        _mem: &GuestMemoryMmap,
+        _mmio: &Bus,
+        gpa: u64,
+    ) -> std::result::Result<(), String> {
+        Err(format!(
+            "the hypervisor left the MMIO access at {gpa:#x} undecoded"
+        ))
+    }
+
     // Hooks for an interrupt controller the VMM runs itself (x86 `--irqchip userspace`).
 
     /// Reads an address only this vCPU sees (its local APIC); false if `addr` is not one.
@@ -144,6 +159,15 @@ impl<V: hypervisor::Vm> VcpuContext<V> {
                         log::debug!("vcpu{}: unhandled MMIO read at {addr:#x}", self.id);
                     }
                     entry = VmEntry::MmioRead(data);
+                }
+                VmExit::MmioInstruction { gpa } => {
+                    let done = self
+                        .setup
+                        .emulate_mmio(self.id, &mut vcpu, &self.mem, &self.mmio, gpa);
+                    if let Err(why) = done {
+                        let at = self.setup.location(&vcpu, &self.mem);
+                        return self.crash(format!("{why}{at}"));
+                    }
                 }
                 VmExit::Interrupted | VmExit::InterruptWindow => {}
                 VmExit::Halt => self.setup.halt(self.id, &self.state),

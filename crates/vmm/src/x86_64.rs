@@ -4,9 +4,12 @@
 
 use std::sync::Arc;
 
+use arch::x86_64::emulator::{self, CpuState, EmuError, GuestBus, MAX_INSN_LEN};
+use arch::x86_64::mmu::{self, Access, PagingRegs};
 use arch::x86_64::{cpuid, layout, regs};
 use devices::irqchip::{IoapicDevice, Irqchip};
-use hypervisor::x86_64::{CpuidEntry, Regs, X86Vcpu, X86Vm};
+use devices::Bus;
+use hypervisor::x86_64::{CpuidEntry, X86Vcpu, X86Vm};
 use hypervisor::{Hypervisor, IrqLine, Vcpu, VcpuKicker};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -30,25 +33,29 @@ impl<V: X86Vm + 'static> Vm<V> {
         let mem = memory::allocate(config.memory)?;
         let vm = hv.create_vm()?;
         memory::register(&vm, &mem)?;
-        let chip = match config.irqchip {
-            // A hardware-reduced ACPI platform has no PIT (the FADT tells the guest so); a
-            // legacy one gets KVM's. Measured here, an idle in-kernel PIT costs ~10% of PIO
-            // exit rate.
-            IrqchipMode::Kernel => {
-                vm.create_irqchip(!config.acpi)?;
-                None
+        // A hardware-reduced ACPI platform has no PIT (the FADT tells the guest so); a legacy
+        // one gets KVM's. Measured here, an idle in-kernel PIT costs ~10% of PIO exit rate.
+        // A hypervisor without an in-kernel irqchip (HVF) gets ours.
+        let in_kernel = match config.irqchip {
+            IrqchipMode::Kernel => match vm.create_irqchip(!config.acpi) {
+                Ok(()) => true,
+                Err(hypervisor::Error::Unsupported) => false,
+                Err(e) => return Err(e.into()),
+            },
+            IrqchipMode::Userspace => false,
+        };
+        let chip = if in_kernel {
+            None
+        } else {
+            // Our APIC has neither x2APIC nor the TSC-deadline timer: hide them.
+            for name in ["x2apic", "tsc_deadline_timer"] {
+                let f = cpuid::FEATURES.iter().find(|f| f.name == name);
+                config.cpuid_hide.extend(f.copied());
             }
-            IrqchipMode::Userspace => {
-                // Our APIC has neither x2APIC nor the TSC-deadline timer: hide them.
-                for name in ["x2apic", "tsc_deadline_timer"] {
-                    let f = cpuid::FEATURES.iter().find(|f| f.name == name);
-                    config.cpuid_hide.extend(f.copied());
-                }
-                Some(Irqchip::new(config.cpus).map_err(|source| Error::Os {
-                    op: "start the APIC timer thread",
-                    source,
-                })?)
-            }
+            Some(Irqchip::new(config.cpus).map_err(|source| Error::Os {
+                op: "start the APIC timer thread",
+                source,
+            })?)
         };
         let state = Arc::new(VmState::new().map_err(|source| Error::Os {
             op: "eventfd",
@@ -121,20 +128,94 @@ fn lapic_offset(addr: u64) -> Option<u64> {
         .filter(|&o| o < layout::APIC_SIZE)
 }
 
+/// The guest's state at RIP: registers, where RIP points in guest memory, and up to 15 bytes
+/// of the instruction there (fewer near the end of RAM; none if RIP is not mapped). Found with
+/// our own page walker, so it works the same on every hypervisor.
+struct AtRip {
+    cpu: CpuState,
+    gpa: Option<u64>,
+    bytes: [u8; MAX_INSN_LEN],
+    len: usize,
+}
+
 impl X86Setup {
-    /// The guest's RIP, where it points in guest memory, and up to 15 bytes of the instruction
-    /// there (fewer near the end of RAM; none if RIP is not mapped).
-    fn instruction_at_rip<C: X86Vcpu>(
-        vcpu: &C,
-        mem: &GuestMemoryMmap,
-    ) -> Option<(Regs, Option<u64>, [u8; 15], usize)> {
-        let regs = vcpu.regs().ok()?;
-        let mut bytes = [0u8; 15];
-        let gpa = vcpu.translate_gva(regs.rip).ok().flatten();
-        let n = gpa.map_or(0, |gpa| {
-            mem.read(&mut bytes, GuestAddress(gpa)).unwrap_or(0)
-        });
-        Some((regs, gpa, bytes, n))
+    /// Whether the guest's CPUID offers 1 GiB pages (the walker needs to know).
+    fn gb_pages(&self) -> bool {
+        self.cpuid
+            .iter()
+            .any(|e| e.function == 0x8000_0001 && e.edx & (1 << 26) != 0)
+    }
+
+    fn at_rip<C: X86Vcpu>(&self, vcpu: &C, mem: &GuestMemoryMmap) -> Option<(AtRip, PagingRegs)> {
+        let sregs = vcpu.special_regs().ok()?;
+        let cpu = CpuState::new(vcpu.regs().ok()?, &sregs);
+        let paging = PagingRegs::new(&sregs, self.gb_pages());
+        let mut bytes = [0u8; MAX_INSN_LEN];
+        let mut len = 0;
+        let linear = cpu.rip_linear();
+        let gpa = mmu::translate(mem, &paging, linear, Access::Execute, 0).ok();
+        // Byte by byte: an instruction may cross into another page.
+        while len < MAX_INSN_LEN {
+            let la = linear.wrapping_add(len as u64);
+            let Ok(at) = mmu::translate(mem, &paging, la, Access::Execute, 0) else {
+                break;
+            };
+            match mem.read_obj::<u8>(GuestAddress(at)) {
+                Ok(b) => bytes[len] = b,
+                Err(_) => break,
+            }
+            len += 1;
+        }
+        let at = AtRip {
+            cpu,
+            gpa,
+            bytes,
+            len,
+        };
+        Some((at, paging))
+    }
+}
+
+/// Guest memory for the instruction emulator: RAM through the guest's page tables, then the
+/// vCPU's own local APIC, then the MMIO bus.
+struct EmulatorBus<'a, V: X86Vm> {
+    setup: &'a X86Setup,
+    id: u32,
+    mem: &'a GuestMemoryMmap,
+    mmio: &'a Bus,
+    paging: PagingRegs,
+    _vm: std::marker::PhantomData<V>,
+}
+
+impl<V: X86Vm> EmulatorBus<'_, V> {
+    fn gpa(&self, linear: u64, access: Access) -> std::result::Result<u64, EmuError> {
+        mmu::translate(self.mem, &self.paging, linear, access, 0)
+            .map_err(|_| EmuError::Unmapped(linear))
+    }
+}
+
+impl<V: X86Vm> GuestBus for EmulatorBus<'_, V> {
+    fn read(&mut self, linear: u64, buf: &mut [u8]) -> std::result::Result<(), EmuError> {
+        let gpa = self.gpa(linear, Access::Read)?;
+        if self.mem.read_slice(buf, GuestAddress(gpa)).is_ok() {
+            return Ok(());
+        }
+        if !VcpuSetup::<V>::local_read(self.setup, self.id, gpa, buf) {
+            buf.fill(0xff);
+            self.mmio.read(gpa, buf);
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, linear: u64, data: &[u8]) -> std::result::Result<(), EmuError> {
+        let gpa = self.gpa(linear, Access::Write)?;
+        if self.mem.write_slice(data, GuestAddress(gpa)).is_ok() {
+            return Ok(());
+        }
+        if !VcpuSetup::<V>::local_write(self.setup, self.id, gpa, data) {
+            self.mmio.write(gpa, data);
+        }
+        Ok(())
     }
 }
 
@@ -160,10 +241,11 @@ impl<V: X86Vm> VcpuSetup<V> for X86Setup {
     }
 
     fn finish_instruction(&self, vcpu: &V::Vcpu, mem: &GuestMemoryMmap) -> bool {
-        let Some((mut regs, _, bytes, n)) = Self::instruction_at_rip(vcpu, mem) else {
+        let Some((at, _)) = self.at_rip(vcpu, mem) else {
             return false;
         };
-        let Some(fix) = arch::x86_64::fixup::for_instruction(&bytes[..n]) else {
+        let mut regs = at.cpu.regs;
+        let Some(fix) = arch::x86_64::fixup::for_instruction(&at.bytes[..at.len]) else {
             return false;
         };
         (regs.rip, regs.rflags) = fix.apply(regs.rip, regs.rflags);
@@ -183,15 +265,40 @@ impl<V: X86Vm> VcpuSetup<V> for X86Setup {
     }
 
     fn location(&self, vcpu: &V::Vcpu, mem: &GuestMemoryMmap) -> String {
-        let Some((regs, gpa, bytes, n)) = Self::instruction_at_rip(vcpu, mem) else {
+        let Some((at, _)) = self.at_rip(vcpu, mem) else {
             return String::new();
         };
-        let mut s = format!(", at RIP {:#x}", regs.rip);
-        if let Some(gpa) = gpa {
-            let hex: Vec<String> = bytes[..n].iter().map(|b| format!("{b:02x}")).collect();
+        let mut s = format!(", at RIP {:#x}", at.cpu.regs.rip);
+        if let Some(gpa) = at.gpa {
+            let bytes = &at.bytes[..at.len];
+            let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
             s += &format!(" (gpa {gpa:#x}), instruction bytes [{}]", hex.join(" "));
         }
         s
+    }
+
+    fn emulate_mmio(
+        &self,
+        id: u32,
+        vcpu: &mut V::Vcpu,
+        mem: &GuestMemoryMmap,
+        mmio: &Bus,
+        gpa: u64,
+    ) -> std::result::Result<(), String> {
+        let (mut at, paging) = self
+            .at_rip(vcpu, mem)
+            .ok_or("cannot read the vCPU's registers")?;
+        let mut bus = EmulatorBus::<V> {
+            setup: self,
+            id,
+            mem,
+            mmio,
+            paging,
+            _vm: std::marker::PhantomData,
+        };
+        emulator::emulate(&at.bytes[..at.len], &mut at.cpu, &mut bus)
+            .map_err(|e| format!("MMIO at {gpa:#x}: {e}"))?;
+        vcpu.set_regs(&at.cpu.regs).map_err(|e| e.to_string())
     }
 
     fn local_read(&self, id: u32, addr: u64, data: &mut [u8]) -> bool {

@@ -81,20 +81,6 @@ impl GuestBus for Bus<'_> {
     }
 }
 
-fn cpu_state(regs: Regs, s: &SpecialRegs) -> CpuState {
-    CpuState {
-        regs,
-        bitness: match (s.cs.l, s.cs.db) {
-            (1, _) => 64,
-            (_, 1) => 32,
-            _ => 16,
-        },
-        seg_base: [
-            s.es.base, s.cs.base, s.ss.base, s.ds.base, s.fs.base, s.gs.base,
-        ],
-    }
-}
-
 /// Flags each instruction defines (AND, OR, XOR and TEST leave AF undefined).
 fn defined_flags(m: Mnemonic) -> u64 {
     let all = CF | PF | AF | ZF | SF | OF | DF;
@@ -112,15 +98,9 @@ struct Case {
 
 /// Checks one case; returns its mnemonic.
 fn check(mem: &GuestMemoryMmap, case: &Case, after: Regs, out_advances: bool) -> String {
-    let mut cpu = cpu_state(case.before, &case.sregs);
+    let mut cpu = CpuState::new(case.before, &case.sregs);
     let mut bytes = [0u8; emulator::MAX_INSN_LEN];
-    let paging = PagingRegs {
-        cr0: case.sregs.cr0,
-        cr3: case.sregs.cr3,
-        cr4: case.sregs.cr4,
-        efer: case.sregs.efer,
-        gb_pages: false,
-    };
+    let paging = PagingRegs::new(&case.sregs, false);
     let rip_gpa = mmu::translate(mem, &paging, cpu.regs.rip, Access::Execute, 0).unwrap();
     let n = mem.read(&mut bytes, GuestAddress(rip_gpa)).unwrap();
     let insn = emulator::decode(&bytes[..n], &cpu).unwrap();

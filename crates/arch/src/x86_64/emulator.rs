@@ -16,7 +16,7 @@
 //!
 //! Anything else is refused with its mnemonic ([`EmuError::Unsupported`]).
 
-use hypervisor::x86_64::Regs;
+use hypervisor::x86_64::{Regs, SpecialRegs};
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 
 /// RFLAGS bits the emulated instructions read or write.
@@ -45,6 +45,31 @@ pub struct CpuState {
     pub bitness: u32,
     /// Segment bases, ES, CS, SS, DS, FS, GS (only FS and GS count in 64-bit mode).
     pub seg_base: [u64; 6],
+}
+
+impl CpuState {
+    /// The state a vCPU's registers describe: mode from CS, bases from the segment caches.
+    pub fn new(regs: Regs, s: &SpecialRegs) -> Self {
+        CpuState {
+            regs,
+            bitness: match (s.cs.l, s.cs.db) {
+                (1, _) => 64,
+                (_, 1) => 32,
+                _ => 16,
+            },
+            seg_base: [
+                s.es.base, s.cs.base, s.ss.base, s.ds.base, s.fs.base, s.gs.base,
+            ],
+        }
+    }
+
+    /// The linear address of RIP (CS base counts outside 64-bit mode).
+    pub fn rip_linear(&self) -> u64 {
+        match self.bitness {
+            64 => self.regs.rip,
+            _ => self.seg_base[1].wrapping_add(self.regs.rip) & 0xffff_ffff,
+        }
+    }
 }
 
 /// Guest memory as the instruction sees it: linear addresses, which the caller translates

@@ -29,6 +29,19 @@ pub struct PagingRegs {
     pub gb_pages: bool,
 }
 
+impl PagingRegs {
+    /// The paging state of a vCPU's special registers.
+    pub fn new(s: &hypervisor::x86_64::SpecialRegs, gb_pages: bool) -> Self {
+        PagingRegs {
+            cr0: s.cr0,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            efer: s.efer,
+            gb_pages,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     Read,

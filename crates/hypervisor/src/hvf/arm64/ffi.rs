@@ -9,10 +9,10 @@
 use std::ffi::{c_void, CStr};
 
 use super::api::{Api, Exit, ExitReason, Reg, SysReg, VcpuHandle};
+use crate::hvf::check;
 use crate::{Error, Result};
 
 type HvReturn = i32;
-const HV_SUCCESS: HvReturn = 0;
 const HV_MEMORY_RWX: u64 = 0b111;
 const HV_REG_PC: u32 = 31;
 const HV_REG_CPSR: u32 = 34;
@@ -87,14 +87,6 @@ impl Gic {
                 )?),
             })
         }
-    }
-}
-
-fn check(op: &'static str, rc: HvReturn) -> Result<()> {
-    if rc == HV_SUCCESS {
-        Ok(())
-    } else {
-        Err(Error::Hvf { op, code: rc })
     }
 }
 
