@@ -672,3 +672,249 @@ impl<A: Api> X86Vcpu for HvfX86Vcpu<A> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::fake::{Event, Exit, FakeHvf};
+    use super::*;
+    use crate::{Vcpu, Vm};
+
+    fn vcpu(fake: FakeHvf, exits: Vec<Exit>) -> (HvfX86<FakeHvf>, HvfX86Vm<FakeHvf>) {
+        fake.script(0, exits);
+        let hv = HvfX86::new(fake);
+        let vm = hv.create_vm().unwrap();
+        (hv, vm)
+    }
+
+    fn runs(hv: &HvfX86<FakeHvf>) -> Vec<(u64, u64, u64, u64)> {
+        hv.api()
+            .log()
+            .into_iter()
+            .map(
+                |Event::Run {
+                     rip,
+                     rax,
+                     rcx,
+                     interruption,
+                     ..
+                 }| (rip, rax, rcx, interruption),
+            )
+            .collect()
+    }
+
+    #[test]
+    fn port_io_moves_rip_and_completes_in() {
+        let exits = vec![
+            Exit::io(0x3f8, 1, false, 0x1234_5641).with(Reg::Rip, 0x1000),
+            Exit::io(0x510, 2, true, 0xffff_ffff_ffff_ffff),
+            Exit::io(0x510, 4, true, 0xffff_ffff_ffff_ffff),
+            Exit::new(EXIT_HLT, 1),
+        ];
+        let (hv, vm) = vcpu(FakeHvf::default(), exits);
+        let mut cpu = vm.create_vcpu(0).unwrap();
+        assert_eq!(
+            cpu.run(VmEntry::None).unwrap(),
+            VmExit::IoOut {
+                port: 0x3f8,
+                data: Data::new(&[0x41])
+            }
+        );
+        assert_eq!(
+            cpu.run(VmEntry::None).unwrap(),
+            VmExit::IoIn {
+                port: 0x510,
+                size: 2
+            }
+        );
+        // The 16-bit IN merges into RAX; the 32-bit one zero-extends.
+        let e = cpu.run(VmEntry::IoIn(Data::from_u64(0xbeef, 2))).unwrap();
+        assert_eq!(
+            e,
+            VmExit::IoIn {
+                port: 0x510,
+                size: 4
+            }
+        );
+        assert_eq!(runs(&hv)[2].1, 0xffff_ffff_ffff_beef);
+        let e = cpu
+            .run(VmEntry::IoIn(Data::from_u64(0x8000_0001, 4)))
+            .unwrap();
+        assert_eq!(e, VmExit::Halt);
+        assert_eq!(runs(&hv)[3], (0x1003, 0x8000_0001, 0, 0));
+        assert_eq!(cpu.regs().unwrap().rip, 0x1004, "HLT skipped too");
+    }
+
+    #[test]
+    fn cpuid_and_msrs_are_answered_inside() {
+        let exits = vec![
+            Exit::new(EXIT_CPUID, 2)
+                .with(Reg::Gpr(0), 7)
+                .with(Reg::Gpr(1), 0),
+            Exit::new(EXIT_RDMSR, 2).with(Reg::Gpr(1), 0x1b),
+            Exit::new(EXIT_WRMSR, 2)
+                .with(Reg::Gpr(1), u64::from(MSR_EFER))
+                .with(Reg::Gpr(0), 0x500)
+                .with(Reg::Gpr(2), 0),
+            Exit::new(EXIT_RDMSR, 2).with(Reg::Gpr(1), 0x3a), // not ours: #GP
+            Exit::new(EXIT_HLT, 1),
+        ];
+        let (hv, vm) = vcpu(FakeHvf::default(), exits);
+        let mut cpu = vm.create_vcpu(0).unwrap();
+        let leaf7 = CpuidEntry {
+            function: 7,
+            index: 0,
+            flags: CPUID_INDEX_SIGNIFICANT,
+            ebx: 0xabcd,
+            ..Default::default()
+        };
+        cpu.set_cpuid(&[leaf7]).unwrap();
+        assert_eq!(cpu.run(VmEntry::None).unwrap(), VmExit::Halt);
+        let r = runs(&hv);
+        assert_eq!(cpu.regs().unwrap().rbx, 0xabcd, "CPUID leaf 7 EBX");
+        // RDMSR APIC_BASE of the boot vCPU: enabled, BSP.
+        assert_eq!(r[2].1, 0xfee0_0900);
+        // WRMSR EFER went to the VMCS and turned on IA-32e mode entry.
+        assert_eq!(hv.api().vmcs(0, GUEST_IA32_EFER), Some(0x500));
+        assert_ne!(hv.api().vmcs(0, CTRL_ENTRY).unwrap() & ENTRY_IA32E_GUEST, 0);
+        // The unknown MSR raised #GP (error code 0) with RIP left on the RDMSR.
+        let gp = 13 | INTERRUPTION_HW_EXCEPTION | INTERRUPTION_ERROR_CODE | INTERRUPTION_VALID;
+        assert_eq!((r[4].0, r[4].3), (6, gp));
+    }
+
+    #[test]
+    fn controls_respect_what_the_cpu_allows() {
+        // Proc-based: bit 1 must be 1; HLT exiting (bit 7) not allowed.
+        let caps = HashMap::from([(Capability::ProcBased, (0xffff_ff7fu64 << 32) | 0x2)]);
+        let (hv, vm) = vcpu(FakeHvf::with_capabilities(caps), vec![]);
+        let _cpu = vm.create_vcpu(0).unwrap();
+        let proc = hv.api().vmcs(0, CTRL_CPU_BASED).unwrap();
+        assert_eq!(proc, 0x2 | CPU_UNCONDITIONAL_IO | CPU_SECONDARY);
+        assert_eq!(
+            hv.api().vmcs(0, CTRL_CPU_BASED2),
+            Some(CPU2_EPT | CPU2_UNRESTRICTED_GUEST)
+        );
+        assert_eq!(hv.api().native_msrs(0).len(), NATIVE_MSRS.len());
+    }
+
+    #[test]
+    fn special_registers_round_trip_through_the_vmcs() {
+        let (hv, vm) = vcpu(FakeHvf::default(), vec![]);
+        let cpu = vm.create_vcpu(0).unwrap();
+        let code = Segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector: 0x10,
+            type_: 0xb,
+            present: 1,
+            s: 1,
+            l: 1,
+            g: 1,
+            ..Default::default()
+        };
+        let s = SpecialRegs {
+            cs: code,
+            tr: Segment {
+                type_: 0xb,
+                present: 1,
+                limit: 0x67,
+                ..Default::default()
+            },
+            cr0: 0x8000_0011,
+            cr3: 0x9000,
+            cr4: 0x20,
+            efer: 0x500,
+            apic_base: 0xfee0_0900,
+            ..Default::default()
+        };
+        cpu.set_special_regs(&s).unwrap();
+        // VMX needs CR0.NE and CR4.VMXE underneath; the guest still sees its own values.
+        assert_eq!(hv.api().vmcs(0, GUEST_CR0), Some(0x8000_0031));
+        assert_eq!(hv.api().vmcs(0, GUEST_CR4), Some(0x2020));
+        let mut back = cpu.special_regs().unwrap();
+        for seg in [
+            &mut back.es,
+            &mut back.ss,
+            &mut back.ds,
+            &mut back.fs,
+            &mut back.gs,
+        ] {
+            seg.unusable = 0; // absent segments come back marked unusable
+        }
+        back.ldt.unusable = 0;
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn interrupts_wait_for_their_window() {
+        let exits = vec![
+            Exit::new(EXIT_INTERRUPT_WINDOW, 0).with(Reg::Rflags, 0x202),
+            Exit::new(EXIT_HLT, 1),
+        ];
+        let (hv, vm) = vcpu(FakeHvf::default(), exits);
+        let mut cpu = vm.create_vcpu(0).unwrap();
+        cpu.set_reg(Reg::Rflags, 0x2).unwrap();
+        assert!(!cpu.interrupt_window_open(), "IF clear");
+        cpu.request_interrupt_window(true);
+        assert_ne!(
+            hv.api().vmcs(0, CTRL_CPU_BASED).unwrap() & CPU_INTERRUPT_WINDOW,
+            0
+        );
+        assert_eq!(cpu.run(VmEntry::None).unwrap(), VmExit::InterruptWindow);
+        assert_eq!(
+            hv.api().vmcs(0, CTRL_CPU_BASED).unwrap() & CPU_INTERRUPT_WINDOW,
+            0
+        );
+        assert!(cpu.interrupt_window_open());
+        cpu.inject_interrupt(0x30).unwrap();
+        assert!(!cpu.interrupt_window_open(), "one event at a time");
+        assert_eq!(cpu.run(VmEntry::None).unwrap(), VmExit::Halt);
+        assert_eq!(runs(&hv)[1].3, 0x30 | INTERRUPTION_VALID);
+    }
+
+    #[test]
+    fn other_exits() {
+        let exits = vec![
+            Exit {
+                reason: EXIT_EPT_VIOLATION,
+                gpa: 0xd000_0010,
+                ..Default::default()
+            },
+            Exit::io(0x60, 1, false, 0).with(Reg::Gpr(0), 0),
+            Exit {
+                reason: EXIT_IO,
+                qualification: (0x3f8 << 16) | (1 << 4),
+                ..Default::default()
+            },
+            Exit::new(EXIT_TRIPLE_FAULT, 0),
+            Exit::new(EXIT_ENTRY_FAILED | EXIT_INVALID_GUEST_STATE, 0),
+            Exit::new(55, 0),
+        ];
+        let (_hv, vm) = vcpu(FakeHvf::default(), exits);
+        let mut cpu = vm.create_vcpu(0).unwrap();
+        let mut next = || cpu.run(VmEntry::None).unwrap();
+        assert_eq!(next(), VmExit::MmioInstruction { gpa: 0xd000_0010 });
+        assert!(matches!(next(), VmExit::IoOut { port: 0x60, .. }));
+        assert!(
+            matches!(next(), VmExit::InternalError { description, .. } if description.contains("string port I/O"))
+        );
+        assert_eq!(next(), VmExit::Shutdown);
+        assert_eq!(next(), VmExit::FailEntry { reason: 33 });
+        assert_eq!(next(), VmExit::Unhandled { reason: 55 });
+        assert!(vm.create_irqchip(false).is_err() && vm.irq_line(4, true).is_err());
+    }
+
+    #[test]
+    fn a_kick_stops_a_spinning_guest() {
+        let (_hv, vm) = vcpu(FakeHvf::default(), vec![]);
+        let vm = Arc::new(vm);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let v = vm.clone();
+        let t = std::thread::spawn(move || {
+            let mut cpu = v.create_vcpu(0).unwrap();
+            tx.send(cpu.kicker().unwrap()).unwrap();
+            cpu.run(VmEntry::None).unwrap()
+        });
+        rx.recv().unwrap().kick();
+        assert_eq!(t.join().unwrap(), VmExit::Interrupted);
+    }
+}
