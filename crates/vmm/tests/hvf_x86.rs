@@ -33,12 +33,7 @@ impl BusDevice for Recorder {
     }
 }
 
-fn vm(
-    hv: &HvfX86<FakeHvf>,
-) -> (
-    Vm<hypervisor::hvf::x86_64::HvfX86Vm<FakeHvf>>,
-    Arc<Mutex<Vec<(u64, Vec<u8>)>>>,
-) {
+fn vm(hv: &HvfX86<FakeHvf>) -> (FakeVm, Writes) {
     let mut c = VmConfig::new(KernelImage::Bytes(test_guests::DEMO));
     c.memory = 32 << 20;
     c.serial = SerialOutput::None;
