@@ -655,6 +655,16 @@ mod tests {
     }
 
     #[test]
+    fn rip_relative_addresses_count_from_the_next_instruction() {
+        let (mut cpu, mut mem) = (cpu64(), Mem::default());
+        cpu.regs.rip = MMIO - 0x1000;
+        cpu.regs.rax = 7;
+        // mov [rip + 0x0ffa], eax: 6 bytes, so the target is RIP + 6 + 0xffa = MMIO.
+        run(&[0x89, 0x05, 0xfa, 0x0f, 0, 0], &mut cpu, &mut mem);
+        assert_eq!(mem.log, vec![(true, MMIO, vec![7, 0, 0, 0])]);
+    }
+
+    #[test]
     fn extending_loads() {
         let (mut cpu, mut mem) = (cpu64(), Mem::default());
         mem.write(MMIO, &[0x80, 0xff, 0xff, 0xff]).unwrap();
