@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use arch::x86_64::boot;
 use common::*;
-use vmm::{KernelImage, Outcome, Vm};
+use vmm::{IrqchipMode, KernelImage, Outcome, Vm};
 
 #[test]
 fn demo_guest_greets_and_reports_what_it_found() {
@@ -133,32 +133,7 @@ fn pvh_entry_boots_in_protected_mode() {
 
 #[test]
 fn host_stop_pause_and_resume() {
-    let Some(kvm) = kvm() else { return };
-    let out = Capture::default();
-    // Two vCPUs: one spins waiting for input, the other sits in wait-for-SIPI.
-    let mut vm = build(&kvm, config(test_guests::SERIAL_ECHO, 2, &out));
-    let serial = vm.serial();
-    vm.start().unwrap();
-    let t0 = Instant::now();
-    while !out.text().contains("ready") {
-        assert!(t0.elapsed() < Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    vm.pause();
-    vm.resume();
-    vm.pause();
-    let stop = vm.stop_handle();
-    let t = Instant::now();
-    stop.stop(Outcome::Stopped("asked by the test".into()));
-    assert_eq!(vm.wait(), Outcome::Stopped("asked by the test".into()));
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "stopping took {:?}",
-        t.elapsed()
-    );
-    // The guest never got its byte.
-    assert!(!out.text().contains("got"));
-    drop(serial);
+    stop_pause_and_resume(IrqchipMode::Kernel);
 }
 
 #[test]
@@ -212,12 +187,6 @@ fn cpuid_shows_the_hypervisor_bit_and_hides_what_was_asked() {
         let (ecx, _, _) = run("cx16");
         assert_eq!(ecx & (1 << 13), 0, "cx16 still visible: {ecx:#x}");
     }
-}
-
-fn disk_image(name: &str, bytes: usize) -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!("vibe-guests-{}-{name}", std::process::id()));
-    std::fs::write(&p, vec![0u8; bytes]).unwrap();
-    p
 }
 
 fn virtio_blk_round_trip(ioeventfd: bool) {
@@ -341,34 +310,12 @@ fn mmio_console_carries_output_and_input() {
     assert!(out.ends_with("got q\r\n"), "{out:?}");
 }
 
-fn virtio_interrupt(ioeventfd: bool, irqfd: bool) {
-    let Some(kvm) = kvm() else { return };
-    let disk = disk_image(&format!("irq-{ioeventfd}-{irqfd}.img"), 8 * 512);
-    let out = Capture::default();
-    let mut c = config(test_guests::VIRTIO_IRQ, 1, &out);
-    c.ioeventfd = ioeventfd;
-    c.irqfd = irqfd;
-    c.disks = vec![vmm::DiskConfig {
-        path: disk.clone(),
-        read_only: false,
-    }];
-    let outcome = run_with_limit(build(&kvm, c), Duration::from_secs(60));
-    assert_eq!(outcome, Outcome::DebugExit(0), "{}", out.text());
-    assert!(
-        out.text()
-            .contains("virtio interrupt delivered, InterruptStatus 00000001"),
-        "{}",
-        out.text()
-    );
-    let _ = std::fs::remove_file(disk);
-}
-
 #[test]
 fn virtio_interrupt_reaches_the_guest_through_irqfd_and_the_ioapic() {
-    virtio_interrupt(true, true);
+    virtio_interrupt(IrqchipMode::Kernel, true, true);
 }
 
 #[test]
 fn virtio_interrupt_without_ioeventfd_or_irqfd() {
-    virtio_interrupt(false, false);
+    virtio_interrupt(IrqchipMode::Kernel, false, false);
 }

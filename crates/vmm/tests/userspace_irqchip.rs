@@ -5,9 +5,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{build, config, kvm, run_with_limit, Capture};
+use common::{
+    build, config, kvm, run_with_limit, stop_pause_and_resume, virtio_interrupt, Capture,
+};
 use vmm::{IrqchipMode, Outcome};
 
 fn boot(guest: &'static [u8], cpus: u32) -> Option<(Outcome, String)> {
@@ -49,49 +51,11 @@ fn demo_port_and_mmio_guests_still_run() {
 
 #[test]
 fn virtio_interrupt_reaches_the_guest_through_our_ioapic() {
-    let Some(kvm) = kvm() else { return };
-    let disk = std::env::temp_dir().join(format!("vibe-uirq-{}.img", std::process::id()));
-    std::fs::write(&disk, vec![0u8; 8 * 512]).unwrap();
-    let out = Capture::default();
-    let mut c = config(test_guests::VIRTIO_IRQ, 1, &out);
-    c.irqchip = IrqchipMode::Userspace;
-    c.disks = vec![vmm::DiskConfig {
-        path: disk.clone(),
-        read_only: false,
-    }];
-    let outcome = run_with_limit(build(&kvm, c), Duration::from_secs(60));
-    let _ = std::fs::remove_file(disk);
-    assert_eq!(outcome, Outcome::DebugExit(0), "{}", out.text());
-    assert!(
-        out.text()
-            .contains("virtio interrupt delivered, InterruptStatus 00000001"),
-        "{}",
-        out.text()
-    );
+    virtio_interrupt(IrqchipMode::Userspace, true, false);
+    virtio_interrupt(IrqchipMode::Userspace, false, false);
 }
 
 #[test]
 fn a_vcpu_waiting_for_startup_stops_promptly() {
-    let Some(kvm) = kvm() else { return };
-    let out = Capture::default();
-    let mut c = config(test_guests::SERIAL_ECHO, 2, &out);
-    c.irqchip = IrqchipMode::Userspace;
-    let mut vm = build(&kvm, c);
-    vm.start().unwrap();
-    let t0 = Instant::now();
-    while !out.text().contains("ready") {
-        assert!(t0.elapsed() < Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    vm.pause();
-    vm.resume();
-    let stop = vm.stop_handle();
-    let t = Instant::now();
-    stop.stop(Outcome::Stopped("asked by the test".into()));
-    assert_eq!(vm.wait(), Outcome::Stopped("asked by the test".into()));
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        t.elapsed()
-    );
+    stop_pause_and_resume(IrqchipMode::Userspace);
 }

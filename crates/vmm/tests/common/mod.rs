@@ -3,12 +3,12 @@
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arch::x86_64::layout;
 use devices::BusDevice;
 use hypervisor::kvm::{Kvm, KvmVm};
-use vmm::{KernelImage, Outcome, SerialOutput, Vm, VmConfig};
+use vmm::{IrqchipMode, KernelImage, Outcome, SerialOutput, Vm, VmConfig};
 
 /// Opens KVM, or explains why the test cannot run.
 pub fn kvm() -> Option<Kvm> {
@@ -106,4 +106,66 @@ pub fn boot(guest: &'static [u8], cpus: u32) -> Option<(Outcome, String)> {
     let vm = build(&kvm, config(guest, cpus, &out));
     let outcome = run_with_limit(vm, Duration::from_secs(60));
     Some((outcome, out.text()))
+}
+
+/// An empty disk image of `bytes` in the temp directory.
+pub fn disk_image(name: &str, bytes: usize) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("vibe-guests-{}-{name}", std::process::id()));
+    std::fs::write(&p, vec![0u8; bytes]).unwrap();
+    p
+}
+
+/// A virtio-blk flush whose completion interrupt must reach the guest's IDT handler.
+pub fn virtio_interrupt(irqchip: IrqchipMode, ioeventfd: bool, irqfd: bool) {
+    let Some(kvm) = kvm() else { return };
+    let name = format!("irq-{irqchip:?}-{ioeventfd}-{irqfd}.img");
+    let disk = disk_image(&name, 8 * 512);
+    let out = Capture::default();
+    let mut c = config(test_guests::VIRTIO_IRQ, 1, &out);
+    c.irqchip = irqchip;
+    c.ioeventfd = ioeventfd;
+    c.irqfd = irqfd;
+    c.disks = vec![vmm::DiskConfig {
+        path: disk.clone(),
+        read_only: false,
+    }];
+    let outcome = run_with_limit(build(&kvm, c), Duration::from_secs(60));
+    let _ = std::fs::remove_file(disk);
+    assert_eq!(outcome, Outcome::DebugExit(0), "{}", out.text());
+    assert!(
+        out.text()
+            .contains("virtio interrupt delivered, InterruptStatus 00000001"),
+        "{}",
+        out.text()
+    );
+}
+
+/// Pauses, resumes and stops a VM whose boot vCPU spins waiting for input while the other
+/// waits for its start-up IPI; the stop must be prompt.
+pub fn stop_pause_and_resume(irqchip: IrqchipMode) {
+    let Some(kvm) = kvm() else { return };
+    let out = Capture::default();
+    let mut c = config(test_guests::SERIAL_ECHO, 2, &out);
+    c.irqchip = irqchip;
+    let mut vm = build(&kvm, c);
+    vm.start().unwrap();
+    let t0 = Instant::now();
+    while !out.text().contains("ready") {
+        assert!(t0.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    vm.pause();
+    vm.resume();
+    vm.pause();
+    let stop = vm.stop_handle();
+    let t = Instant::now();
+    stop.stop(Outcome::Stopped("asked by the test".into()));
+    assert_eq!(vm.wait(), Outcome::Stopped("asked by the test".into()));
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "stopping took {:?}",
+        t.elapsed()
+    );
+    // The guest never got its byte.
+    assert!(!out.text().contains("got"));
 }
