@@ -47,11 +47,9 @@ impl<V: X86Vm + 'static> Vm<V> {
         let chip = if in_kernel {
             None
         } else {
-            // Our APIC has neither x2APIC nor the TSC-deadline timer: hide them.
-            for name in ["x2apic", "tsc_deadline_timer"] {
-                let f = cpuid::FEATURES.iter().find(|f| f.name == name);
-                config.cpuid_hide.extend(f.copied());
-            }
+            config
+                .cpuid_hide
+                .extend(cpuid::hidden_with_userspace_apic());
             Some(Irqchip::new(config.cpus).map_err(|source| Error::Os {
                 op: "start the APIC timer thread",
                 source,

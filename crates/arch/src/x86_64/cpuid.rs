@@ -71,7 +71,36 @@ pub const FEATURES: &[Feature] = &[
     f("rdpid", 7, 0, Reg::Ecx, 22),
     f("pdpe1gb", 0x8000_0001, 0, Reg::Edx, 26),
     f("rdtscp", 0x8000_0001, 0, Reg::Edx, 27),
+    // KVM paravirtual features (leaf 0x40000001 EAX), named as Linux's kvm_para.h does.
+    f("kvm_async_pf", KVM_FEATURES, 0, Reg::Eax, 4),
+    f("kvm_steal_time", KVM_FEATURES, 0, Reg::Eax, 5),
+    f("kvm_pv_eoi", KVM_FEATURES, 0, Reg::Eax, 6),
+    f("kvm_pv_unhalt", KVM_FEATURES, 0, Reg::Eax, 7),
+    f("kvm_pv_tlb_flush", KVM_FEATURES, 0, Reg::Eax, 9),
+    f("kvm_async_pf_vmexit", KVM_FEATURES, 0, Reg::Eax, 10),
+    f("kvm_pv_send_ipi", KVM_FEATURES, 0, Reg::Eax, 11),
+    f("kvm_poll_control", KVM_FEATURES, 0, Reg::Eax, 12),
+    f("kvm_pv_sched_yield", KVM_FEATURES, 0, Reg::Eax, 13),
+    f("kvm_async_pf_int", KVM_FEATURES, 0, Reg::Eax, 14),
 ];
+
+/// KVM's paravirtual feature leaf.
+const KVM_FEATURES: u32 = 0x4000_0001;
+
+/// What a guest must not see when the VMM, not the hypervisor, runs its local APICs: x2APIC
+/// and the TSC-deadline timer (not modelled), and the KVM paravirtual features that talk to
+/// KVM's in-kernel APIC or rely on it for their interrupts (PV EOI, PV IPIs, PV unhalt,
+/// PV TLB flush, async page faults, ...).
+pub fn hidden_with_userspace_apic() -> Vec<Feature> {
+    FEATURES
+        .iter()
+        .filter(|f| {
+            matches!(f.name, "x2apic" | "tsc_deadline_timer")
+                || (f.leaf == KVM_FEATURES && f.name != "kvm_steal_time")
+        })
+        .copied()
+        .collect()
+}
 
 /// Looks up feature names, e.g. from `--cpuid-hide cx16,xsave`.
 pub fn parse_features(list: &str) -> Result<Vec<Feature>, String> {
@@ -134,6 +163,31 @@ pub fn for_vcpu(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_userspace_apic_hides_what_needs_kvms() {
+        let names: Vec<_> = hidden_with_userspace_apic()
+            .iter()
+            .map(|f| f.name)
+            .collect();
+        for n in [
+            "x2apic",
+            "tsc_deadline_timer",
+            "kvm_pv_eoi",
+            "kvm_pv_send_ipi",
+            "kvm_pv_unhalt",
+        ] {
+            assert!(names.contains(&n), "{n} in {names:?}");
+        }
+        let kvm = CpuidEntry {
+            function: KVM_FEATURES,
+            eax: u32::MAX,
+            ..Default::default()
+        };
+        let eax = for_vcpu(&[kvm], 0, 1, &hidden_with_userspace_apic())[0].eax;
+        assert_eq!(eax & (1 << 6 | 1 << 11), 0);
+        assert_ne!(eax & 1, 0, "kvmclock stays");
+    }
 
     #[test]
     fn topology_and_hiding() {
