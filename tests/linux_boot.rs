@@ -4,6 +4,8 @@
 //! Not part of the default `cargo test` (it takes a minute or more under this project's nested,
 //! emulating KVM). Run it with
 //!     cargo test --release --test linux_boot -- --ignored --nocapture
+//! and with `VIBE_LINUX_IRQCHIP=userspace` in the environment to boot on vibe-vmm's own local
+//! APICs and IOAPIC (`--irqchip userspace`) instead of KVM's.
 //! On this nested KVM the kernel's code is emulated, and KVM's emulator fails on some
 //! instructions: vibe-vmm completes `int3`, `clac`, `stac` and `fwait` itself
 //! (arch::x86_64::fixup) and the command line hides the CPU features whose instructions it
@@ -86,6 +88,11 @@ fn debian_kernel_sees_the_machine_we_built() {
             &format!("{MEMORY_MIB}M"),
         ])
         .args(["--cmdline", CMDLINE])
+        // VIBE_LINUX_IRQCHIP=userspace runs the same check on vibe-vmm's own APICs.
+        .args([
+            "--irqchip",
+            &std::env::var("VIBE_LINUX_IRQCHIP").unwrap_or_else(|_| "kernel".into()),
+        ])
         .arg("--disk")
         .arg(&disk)
         .arg(format!("--serial=file:{}", log.display()))
