@@ -106,7 +106,7 @@ fn an_instruction_the_emulator_refuses_stops_the_vm_with_its_bytes() {
         .unwrap();
     match vm.run().unwrap() {
         Outcome::Crash { reason, .. } => assert!(
-            reason.contains("movaps is not an instruction vibe-vmm emulates")
+            reason.contains("the instruction [0f 28 03] is not one vibe-vmm emulates")
                 && reason.contains("instruction bytes [0f 28 03"),
             "{reason}"
         ),

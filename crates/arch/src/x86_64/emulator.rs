@@ -83,7 +83,9 @@ pub trait GuestBus {
 pub enum EmuError {
     #[error("cannot decode the instruction at RIP {rip:#x} (bytes {bytes:02x?})")]
     Decode { rip: u64, bytes: Vec<u8> },
-    #[error("{0} is not an instruction vibe-vmm emulates on MMIO")]
+    /// The instruction's bytes, in hex. (Not its mnemonic: iced's name tables would add
+    /// thousands of start-up relocations to every vibe-vmm process.)
+    #[error("the instruction [{0}] is not one vibe-vmm emulates on MMIO (it emulates MOV, MOVZX, MOVSX, MOVSXD, ADD, OR, ADC, SBB, AND, SUB, XOR, CMP, TEST, INC, DEC, NOT, NEG, XCHG, MOVS, STOS, LODS)")]
     Unsupported(String),
     #[error("guest linear address {0:#x} is not mapped")]
     Unmapped(u64),
@@ -120,6 +122,7 @@ pub fn emulate(bytes: &[u8], cpu: &mut CpuState, bus: &mut impl GuestBus) -> Res
     let mut next = *cpu;
     let mut exec = Exec {
         insn: &insn,
+        bytes: &bytes[..insn.len().min(bytes.len())],
         cpu: &mut next,
         bus,
         done: true,
@@ -264,6 +267,8 @@ fn result_flags(r: u64, size: usize) -> u64 {
 
 struct Exec<'a, B: GuestBus> {
     insn: &'a Instruction,
+    /// The instruction's bytes, for error reports.
+    bytes: &'a [u8],
     cpu: &'a mut CpuState,
     bus: &'a mut B,
     /// False when a REP instruction stopped part-way (RIP must stay on it).
@@ -272,7 +277,8 @@ struct Exec<'a, B: GuestBus> {
 
 impl<B: GuestBus> Exec<'_, B> {
     fn unsupported(&self) -> EmuError {
-        EmuError::Unsupported(format!("{:?}", self.insn.mnemonic()).to_lowercase())
+        let hex: Vec<String> = self.bytes.iter().map(|b| format!("{b:02x}")).collect();
+        EmuError::Unsupported(hex.join(" "))
     }
 
     fn reg(&mut self, reg: Register) -> Result<u64, EmuError> {
@@ -769,13 +775,13 @@ mod tests {
         let (mut cpu, mut mem) = (cpu64(), Mem::default());
         let before = cpu;
         let e = emulate(&[0x0f, 0x28, 0x03], &mut cpu, &mut mem).unwrap_err(); // movaps
-        assert_eq!(e, EmuError::Unsupported("movaps".into()));
+        assert_eq!(e, EmuError::Unsupported("0f 28 03".into()));
         let e = emulate(&[0x0f, 0xff], &mut cpu, &mut mem).unwrap_err();
         assert!(matches!(e, EmuError::Decode { .. }), "{e}");
         assert!(emulate(&[], &mut cpu, &mut mem).is_err());
         // SSE movsd has the string instruction's mnemonic but is not one.
         let e = emulate(&[0xf2, 0x0f, 0x10, 0x03], &mut cpu, &mut mem).unwrap_err();
-        assert_eq!(e, EmuError::Unsupported("movsd".into()));
+        assert_eq!(e, EmuError::Unsupported("f2 0f 10 03".into()));
         assert_eq!(cpu, before);
     }
 }
