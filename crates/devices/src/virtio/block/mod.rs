@@ -115,8 +115,10 @@ impl Block {
     /// data segments for the pass's batch.
     fn prepare(&mut self, descs: &[Desc], mem: &GuestMemoryMmap) -> Completion {
         let parsed = request::parse(descs, |addr| {
+            // One region lookup, no multi-region iteration: this runs for every request.
             let mut h = [0u8; request::HEADER_SIZE as usize];
-            mem.read_slice(&mut h, GuestAddress(addr)).ok().map(|_| h)
+            let slice = mem.get_slice(GuestAddress(addr), h.len()).ok()?;
+            (slice.copy_to(&mut h[..]) == h.len()).then_some(h)
         });
         let req = match parsed {
             Ok(req) => req,
@@ -193,6 +195,12 @@ impl Block {
     }
 }
 
+/// Writes a request's status byte; false if the address is not guest memory.
+fn write_status(mem: &GuestMemoryMmap, addr: u64, status: u8) -> bool {
+    mem.get_slice(GuestAddress(addr), 1)
+        .is_ok_and(|s| s.write_obj(status, 0).is_ok())
+}
+
 /// How a request ends: the status to write (if the chain had a status byte) and the bytes
 /// the device wrote into the guest's buffers.
 #[derive(Debug, Clone, Copy)]
@@ -261,9 +269,7 @@ impl VirtioDevice for Block {
         self.run_segments();
         for c in &self.completions {
             let len = match c.status_addr {
-                Some(addr) if mem.write_obj(c.status as u8, GuestAddress(addr)).is_ok() => {
-                    c.written + 1
-                }
+                Some(addr) if write_status(mem, addr, c.status as u8) => c.written + 1,
                 _ => c.written,
             };
             if queue.add_used(mem, c.head, len).is_err() {
