@@ -82,6 +82,10 @@ impl Io {
     /// Reads a segment inline if the page cache has it (or the file is hot); returns the bytes
     /// done, fewer when the rest must wait for the disk.
     fn read_now(&mut self, file: &File, s: &Segment) -> io::Result<u32> {
+        // Without io_uring a miss is read inline anyway: no point in probing.
+        if self.ring.is_none() {
+            return sync_transfer(file, s).map(|()| s.len);
+        }
         if self.until_probe > 0 {
             self.until_probe -= 1;
             return sync_transfer(file, s).map(|()| s.len);
