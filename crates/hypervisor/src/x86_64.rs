@@ -82,6 +82,41 @@ pub struct Segment {
     pub unusable: u8,
 }
 
+impl Segment {
+    /// The attributes in the layout of a descriptor's bits 40..56 (type, S, DPL, P, AVL, L,
+    /// D/B, G), which VMX also uses for its access-rights fields; bit 16 marks unusable.
+    pub fn access_rights(&self) -> u32 {
+        if self.unusable != 0 || self.present == 0 {
+            return 1 << 16;
+        }
+        u32::from(self.type_ & 0xf)
+            | u32::from(self.s & 1) << 4
+            | u32::from(self.dpl & 3) << 5
+            | u32::from(self.present & 1) << 7
+            | u32::from(self.avl & 1) << 12
+            | u32::from(self.l & 1) << 13
+            | u32::from(self.db & 1) << 14
+            | u32::from(self.g & 1) << 15
+    }
+
+    /// A segment with these access rights and no base, limit or selector yet.
+    pub fn from_access_rights(ar: u32) -> Self {
+        let bit = |n: u32| ((ar >> n) & 1) as u8;
+        Segment {
+            type_: (ar & 0xf) as u8,
+            s: bit(4),
+            dpl: ((ar >> 5) & 3) as u8,
+            present: bit(7),
+            avl: bit(12),
+            l: bit(13),
+            db: bit(14),
+            g: bit(15),
+            unusable: bit(16),
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DescriptorTable {
     pub base: u64,

@@ -33,22 +33,18 @@ pub const BOOT_GDT: [u64; 5] = [
 pub fn segment(table: &[u64], selector: u16) -> Segment {
     let e = table[usize::from(selector >> 3)];
     let limit = (((e >> 32) & 0x000f_0000) | (e & 0xffff)) as u32;
-    let g = ((e >> 55) & 1) as u8;
-    Segment {
-        base: ((e >> 16) & 0x00ff_ffff) | ((e >> 32) & 0xff00_0000),
-        // The hidden limit is in bytes.
-        limit: if g == 1 { (limit << 12) | 0xfff } else { limit },
-        selector,
-        type_: ((e >> 40) & 0xf) as u8,
-        present: ((e >> 47) & 1) as u8,
-        dpl: ((e >> 45) & 3) as u8,
-        db: ((e >> 54) & 1) as u8,
-        s: ((e >> 44) & 1) as u8,
-        l: ((e >> 53) & 1) as u8,
-        g,
-        avl: ((e >> 52) & 1) as u8,
-        unusable: u8::from((e >> 47) & 1 == 0),
-    }
+    // Bits 40..56 of a descriptor are its access rights (with the limit's top nibble).
+    let mut s = Segment::from_access_rights(((e >> 40) & 0xf0ff) as u32);
+    s.unusable = u8::from(s.present == 0);
+    s.base = ((e >> 16) & 0x00ff_ffff) | ((e >> 32) & 0xff00_0000);
+    // The hidden limit is in bytes.
+    s.limit = if s.g == 1 {
+        (limit << 12) | 0xfff
+    } else {
+        limit
+    };
+    s.selector = selector;
+    s
 }
 
 #[cfg(test)]

@@ -290,37 +290,6 @@ impl<A: Api> VcpuKicker for Kicker<A> {
 /// Segment register order in the VMCS.
 const SEGMENTS: usize = 8;
 
-fn access_rights(s: &Segment) -> u64 {
-    if s.unusable != 0 || s.present == 0 {
-        return 1 << 16;
-    }
-    u64::from(s.type_ & 0xf)
-        | u64::from(s.s & 1) << 4
-        | u64::from(s.dpl & 3) << 5
-        | u64::from(s.present & 1) << 7
-        | u64::from(s.avl & 1) << 12
-        | u64::from(s.l & 1) << 13
-        | u64::from(s.db & 1) << 14
-        | u64::from(s.g & 1) << 15
-}
-
-fn segment_from(selector: u64, base: u64, limit: u64, ar: u64) -> Segment {
-    Segment {
-        base,
-        limit: limit as u32,
-        selector: selector as u16,
-        type_: (ar & 0xf) as u8,
-        s: ((ar >> 4) & 1) as u8,
-        dpl: ((ar >> 5) & 3) as u8,
-        present: ((ar >> 7) & 1) as u8,
-        avl: ((ar >> 12) & 1) as u8,
-        l: ((ar >> 13) & 1) as u8,
-        db: ((ar >> 14) & 1) as u8,
-        g: ((ar >> 15) & 1) as u8,
-        unusable: ((ar >> 16) & 1) as u8,
-    }
-}
-
 /// Exceptions that push an error code.
 fn has_error_code(vector: u8) -> bool {
     matches!(vector, 8 | 10..=14 | 17)
@@ -554,7 +523,7 @@ impl<A: Api> X86Vcpu for HvfX86Vcpu<A> {
             self.set_vmcs(GUEST_ES_SELECTOR + off, u64::from(seg.selector))?;
             self.set_vmcs(GUEST_ES_BASE + off, seg.base)?;
             self.set_vmcs(GUEST_ES_LIMIT + off, u64::from(seg.limit))?;
-            self.set_vmcs(GUEST_ES_AR + off, access_rights(seg))?;
+            self.set_vmcs(GUEST_ES_AR + off, u64::from(seg.access_rights()))?;
         }
         self.set_vmcs(GUEST_GDTR_BASE, s.gdt.base)?;
         self.set_vmcs(GUEST_GDTR_LIMIT, u64::from(s.gdt.limit))?;
@@ -575,12 +544,12 @@ impl<A: Api> X86Vcpu for HvfX86Vcpu<A> {
         let mut segs = [Segment::default(); SEGMENTS];
         for (i, seg) in segs.iter_mut().enumerate() {
             let off = i as u32 * SEGMENT_STRIDE;
-            *seg = segment_from(
-                self.vmcs(GUEST_ES_SELECTOR + off)?,
-                self.vmcs(GUEST_ES_BASE + off)?,
-                self.vmcs(GUEST_ES_LIMIT + off)?,
-                self.vmcs(GUEST_ES_AR + off)?,
-            );
+            *seg = Segment {
+                selector: self.vmcs(GUEST_ES_SELECTOR + off)? as u16,
+                base: self.vmcs(GUEST_ES_BASE + off)?,
+                limit: self.vmcs(GUEST_ES_LIMIT + off)? as u32,
+                ..Segment::from_access_rights(self.vmcs(GUEST_ES_AR + off)? as u32)
+            };
         }
         // The guest sees its own values of the bits VMX forces.
         let shadowed = |guest: u64, shadow: u64, mask: u64| (guest & !mask) | (shadow & mask);
