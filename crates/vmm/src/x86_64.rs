@@ -152,17 +152,20 @@ impl X86Setup {
         let mut len = 0;
         let linear = cpu.rip_linear();
         let gpa = mmu::translate(mem, &paging, linear, Access::Execute, 0).ok();
-        // Byte by byte: an instruction may cross into another page.
+        // One walk per page: the instruction may run into the next one.
         while len < MAX_INSN_LEN {
             let la = linear.wrapping_add(len as u64);
-            let Ok(at) = mmu::translate(mem, &paging, la, Access::Execute, 0) else {
-                break;
+            let at = match len {
+                0 => gpa,
+                _ => mmu::translate(mem, &paging, la, Access::Execute, 0).ok(),
             };
-            match mem.read_obj::<u8>(GuestAddress(at)) {
-                Ok(b) => bytes[len] = b,
-                Err(_) => break,
+            let Some(at) = at else { break };
+            let in_page = (0x1000 - (la & 0xfff)) as usize;
+            let n = in_page.min(MAX_INSN_LEN - len);
+            match mem.read(&mut bytes[len..len + n], GuestAddress(at)) {
+                Ok(read) if read > 0 => len += read,
+                _ => break, // not RAM (or past its end)
             }
-            len += 1;
         }
         let at = AtRip {
             cpu,
