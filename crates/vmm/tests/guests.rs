@@ -79,20 +79,12 @@ fn port_and_mmio_round_trips_reach_the_device() {
 
 #[test]
 fn timer_interrupt_reaches_the_guest_handler() {
-    let Some((outcome, out)) = boot(test_guests::IRQ, 1) else {
-        return;
-    };
-    assert_eq!(outcome, Outcome::DebugExit(0), "{out}");
-    assert!(out.contains("timer interrupt delivered"));
+    timer_interrupt(IrqchipMode::Kernel);
 }
 
 #[test]
 fn two_vcpus_both_run() {
-    let Some((outcome, out)) = boot(test_guests::SMP, 2) else {
-        return;
-    };
-    assert_eq!(outcome, Outcome::DebugExit(0), "{out}");
-    assert!(out.contains("vCPU 1 is up"));
+    second_vcpu_starts(IrqchipMode::Kernel);
 }
 
 #[test]

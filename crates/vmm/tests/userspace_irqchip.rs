@@ -5,38 +5,23 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{
-    build, config, kvm, run_with_limit, stop_pause_and_resume, virtio_interrupt, Capture,
+    boot_on, second_vcpu_starts, stop_pause_and_resume, timer_interrupt, virtio_interrupt,
 };
 use vmm::{IrqchipMode, Outcome};
 
 fn boot(guest: &'static [u8], cpus: u32) -> Option<(Outcome, String)> {
-    let kvm = kvm()?;
-    let out = Capture::default();
-    let mut c = config(guest, cpus, &out);
-    c.irqchip = IrqchipMode::Userspace;
-    let outcome = run_with_limit(build(&kvm, c), Duration::from_secs(60));
-    Some((outcome, out.text()))
+    boot_on(IrqchipMode::Userspace, guest, cpus)
 }
 
 #[test]
 fn timer_interrupt_reaches_the_guest_handler() {
-    let Some((outcome, out)) = boot(test_guests::IRQ, 1) else {
-        return;
-    };
-    assert_eq!(outcome, Outcome::DebugExit(0), "{out}");
-    assert!(out.contains("timer interrupt delivered"));
+    timer_interrupt(IrqchipMode::Userspace);
 }
 
 #[test]
 fn init_and_startup_ipis_start_the_second_vcpu() {
-    let Some((outcome, out)) = boot(test_guests::SMP, 2) else {
-        return;
-    };
-    assert_eq!(outcome, Outcome::DebugExit(0), "{out}");
-    assert!(out.contains("vCPU 1 is up"));
+    second_vcpu_starts(IrqchipMode::Userspace);
 }
 
 #[test]

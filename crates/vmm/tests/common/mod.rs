@@ -101,11 +101,35 @@ pub fn run_with_limit(mut vm: Vm<KvmVm>, limit: Duration) -> Outcome {
 }
 
 pub fn boot(guest: &'static [u8], cpus: u32) -> Option<(Outcome, String)> {
+    boot_on(IrqchipMode::Kernel, guest, cpus)
+}
+
+/// Boots `guest` with the given interrupt controller; returns how it ended and its output.
+pub fn boot_on(irqchip: IrqchipMode, guest: &'static [u8], cpus: u32) -> Option<(Outcome, String)> {
     let kvm = kvm()?;
     let out = Capture::default();
-    let vm = build(&kvm, config(guest, cpus, &out));
-    let outcome = run_with_limit(vm, Duration::from_secs(60));
+    let mut c = config(guest, cpus, &out);
+    c.irqchip = irqchip;
+    let outcome = run_with_limit(build(&kvm, c), Duration::from_secs(60));
     Some((outcome, out.text()))
+}
+
+/// The LAPIC timer guest: its interrupt reaches the IDT handler.
+pub fn timer_interrupt(irqchip: IrqchipMode) {
+    let Some((outcome, out)) = boot_on(irqchip, test_guests::IRQ, 1) else {
+        return;
+    };
+    assert_eq!(outcome, Outcome::DebugExit(0), "{out}");
+    assert!(out.contains("timer interrupt delivered"));
+}
+
+/// The SMP guest: INIT and STARTUP IPIs start vCPU 1.
+pub fn second_vcpu_starts(irqchip: IrqchipMode) {
+    let Some((outcome, out)) = boot_on(irqchip, test_guests::SMP, 2) else {
+        return;
+    };
+    assert_eq!(outcome, Outcome::DebugExit(0), "{out}");
+    assert!(out.contains("vCPU 1 is up"));
 }
 
 /// An empty disk image of `bytes` in the temp directory.
