@@ -333,12 +333,11 @@ impl<V: X86Vm> VcpuSetup<V> for X86Setup {
             vcpu.set_special_regs(&s)?;
             vcpu.set_regs(&r)?;
         }
-        if c.has_interrupt(id) && vcpu.interrupt_window_open() {
-            if let Some(vector) = c.acknowledge(id) {
-                vcpu.inject_interrupt(vector)?;
-            }
+        let (vector, waiting) = c.take_interrupt(id, || vcpu.interrupt_window_open());
+        if let Some(vector) = vector {
+            vcpu.inject_interrupt(vector)?;
         }
-        vcpu.request_interrupt_window(c.has_interrupt(id));
+        vcpu.request_interrupt_window(waiting);
         Ok(true)
     }
 

@@ -201,9 +201,19 @@ impl Irqchip {
             .is_some_and(|a| a.pending().is_some())
     }
 
-    /// The vector vCPU `id` takes now (moved to in-service), if any.
-    pub fn acknowledge(&self, id: u32) -> Option<u8> {
-        self.lock().lapics.get_mut(id as usize)?.acknowledge()
+    /// Before vCPU `id` enters the guest: if it has an interrupt and `can_take()` says the
+    /// guest can take one, moves it to in-service and returns it; also says whether one is
+    /// (still) waiting. One lock for what the vCPU loop asks on every entry.
+    pub fn take_interrupt(&self, id: u32, can_take: impl FnOnce() -> bool) -> (Option<u8>, bool) {
+        let mut inner = self.lock();
+        let Some(a) = inner.lapics.get_mut(id as usize) else {
+            return (None, false);
+        };
+        if a.pending().is_none() {
+            return (None, false);
+        }
+        let taken = if can_take() { a.acknowledge() } else { None };
+        (taken, a.pending().is_some())
     }
 
     /// Blocks a halted vCPU until it has an interrupt or `give_up()` says to stop waiting.
@@ -360,7 +370,12 @@ mod tests {
         chip.line(5).trigger().unwrap();
         assert_eq!(kicks.load(Ordering::SeqCst), 1);
         assert!(chip.has_interrupt(1) && !chip.has_interrupt(0));
-        assert_eq!(chip.acknowledge(1), Some(0x35));
+        assert_eq!(
+            chip.take_interrupt(1, || false),
+            (None, true),
+            "window closed"
+        );
+        assert_eq!(chip.take_interrupt(1, || true), (Some(0x35), false));
         // vCPU 1 waits for STARTUP; INIT then STARTUP from vCPU 0 release it.
         assert!(chip.is_waiting_for_startup(1));
         w(&chip, 0, lapic::REG_ICR_HIGH, 1 << 24);
