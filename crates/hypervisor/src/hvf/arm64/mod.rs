@@ -382,19 +382,23 @@ impl<A: Api> HvfVcpu<A> {
         for (n, v) in x.iter_mut().enumerate() {
             *v = self.reg(Reg::X(n as u8))?;
         }
-        let action = self.shared.lock().psci.call(self.id, x);
+        let mut power = self.shared.lock();
+        let action = power.psci.call(self.id, x);
+        // CPU_ON hands the target its start under the same lock that marked it on.
+        if let Action::StartCpu {
+            cpu,
+            entry,
+            context,
+        } = action
+        {
+            if let Some(slot) = power.starts.get_mut(cpu as usize) {
+                *slot = Some((entry, context));
+            }
+        }
+        drop(power);
         let ret = match action {
             Action::Return(v) => v,
-            Action::StartCpu {
-                cpu,
-                entry,
-                context,
-            } => {
-                let mut power = self.shared.lock();
-                if let Some(slot) = power.starts.get_mut(cpu as usize) {
-                    *slot = Some((entry, context));
-                }
-                drop(power);
+            Action::StartCpu { .. } => {
                 self.shared.wake.notify_all();
                 psci::SUCCESS
             }
