@@ -255,6 +255,41 @@ fn no_permission_on_dev_kvm_is_explained() {
     );
 }
 
+#[test]
+fn missing_dev_kvm_is_explained() {
+    // Needs root to hide /dev behind an empty tmpfs in a private mount namespace.
+    let root = unsafe { libc_geteuid() } == 0;
+    let unshare = std::path::Path::new("/usr/bin/unshare").exists();
+    if !root || !unshare {
+        eprintln!("SKIPPED: needs root and unshare to run without a /dev/kvm");
+        return;
+    }
+    let exe = env!("CARGO_BIN_EXE_vibe-vmm");
+    let out = Command::new("unshare")
+        .args([
+            "-m",
+            "--",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /dev && exec \"$0\" run",
+            exe,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("unshare:") || err.contains("mount:") {
+        eprintln!("SKIPPED: cannot make a mount namespace here: {err}");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot open /dev/kvm") && err.contains("No such file or directory"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+}
+
 extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
