@@ -56,7 +56,7 @@ fn info() -> anyhow::Result<()> {
 fn run(args: RunArgs) -> anyhow::Result<u8> {
     let kernel = match &args.kernel {
         Some(path) => KernelImage::Path(path.clone()),
-        None => KernelImage::Bytes(test_guests::DEMO),
+        None => demo_guest()?,
     };
     let mut config = VmConfig::new(kernel);
     config.initrd = args.initrd.clone();
@@ -100,7 +100,7 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
     // Signals are taken by one thread; block them before any other thread exists.
     let signals = signals::SignalThread::block()?;
     let hv = hypervisor::default_hypervisor().context("no usable hypervisor")?;
-    let mut vm = Vm::new(&hv, config).context("cannot create the VM")?;
+    let mut vm = create_vm(&hv, config).context("cannot create the VM")?;
     let stop = vm.stop_handle();
     let signals = signals.spawn(stop.clone())?;
     let terminal = matches!(serial, SerialArg::Stdio) || args.console != ConsoleKind::Serial;
@@ -114,6 +114,44 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
     let signal = signals.finish();
     let outcome = outcome.context("cannot start the VM")?;
     Ok(report(&outcome, signal))
+}
+
+/// The built-in demo guest, an x86_64 program (empty when the build host had no toolchain
+/// for it: see `guests/build.rs`).
+#[cfg(target_arch = "x86_64")]
+fn demo_guest() -> anyhow::Result<KernelImage> {
+    if test_guests::DEMO.is_empty() {
+        anyhow::bail!(
+            "this build has no demo guest (no x86_64 ELF toolchain: set VIBE_GUEST_CC and rebuild); pass --kernel"
+        );
+    }
+    Ok(KernelImage::Bytes(test_guests::DEMO))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn demo_guest() -> anyhow::Result<KernelImage> {
+    anyhow::bail!(
+        "the built-in demo guest is x86_64 code; on this host pass --kernel an arm64 Image"
+    )
+}
+
+/// Builds the machine of this host's architecture (the hypervisor's VM type matches it).
+#[cfg(target_arch = "x86_64")]
+fn create_vm<H>(hv: &H, config: VmConfig) -> vmm::Result<Vm<H::Vm>>
+where
+    H: Hypervisor,
+    H::Vm: hypervisor::x86_64::X86Vm + 'static,
+{
+    Vm::new(hv, config)
+}
+
+#[cfg(target_arch = "aarch64")]
+fn create_vm<H>(hv: &H, config: VmConfig) -> vmm::Result<Vm<H::Vm>>
+where
+    H: Hypervisor,
+    H::Vm: hypervisor::arm64::Arm64Vm + 'static,
+{
+    vmm::aarch64::create(hv, config)
 }
 
 /// Prints how the guest ended when it was not a plain exit, and picks the exit status.
