@@ -201,6 +201,20 @@ fn bad_sizes_and_counts_are_refused() {
         &["run", "--disk", "/nonexistent/disk.img"],
         "cannot open disk image",
     );
+    assert_error(
+        &["run", "--net", "tap=vibenotap9"],
+        "TAP device vibenotap9 does not exist: create it with `ip tuntap add",
+    );
+    assert_error(
+        &[
+            "run",
+            "--net",
+            "tap=vibe-no-tap0,mac=52:54:00:00:00:01",
+            "--net",
+            "tap=vibe-no-tap1,mac=52:54:00:00:00:01",
+        ],
+        "52:54:00:00:00:01",
+    );
     let long = "x".repeat(3000);
     assert_error(&["run", "--cmdline", &long], "command line of 3000 bytes");
 }

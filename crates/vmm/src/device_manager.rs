@@ -114,17 +114,21 @@ pub(crate) fn plan_virtio(config: &mut VmConfig, platform: &Platform) -> Result<
     for disk in &config.disks {
         devices.push(Box::new(Block::open(&disk.path, disk.read_only)?));
     }
-    let mut taps = Vec::new();
-    let mut macs: Vec<[u8; 6]> = Vec::new();
-    for (i, n) in config.nets.iter().enumerate() {
-        let mac = n
-            .mac
-            .unwrap_or([0x52, 0x54, 0x00, 0x12, 0x34, 0x56u8.wrapping_add(i as u8)]);
-        if macs.contains(&mac) {
+    // Every MAC is checked before any TAP is opened, so the error names the real problem.
+    let macs: Vec<[u8; 6]> = (config.nets.iter().enumerate())
+        .map(|(i, n)| {
+            n.mac
+                .unwrap_or([0x52, 0x54, 0x00, 0x12, 0x34, 0x56u8.wrapping_add(i as u8)])
+        })
+        .collect();
+    for (i, mac) in macs.iter().enumerate() {
+        if macs[..i].contains(mac) {
             let text: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
             return Err(Error::DuplicateMac(text.join(":")));
         }
-        macs.push(mac);
+    }
+    let mut taps = Vec::new();
+    for (n, &mac) in config.nets.iter().zip(&macs) {
         let dev = Net::new(Box::new(Tap::open(&n.tap)?), mac);
         if let Some(fd) = dev.tap_fd() {
             taps.push((devices.len(), fd));
