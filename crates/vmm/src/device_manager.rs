@@ -115,7 +115,10 @@ pub(crate) fn plan_virtio(config: &mut VmConfig, platform: &Platform) -> Result<
         devices.push(Box::new(Block::open(&disk.path, disk.read_only)?));
     }
     // Every MAC is checked before any TAP is opened, so the error names the real problem.
-    let macs: Vec<[u8; 6]> = (config.nets.iter().enumerate())
+    let macs: Vec<[u8; 6]> = config
+        .nets
+        .iter()
+        .enumerate()
         .map(|(i, n)| {
             n.mac
                 .unwrap_or([0x52, 0x54, 0x00, 0x12, 0x34, 0x56u8.wrapping_add(i as u8)])
