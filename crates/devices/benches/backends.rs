@@ -4,7 +4,8 @@
 //! - virtio-blk: 4 KiB random reads, 128 KiB sequential reads and writes on a 1 GiB image,
 //!   against `pread`/`pwrite` of the same sizes into a plain buffer, the two sides taking turns
 //!   a tenth of the requests at a time. The raw side's offsets are the device's, half the run
-//!   later: reading the very pages the device just read found them in the CPU caches.
+//!   later: reading the very pages the device just read found the kernel's bookkeeping for
+//!   them still in the CPU caches.
 //! - virtio-net: 64-byte frames transmitted to a TAP, against `write` of the same frames to
 //!   the same TAP (needs root to create the TAP; skipped with a reason otherwise).
 //!
@@ -195,9 +196,9 @@ fn block_case(
         }
         let t = Instant::now();
         for i in done..end {
-            // Half the run away from the device's: not the pages it just pulled into the CPU
-            // caches (the same ones made the raw side ~10% faster at 4 KiB), and for random
-            // offsets an equally random sample.
+            // Half the run away from the device's: not the pages whose page-cache bookkeeping it
+            // just pulled into the CPU caches (the same ones made the raw side up to ~10% faster
+            // at 4 KiB), and for random offsets an equally random sample.
             let off = (offsets[((i + ops / 2) % ops) as usize] * 512) as i64;
             let at = (i % u64::from(BATCH)) as usize * size as usize;
             let buf = &mut bufs[at..at + size as usize];
