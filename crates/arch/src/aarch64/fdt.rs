@@ -171,17 +171,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let dtb = dir.join("vm.dtb");
         std::fs::write(&dtb, build(&config()).unwrap()).unwrap();
-        let out = Command::new("dtc")
-            .args(["-I", "dtb", "-O", "dts"])
-            .arg(&dtb)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() && stderr.trim().is_empty(),
-            "dtc said: {stderr}"
-        );
-        let dts = String::from_utf8_lossy(&out.stdout);
+        let dts = dtc(&["-I", "dtb", "-O", "dts"], &dtb);
         for want in [
             "compatible = \"linux,dummy-virt\";",
             "bootargs = \"console=ttyS0 earlycon\";",
@@ -207,17 +197,22 @@ mod tests {
         // And back: the decompiled source compiles with every check on and no warnings.
         let dts_path = dir.join("vm.dts");
         std::fs::write(&dts_path, dts.as_bytes()).unwrap();
-        let out = Command::new("dtc")
-            .args(["-I", "dts", "-O", "dtb", "-o"])
-            .arg(dir.join("again.dtb"))
-            .arg(&dts_path)
-            .output()
-            .unwrap();
+        let again = dir.join("again.dtb");
+        dtc(
+            &["-I", "dts", "-O", "dtb", "-o", again.to_str().unwrap()],
+            &dts_path,
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Runs dtc on `input`; it must succeed without a word on stderr. Returns its stdout.
+    fn dtc(args: &[&str], input: &std::path::Path) -> String {
+        let out = Command::new("dtc").args(args).arg(input).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             out.status.success() && stderr.trim().is_empty(),
             "dtc said: {stderr}"
         );
-        let _ = std::fs::remove_dir_all(dir);
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
