@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+#[cfg(target_arch = "x86_64")]
 use arch::x86_64::cpuid::{parse_features, Feature};
 use clap::{Parser, Subcommand};
 
@@ -41,8 +42,7 @@ impl Default for Command {
                   (130 for Ctrl-A x)."
 )]
 pub struct RunArgs {
-    /// Kernel to boot: an x86_64 ELF (vmlinux, PVH entry used when present) or a bzImage.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help = KERNEL_HELP)]
     pub kernel: Option<PathBuf>,
     /// Initial ramdisk.
     #[arg(long, value_name = "PATH")]
@@ -68,22 +68,40 @@ pub struct RunArgs {
     /// ",readonly" to refuse the guest's writes.
     #[arg(long = "disk", value_name = "PATH[,readonly]", value_parser = parse_disk)]
     pub disks: Vec<vmm::DiskConfig>,
-    /// A virtio-net device on an existing host TAP interface; repeatable.
-    #[arg(long = "net", value_name = "tap=NAME[,mac=52:54:00:..]", value_parser = parse_net)]
+    /// A virtio-net device, repeatable: on an existing host TAP interface (tap=NAME, Linux),
+    /// or on a peer's Unix datagram socket, one Ethernet frame a datagram (socket=PATH, as
+    /// gvproxy and vfkit speak; local=PATH sets vibe-vmm's own end).
+    #[arg(
+        long = "net",
+        value_name = "tap=NAME|socket=PATH[,local=PATH][,mac=52:54:00:..]",
+        value_parser = parse_net
+    )]
     pub nets: Vec<vmm::NetConfig>,
+    // The x86 machine's own options; an arm64 guest is described by its device tree and has
+    // its GIC in the hypervisor.
     /// Do not give the guest ACPI tables (it then finds its CPUs through the MP table only).
+    #[cfg(target_arch = "x86_64")]
     #[arg(long)]
     pub no_acpi: bool,
     /// Who emulates the local APICs and IOAPIC: kernel (KVM's in-kernel irqchip) or userspace
     /// (vibe-vmm's own, as on Hypervisor.framework; no PIT or PIC).
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     #[arg(long, value_name = "WHO", default_value = "kernel", value_parser = parse_irqchip)]
     pub irqchip: vmm::IrqchipMode,
     /// CPU features to hide from the guest's CPUID, comma-separated (e.g. cx16,xsave).
+    #[cfg(target_arch = "x86_64")]
     #[arg(long, value_name = "LIST", default_value = "", value_parser = parse_hide)]
     pub cpuid_hide: FeatureList,
 }
 
+#[cfg(target_arch = "x86_64")]
+const KERNEL_HELP: &str =
+    "Kernel to boot: an x86_64 ELF (vmlinux, PVH entry used when present) or a bzImage";
+#[cfg(not(target_arch = "x86_64"))]
+const KERNEL_HELP: &str = "Kernel to boot: an arm64 Linux Image";
+
 /// A comma-separated feature list (one argument, not a clap multi-value).
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Debug, Default)]
 pub struct FeatureList(pub Vec<Feature>);
 
@@ -106,28 +124,52 @@ fn parse_serial(s: &str) -> Result<SerialArg, String> {
 }
 
 fn parse_net(s: &str) -> Result<vmm::NetConfig, String> {
-    let mut tap = None;
+    let mut backend = None;
+    let mut local = None;
     let mut mac = None;
+    let expected = "expected tap=NAME or socket=PATH, then mac=XX:XX:XX:XX:XX:XX or (for a \
+                    socket) local=PATH";
     for part in s.split(',') {
+        let set = |b: &mut Option<_>, v| match b {
+            None => {
+                *b = Some(v);
+                Ok(())
+            }
+            Some(_) => Err("give one of tap=NAME and socket=PATH".to_string()),
+        };
         match part.split_once('=') {
-            Some(("tap", name)) if !name.is_empty() => tap = Some(name.to_string()),
+            Some(("tap", name)) if !name.is_empty() => {
+                set(&mut backend, vmm::NetBackendConfig::Tap(name.into()))?
+            }
+            Some(("socket", path)) if !path.is_empty() => set(
+                &mut backend,
+                vmm::NetBackendConfig::Socket {
+                    path: path.into(),
+                    local: None,
+                },
+            )?,
+            Some(("local", path)) if !path.is_empty() => local = Some(PathBuf::from(path)),
             Some(("mac", m)) => {
                 mac =
                     Some(devices::virtio::net::parse_mac(m).ok_or_else(|| {
                         format!("{m:?} is not a MAC address like 52:54:00:12:34:56")
                     })?)
             }
-            _ => {
-                return Err(format!(
-                    "{part:?}: expected tap=NAME or mac=XX:XX:XX:XX:XX:XX"
-                ))
-            }
+            _ => return Err(format!("{part:?}: {expected}")),
         }
     }
-    let tap = tap.ok_or("missing tap=NAME")?;
-    Ok(vmm::NetConfig { tap, mac })
+    let mut backend = backend.ok_or("missing tap=NAME or socket=PATH")?;
+    match (&mut backend, local) {
+        (vmm::NetBackendConfig::Socket { local: l, .. }, local) => *l = local,
+        (vmm::NetBackendConfig::Tap(_), Some(_)) => {
+            return Err("local=PATH applies to socket=PATH only".into())
+        }
+        (vmm::NetBackendConfig::Tap(_), None) => {}
+    }
+    Ok(vmm::NetConfig { backend, mac })
 }
 
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 fn parse_irqchip(s: &str) -> Result<vmm::IrqchipMode, String> {
     match s {
         "kernel" => Ok(vmm::IrqchipMode::Kernel),
@@ -160,6 +202,7 @@ fn parse_disk(s: &str) -> Result<vmm::DiskConfig, String> {
     })
 }
 
+#[cfg(target_arch = "x86_64")]
 fn parse_hide(s: &str) -> Result<FeatureList, String> {
     parse_features(s).map(FeatureList)
 }
@@ -210,11 +253,22 @@ mod tests {
 
     #[test]
     fn nets() {
+        use vmm::NetBackendConfig::{Socket, Tap};
         let n = parse_net("tap=tap0,mac=52:54:00:00:00:01").unwrap();
         assert_eq!(
-            (n.tap.as_str(), n.mac),
-            ("tap0", Some([0x52, 0x54, 0, 0, 0, 1]))
+            (n.backend, n.mac),
+            (Tap("tap0".into()), Some([0x52, 0x54, 0, 0, 0, 1]))
         );
+        let n = parse_net("socket=/run/gv.sock,local=/tmp/me.sock").unwrap();
+        assert_eq!(
+            n.backend,
+            Socket {
+                path: "/run/gv.sock".into(),
+                local: Some("/tmp/me.sock".into())
+            }
+        );
+        assert!(parse_net("socket=/a,tap=t").is_err());
+        assert!(parse_net("tap=t,local=/a").is_err());
         assert!(parse_net("tap=tap0").unwrap().mac.is_none());
         assert!(parse_net("mac=52:54:00:00:00:01").is_err());
         assert!(parse_net("tap=tap0,mac=nope").is_err());

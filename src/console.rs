@@ -10,8 +10,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use devices::ConsoleInput;
+use hypervisor::Event;
 use vmm::{Outcome, StopHandle};
-use vmm_sys_util::eventfd::EventFd;
 
 const CTRL_A: u8 = 0x01;
 
@@ -55,7 +55,7 @@ fn enter_raw_mode() -> io::Result<bool> {
 
 pub struct Console {
     raw: bool,
-    done: Arc<EventFd>,
+    done: Arc<Event>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -63,7 +63,7 @@ impl Console {
     /// Puts the terminal in raw mode and forwards stdin to `input` (a console device).
     pub fn attach(input: Arc<Mutex<dyn ConsoleInput>>, stop: StopHandle) -> anyhow::Result<Self> {
         let raw = enter_raw_mode()?;
-        let done = Arc::new(EventFd::new(0)?);
+        let done = Arc::new(Event::new()?);
         let d = done.clone();
         let thread = std::thread::Builder::new()
             .name("console".into())
@@ -78,7 +78,7 @@ impl Console {
 
 impl Drop for Console {
     fn drop(&mut self) {
-        let _ = self.done.write(1);
+        let _ = self.done.signal();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -89,7 +89,7 @@ impl Drop for Console {
 }
 
 /// Waits for stdin or `done`; forwards input to the console device, handling the escape key.
-fn forward_stdin(input: &Mutex<dyn ConsoleInput>, stop: &StopHandle, done: &EventFd) {
+fn forward_stdin(input: &Mutex<dyn ConsoleInput>, stop: &StopHandle, done: &Event) {
     let stdin = io::stdin();
     let mut escape = false;
     let mut buf = [0u8; 64];

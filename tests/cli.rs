@@ -1,5 +1,6 @@
 //! The `vibe-vmm` binary end to end: the demo guest, `info`, and a clear one-line error (never
 //! a panic) for every kind of bad input.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))] // spawns the x86 demo guest on KVM
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};

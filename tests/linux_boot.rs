@@ -12,6 +12,7 @@
 //! cannot run, so the kernel brings up every vCPU (`smpboot: Total of N processors activated`,
 //! about a minute in), where the test stops it. Had it stopped earlier on an instruction, the
 //! test checks that vibe-vmm said so clearly (exit reason, RIP, instruction bytes).
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))] // an x86 Linux kernel on KVM
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -10,10 +10,10 @@
 //! - **KVM** (implemented, [`kvm`]): the kernel decodes MMIO instructions and reports address,
 //!   size and data; an in-kernel LAPIC/IOAPIC/PIT delivers interrupts; reads are completed by
 //!   writing into the shared `kvm_run` page before the next `KVM_RUN`.
-//! - **HVF x86_64** (planned): an EPT violation carries only a guest-physical address, so the
-//!   backend fetches and decodes the instruction itself and turns it into the same
-//!   [`VmExit::MmioRead`]/[`VmExit::MmioWrite`]; on the next entry it writes the destination
-//!   register and advances RIP. Interrupt controllers then live in userspace.
+//! - **HVF x86_64** ([`hvf::x86_64`] on x86 hosts, generic over the framework's calls and
+//!   tested against a fake): an EPT violation carries only a guest-physical address, so the
+//!   backend returns [`VmExit::MmioInstruction`] and the VMM core emulates the instruction at
+//!   RIP against guest memory and its MMIO bus. Interrupt controllers live in the VMM.
 //! - **HVF arm64** ([`hvf::arm64`], generic over the framework's calls and tested against a
 //!   fake): a data abort's syndrome (ESR) gives size, direction and register; the backend maps
 //!   it to the same MMIO exits and writes the register on the next entry. PSCI, WFI and the
@@ -23,10 +23,12 @@
 //! [`ArchVcpu`], the guest-architecture half: registers, CPUID, ...), and the backend is chosen
 //! by `cfg(target_os)` in exactly one place ([`default_hypervisor`]). The architecture traits
 //! and the portable exit logic ([`arm64`]) compile on every host, so a backend for either
-//! architecture can be built and tested against a fake anywhere.
+//! architecture can be built and tested against a fake anywhere. [`Event`] is the one
+//! wake-up primitive every layer shares (an eventfd on Linux, a pipe on macOS).
 
 // Portable: compiled on every host, so it is tested here.
 pub mod arm64;
+pub mod event;
 pub mod exit;
 // Portable: generic over the framework's calls, tested on Linux against a fake.
 pub mod hvf;
@@ -41,7 +43,7 @@ pub use x86_64::{X86Vcpu as ArchVcpu, X86Vm as ArchVm};
 
 use std::io;
 
-pub use vmm_sys_util::eventfd::EventFd;
+pub use event::Event;
 
 pub use exit::{VmEntry, VmExit};
 
@@ -87,6 +89,7 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Wraps an OS error from the call named `op`.
+#[cfg(target_os = "linux")]
 pub(crate) fn os_err<E: Into<io::Error>>(op: &'static str) -> impl FnOnce(E) -> Error {
     move |e| Error::Os {
         op,
@@ -151,7 +154,7 @@ pub trait Vm: Send + Sync {
     /// Makes a 4-byte guest write of `value` to MMIO address `addr` signal `evt` inside the
     /// hypervisor, without an exit to the VMM (KVM ioeventfd). Backends without the feature
     /// return [`Error::Unsupported`]; the write then reaches the device through the MMIO bus.
-    fn register_mmio_notify(&self, evt: &EventFd, addr: u64, value: u32) -> Result<()>;
+    fn register_mmio_notify(&self, evt: &Event, addr: u64, value: u32) -> Result<()>;
 
     fn create_vcpu(&self, id: u32) -> Result<Self::Vcpu>;
 }

@@ -5,7 +5,6 @@
 //! Generic over any backend whose VM is an [`Arm64Vm`], so the whole machine runs on Linux
 //! against the scripted Hypervisor.framework fake (`crates/vmm/tests/arm64.rs`).
 
-use std::io::Read;
 use std::sync::Arc;
 
 use arch::aarch64::{fdt, image, layout};
@@ -13,33 +12,19 @@ use hypervisor::arm64::{Arm64Vcpu, Arm64Vm, GicConfig};
 use hypervisor::Hypervisor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::boot;
 use crate::config::KernelImage;
 use crate::device_manager::{self, Platform};
+use crate::image_file::read_all;
 use crate::state::VmState;
 use crate::vcpu::VcpuSetup;
 use crate::vm::check_cpus;
 use crate::{memory, Error, Result, Vm, VmConfig};
 
+/// The most vCPUs the arm64 machine describes (its GIC redistributor space).
+pub const MAX_VCPUS: u32 = layout::MAX_CPUS;
+
 /// The smallest arm64 guest: room for a kernel, its device tree and an initrd.
 pub const MIN_RAM: u64 = 32 << 20;
-
-fn read_all(image: &KernelImage, what: &'static str) -> Result<Vec<u8>> {
-    match image {
-        KernelImage::Bytes(b) => Ok(b.to_vec()),
-        KernelImage::Path(path) => {
-            let mut bytes = Vec::new();
-            boot::open(path, what)?
-                .read_to_end(&mut bytes)
-                .map_err(|source| Error::ReadFile {
-                    what,
-                    path: path.clone(),
-                    source,
-                })?;
-            Ok(bytes)
-        }
-    }
-}
 
 /// Creates an arm64 VM: memory, the GIC, the devices, the kernel, initrd and device tree.
 /// No vCPU runs until [`Vm::start`].

@@ -48,10 +48,23 @@ pub struct DiskConfig {
     pub read_only: bool,
 }
 
-/// A virtio-net device on an existing host TAP interface.
+/// Where a virtio-net device's frames go on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetBackendConfig {
+    /// An existing TAP interface, by name (Linux).
+    Tap(String),
+    /// A peer's Unix datagram socket, one Ethernet frame a datagram. vibe-vmm binds its own
+    /// end at `local` (by default a fresh path in the temporary directory).
+    Socket {
+        path: PathBuf,
+        local: Option<PathBuf>,
+    },
+}
+
+/// A virtio-net device.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
-    pub tap: String,
+    pub backend: NetBackendConfig,
     /// The guest's MAC address; by default 52:54:00:12:34:56 plus the device's index.
     pub mac: Option<[u8; 6]>,
 }

@@ -18,13 +18,13 @@ use devices::serial::{self, Serial};
 use devices::virtio::block::Block;
 use devices::virtio::console::{Console as VirtioConsole, ConsoleInputHandle, RX_QUEUE};
 use devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
-use devices::virtio::net::{self, Net, Tap};
+use devices::virtio::net::{self, Net, NetBackend, SocketNet, Tap};
 use devices::virtio::VirtioDevice;
 use devices::{lock, Bus, BusDevice, ConsoleInput, VmControl};
 use vm_memory::GuestMemoryMmap;
 
-use crate::config::SerialOutput;
-use crate::event_loop::EventLoopBuilder;
+use crate::config::{NetBackendConfig, SerialOutput};
+use crate::event_loop::{EventLoopBuilder, Interest};
 use crate::state::VmState;
 use crate::{Error, Result, VmConfig};
 
@@ -132,7 +132,20 @@ pub(crate) fn plan_virtio(config: &mut VmConfig, platform: &Platform) -> Result<
     }
     let mut taps = Vec::new();
     for (n, &mac) in config.nets.iter().zip(&macs) {
-        let dev = Net::new(Box::new(Tap::open(&n.tap)?), mac);
+        let backend: Box<dyn NetBackend> = match &n.backend {
+            NetBackendConfig::Tap(name) => Box::new(Tap::open(name)?),
+            NetBackendConfig::Socket { path, local } => {
+                let local = local.clone().unwrap_or_else(|| {
+                    std::env::temp_dir().join(format!(
+                        "vibe-vmm-{}-net{}.sock",
+                        std::process::id(),
+                        devices.len()
+                    ))
+                });
+                Box::new(SocketNet::open(path, &local)?)
+            }
+        };
+        let dev = Net::new(backend, mac);
         if let Some(fd) = dev.tap_fd() {
             taps.push((devices.len(), fd));
         }
@@ -222,13 +235,24 @@ pub(crate) fn build<V: hypervisor::Vm>(
         )?;
         if let Some(&(_, fd)) = taps.iter().find(|(at, _)| *at == n) {
             let t = transport.clone();
-            events.add_edge(fd, Box::new(move || lock(&t).process_queue(net::RX_QUEUE)));
+            events.add(
+                fd,
+                Box::new(move || {
+                    let mut t = lock(&t);
+                    t.process_queue(net::RX_QUEUE);
+                    if t.input_blocked(net::RX_QUEUE) {
+                        Interest::Blocked
+                    } else {
+                        Interest::Readable
+                    }
+                }),
+            );
         }
         if let Some((_, mut handle)) = console.take_if(|(at, _)| *at == n) {
-            let rx = lock(&transport).notify_eventfds()[RX_QUEUE]
+            let rx = lock(&transport).notify_events()[RX_QUEUE]
                 .try_clone()
                 .map_err(|source| Error::Os {
-                    op: "dup a queue eventfd",
+                    op: "dup a queue notify event",
                     source,
                 })?;
             handle.connect(rx);
@@ -274,11 +298,11 @@ fn add_virtio<V: hypervisor::Vm>(
     let transport = MmioTransport::new(device, mem.clone(), irq(slot.gsi)?)
         .map_err(os("create a virtio-mmio transport"))?;
     let notify: Vec<_> = transport
-        .notify_eventfds()
+        .notify_events()
         .iter()
         .map(|e| e.try_clone())
         .collect::<io::Result<_>>()
-        .map_err(os("dup a queue eventfd"))?;
+        .map_err(os("dup a queue notify event"))?;
     let transport = Arc::new(Mutex::new(transport));
     insert(bus, transport.clone(), slot.base, slot.size)?;
     for (index, evt) in notify.into_iter().enumerate() {
@@ -292,8 +316,9 @@ fn add_virtio<V: hypervisor::Vm>(
         events.add(
             evt.as_raw_fd(),
             Box::new(move || {
-                let _ = evt.read();
+                let _ = evt.drain();
                 lock(&t).process_queue(index);
+                Interest::Readable
             }),
         );
     }

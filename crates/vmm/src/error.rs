@@ -7,6 +7,8 @@ use std::path::PathBuf;
 pub enum Error {
     #[error(transparent)]
     Hypervisor(#[from] hypervisor::Error),
+    #[error("not supported yet: {0}")]
+    Unsupported(&'static str),
     #[error("guest memory of {size} bytes is too small (at least {min} bytes are needed)")]
     MemoryTooSmall { size: u64, min: u64 },
     #[error("guest memory of {size} bytes is more than this host has ({host} bytes)")]
@@ -34,6 +36,7 @@ pub enum Error {
     },
     #[error("bad kernel {what}: {detail}")]
     BadKernel { what: String, detail: String },
+    #[cfg(target_arch = "x86_64")]
     #[error(transparent)]
     Boot(#[from] arch::x86_64::Error),
     #[error(transparent)]
@@ -64,6 +67,8 @@ pub enum Error {
     Disk(#[from] devices::virtio::block::Error),
     #[error(transparent)]
     Tap(#[from] devices::virtio::net::TapError),
+    #[error(transparent)]
+    SocketNet(#[from] devices::virtio::net::SocketNetError),
     #[error("MAC address {0} is used by two network devices")]
     DuplicateMac(String),
     #[error("{count} virtio devices requested; at most {max} fit (one interrupt line each)")]

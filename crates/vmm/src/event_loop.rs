@@ -1,42 +1,47 @@
-//! The device event loop: one thread that waits (epoll) on the devices' eventfds and runs
-//! each one's handler, so device work never happens on a vCPU thread.
+//! The device event loop: one thread that waits (`poll(2)`, the same on Linux and macOS) on
+//! the devices' descriptors and runs each one's handler, so device work never happens on a
+//! vCPU thread.
 //!
-//! Virtio queue notifications arrive here: KVM signals a queue's eventfd directly when the
-//! guest writes QueueNotify (ioeventfd), or the transport signals it when the hypervisor has
-//! no such feature.
+//! Virtio queue notifications arrive here as [`Event`]s: KVM signals a queue's event directly
+//! when the guest writes QueueNotify (ioeventfd), or the transport signals it when the
+//! hypervisor has no such feature. `poll` rather than epoll/kqueue: a VM has a handful of
+//! descriptors, and one portable call keeps the loop the same on every host.
 
+use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::thread::JoinHandle;
 
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
+use hypervisor::Event;
+
+/// What a handler tells the loop about its descriptor after it ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Interest {
+    /// Wake the handler whenever the descriptor is readable.
+    Readable,
+    /// The descriptor is still readable but the handler cannot take more now (a TAP whose
+    /// frames have no guest buffer yet): skip it until some other handler has run.
+    Blocked,
+}
 
 /// Runs when its descriptor becomes readable.
-pub(crate) type Handler = Box<dyn FnMut() + Send>;
+pub(crate) type Handler = Box<dyn FnMut() -> Interest + Send>;
 
 /// Handlers collected before the loop starts.
 #[derive(Default)]
 pub(crate) struct EventLoopBuilder {
-    handlers: Vec<(RawFd, EventSet, Handler)>,
+    handlers: Vec<(RawFd, Handler)>,
 }
 
 pub(crate) struct EventLoop {
-    stop: EventFd,
+    stop: Event,
     thread: Option<JoinHandle<()>>,
 }
 
 impl EventLoopBuilder {
-    /// Calls `handler` whenever `fd` is readable. The handler must consume the event (read
-    /// the eventfd), or it runs again at once.
+    /// Calls `handler` whenever `fd` is readable. The handler must consume what made it
+    /// readable (drain the event) or return [`Interest::Blocked`], or it runs again at once.
     pub fn add(&mut self, fd: RawFd, handler: Handler) {
-        self.handlers.push((fd, EventSet::IN, handler));
-    }
-
-    /// Calls `handler` when `fd` becomes readable again (edge-triggered): for sources the
-    /// handler may leave unread on purpose (a TAP whose frames have no guest buffer yet).
-    pub fn add_edge(&mut self, fd: RawFd, handler: Handler) {
-        self.handlers
-            .push((fd, EventSet::IN | EventSet::EDGE_TRIGGERED, handler));
+        self.handlers.push((fd, handler));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -44,48 +49,20 @@ impl EventLoopBuilder {
     }
 
     /// Starts the loop thread.
-    pub fn start(self) -> std::io::Result<EventLoop> {
-        let epoll = Epoll::new()?;
-        let stop = EventFd::new(libc::EFD_NONBLOCK)?;
-        let stop_token = self.handlers.len() as u64;
-        epoll.ctl(
-            ControlOperation::Add,
-            stop.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, stop_token),
-        )?;
-        for (i, (fd, events, _)) in self.handlers.iter().enumerate() {
-            epoll.ctl(
-                ControlOperation::Add,
-                *fd,
-                EpollEvent::new(*events, i as u64),
-            )?;
-        }
-        let mut handlers: Vec<Handler> = self.handlers.into_iter().map(|(_, _, h)| h).collect();
+    pub fn start(self) -> io::Result<EventLoop> {
+        let stop = Event::new()?;
+        let mut fds: Vec<libc::pollfd> = std::iter::once(stop.as_raw_fd())
+            .chain(self.handlers.iter().map(|(fd, _)| *fd))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let mut handlers: Vec<Handler> = self.handlers.into_iter().map(|(_, h)| h).collect();
         let thread = std::thread::Builder::new()
             .name("devices".into())
-            .spawn(move || {
-                let mut events = vec![EpollEvent::default(); 32];
-                loop {
-                    let n = match epoll.wait(-1, &mut events) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            log::error!("device event loop stopped: {e}");
-                            return;
-                        }
-                    };
-                    for ev in &events[..n] {
-                        match ev.data() {
-                            t if t == stop_token => return,
-                            t => {
-                                if let Some(h) = handlers.get_mut(t as usize) {
-                                    h();
-                                }
-                            }
-                        }
-                    }
-                }
-            })?;
+            .spawn(move || run(&mut fds, &mut handlers))?;
         Ok(EventLoop {
             stop,
             thread: Some(thread),
@@ -93,11 +70,48 @@ impl EventLoopBuilder {
     }
 }
 
+/// `fds[0]` is the stop event, `fds[i + 1]` belongs to `handlers[i]`.
+fn run(fds: &mut [libc::pollfd], handlers: &mut [Handler]) {
+    loop {
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfd structures.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            log::error!("device event loop stopped: {e}");
+            return;
+        }
+        if fds[0].revents != 0 {
+            return;
+        }
+        for i in 0..handlers.len() {
+            if fds[i + 1].revents == 0 {
+                continue;
+            }
+            fds[i + 1].revents = 0;
+            match handlers[i]() {
+                // A negative descriptor is skipped by poll.
+                Interest::Blocked => fds[i + 1].fd = !fds[i + 1].fd,
+                // This may have unblocked the others (a guest posting buffers).
+                Interest::Readable => {
+                    for pfd in &mut fds[1..] {
+                        if pfd.fd < 0 {
+                            pfd.fd = !pfd.fd;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl EventLoop {
     /// Stops the thread and waits for it.
     pub fn stop(&mut self) {
         if let Some(t) = self.thread.take() {
-            let _ = self.stop.write(1);
+            let _ = self.stop.signal();
             let _ = t.join();
         }
     }
@@ -106,5 +120,55 @@ impl EventLoop {
 impl Drop for EventLoop {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A source that stays readable but reports Blocked is not run again until another
+    /// handler has run (no busy loop), then it is.
+    #[test]
+    fn blocked_sources_wait_for_another_event() {
+        let stuck = Event::new().unwrap();
+        stuck.signal().unwrap(); // never drained: level-triggered readable for ever
+        let kick = Arc::new(Event::new().unwrap());
+        let stuck_runs = Arc::new(AtomicU32::new(0));
+        let mut b = EventLoopBuilder::default();
+        let runs = stuck_runs.clone();
+        b.add(
+            stuck.as_raw_fd(),
+            Box::new(move || {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Interest::Blocked
+            }),
+        );
+        let k = kick.clone();
+        b.add(
+            kick.as_raw_fd(),
+            Box::new(move || {
+                let _ = k.drain();
+                Interest::Readable
+            }),
+        );
+        let mut l = b.start().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            stuck_runs.load(Ordering::SeqCst),
+            1,
+            "ran once, then skipped"
+        );
+        kick.signal().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            stuck_runs.load(Ordering::SeqCst),
+            2,
+            "retried after the other event"
+        );
+        l.stop();
     }
 }

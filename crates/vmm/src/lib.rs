@@ -10,21 +10,27 @@
 //! ```
 
 pub mod aarch64;
-mod boot;
 pub mod config;
 mod device_manager;
 mod error;
 mod event_loop;
+mod image_file;
 pub mod memory;
 mod state;
 mod vcpu;
 mod vm;
+#[cfg(target_arch = "x86_64")]
 mod x86_64;
 
+/// The most vCPUs the machine of this host's architecture describes.
+#[cfg(target_arch = "aarch64")]
+pub use aarch64::MAX_VCPUS;
 pub use config::{
-    ConsoleKind, DiskConfig, IrqchipMode, KernelImage, NetConfig, SerialOutput, VmConfig,
+    ConsoleKind, DiskConfig, IrqchipMode, KernelImage, NetBackendConfig, NetConfig, SerialOutput,
+    VmConfig,
 };
 pub use error::{Error, Result};
 pub use state::{Outcome, StopHandle};
 pub use vm::Vm;
+#[cfg(target_arch = "x86_64")]
 pub use x86_64::MAX_VCPUS;

@@ -1,7 +1,6 @@
 //! Guest RAM: allocated with `vm-memory` from the memory map's RAM ranges and registered with
 //! the hypervisor as one slot per range.
 
-use arch::x86_64::layout;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::{Error, Result};
@@ -19,7 +18,9 @@ fn host_memory() -> u64 {
 }
 
 /// Allocates guest RAM of `size` bytes, laid out by the x86_64 memory map.
+#[cfg(target_arch = "x86_64")]
 pub fn allocate(size: u64) -> Result<GuestMemoryMmap> {
+    use arch::x86_64::layout;
     allocate_ranges(size, layout::MIN_RAM, layout::ram_ranges)
 }
 
@@ -62,7 +63,7 @@ pub fn register<V: hypervisor::Vm>(vm: &V, mem: &GuestMemoryMmap) -> Result<()> 
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
 

@@ -6,8 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use devices::{lock, StopReason, VmControl};
-use hypervisor::VcpuKicker;
-use vmm_sys_util::eventfd::EventFd;
+use hypervisor::{Event, VcpuKicker};
 
 /// How a VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +45,7 @@ pub(crate) struct VmState {
     /// `pause.requested`, readable without the lock: the vCPU loop checks it on every exit.
     paused: AtomicBool,
     /// Written once a stop is requested; `Vm::wait` blocks on it.
-    exit_evt: EventFd,
+    exit_evt: Event,
 }
 
 #[derive(Default)]
@@ -64,7 +63,7 @@ impl VmState {
             pause: Mutex::new(PauseState::default()),
             pause_changed: Condvar::new(),
             paused: AtomicBool::new(false),
-            exit_evt: EventFd::new(0)?,
+            exit_evt: Event::new()?,
         })
     }
 
@@ -105,7 +104,7 @@ impl VmState {
         self.stopping.store(true, Ordering::Release);
         self.kick_all();
         self.pause_changed.notify_all();
-        let _ = self.exit_evt.write(1);
+        let _ = self.exit_evt.signal();
     }
 
     pub(crate) fn outcome(&self) -> Option<Outcome> {
@@ -115,8 +114,8 @@ impl VmState {
     /// Blocks until a stop is requested.
     pub(crate) fn wait_for_stop(&self) {
         while !self.stopping() {
-            // A failed read (EINTR) just loops.
-            let _ = self.exit_evt.read();
+            // A failed wait just loops.
+            let _ = self.exit_evt.wait(None);
         }
     }
 

@@ -1,6 +1,8 @@
 //! The x86_64 machine: memory from the PC memory map, the in-kernel (or hypervisor's)
-//! interrupt controllers, PC devices, the kernel and its boot structures ([`crate::boot`]),
+//! interrupt controllers, PC devices, the kernel and its boot structures ([`boot`]),
 //! and each vCPU's CPUID, MSRs and boot registers.
+
+mod boot;
 
 use std::sync::Arc;
 
@@ -13,7 +15,7 @@ use hypervisor::x86_64::{CpuidEntry, X86Vcpu, X86Vm};
 use hypervisor::{Hypervisor, IrqLine, Vcpu, VcpuKicker};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::boot::{self, BootPlan};
+use self::boot::BootPlan;
 use crate::config::IrqchipMode;
 use crate::device_manager::{self, Platform};
 use crate::state::VmState;

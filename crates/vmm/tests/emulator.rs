@@ -5,6 +5,7 @@
 //! KVM reports (answering reads from a fixed pattern) and the registers before and after, then
 //! runs our emulator on the "before" state with the same answers and asserts it makes the
 //! same accesses (address, size, direction, data) and leaves the same registers and flags.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))] // x86 guests on KVM
 
 mod common;
 

@@ -2,6 +2,7 @@
 //!
 //! Needs /dev/kvm: without it each test prints why it is skipped, except under CI=true where a
 //! missing /dev/kvm fails the test.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))] // x86 guests on KVM
 
 mod common;
 

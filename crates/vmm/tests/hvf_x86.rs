@@ -3,6 +3,7 @@
 //! (read from guest memory through the guest's own page tables) against a device on the MMIO
 //! bus; port I/O ends the run. The interrupt controller is the VMM's own, since the
 //! framework has none.
+#![cfg(target_arch = "x86_64")] // x86 guests
 
 use std::sync::{Arc, Mutex};
 

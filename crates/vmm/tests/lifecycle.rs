@@ -1,5 +1,6 @@
 //! VM destruction releases what creation took. Alone in its own test binary (process) so no
 //! other test's descriptors disturb the count.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))] // x86 guests on KVM
 
 mod common;
 

@@ -5,6 +5,7 @@
 //!
 //! This project's nested KVM pages only in long mode (it drops CR0.PG for 32-bit and PAE
 //! paging); there those two modes are reported as skipped and covered by the unit tests.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))] // x86 guests on KVM
 
 mod common;
 

@@ -1,11 +1,15 @@
-//! virtio-net against a real TAP: the test creates the interface, watches it with an
-//! AF_PACKET socket for the guest's frame, and injects a frame for the guest.
-//!
-//! Needs root (CAP_NET_ADMIN) for `ip tuntap add` and the raw socket: without it the test says
-//! why it is skipped, except under CI=true, where it fails.
+//! virtio-net with each host back end, a frame each way between the guest and the test:
+//! - a real TAP: the test creates the interface, watches it with an AF_PACKET socket for the
+//!   guest's frame, and injects a frame for the guest. Needs root (CAP_NET_ADMIN) for
+//!   `ip tuntap add` and the raw socket: without it the test says why it is skipped, except
+//!   under CI=true, where it fails;
+//! - a Unix datagram socket (`--net socket=PATH`, the macOS way): the test owns the peer.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))] // x86 guests on KVM
 
 mod common;
 
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -49,6 +53,13 @@ impl Drop for TapIf {
     }
 }
 
+/// The far end of the guest's link, as the test sees it.
+trait Peer {
+    /// The next frame with our ethertype, within `limit`.
+    fn recv_ours(&self, limit: Duration) -> Option<Vec<u8>>;
+    fn send(&self, frame: &[u8]);
+}
+
 /// A raw AF_PACKET socket bound to one interface.
 struct Packet(i32);
 
@@ -77,7 +88,9 @@ impl Packet {
             Packet(fd)
         }
     }
+}
 
+impl Peer for Packet {
     /// The next frame with our ethertype, within `limit`.
     fn recv_ours(&self, limit: Duration) -> Option<Vec<u8>> {
         let t = Instant::now();
@@ -122,6 +135,32 @@ impl Drop for Packet {
     }
 }
 
+/// A Unix datagram socket playing the network (as gvproxy would), and where vibe-vmm's end is.
+struct SocketPeer {
+    socket: UnixDatagram,
+    vmm_end: PathBuf,
+}
+
+impl Peer for SocketPeer {
+    fn recv_ours(&self, limit: Duration) -> Option<Vec<u8>> {
+        self.socket.set_read_timeout(Some(limit)).unwrap();
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            let mut buf = vec![0u8; 2048];
+            let n = self.socket.recv(&mut buf).ok()?;
+            if n >= 14 && buf[12..14] == ETHERTYPE.to_be_bytes() {
+                buf.truncate(n);
+                return Some(buf);
+            }
+        }
+        None
+    }
+
+    fn send(&self, frame: &[u8]) {
+        self.socket.send_to(frame, &self.vmm_end).unwrap();
+    }
+}
+
 #[test]
 fn frames_cross_between_guest_and_tap_both_ways() {
     let Some(kvm) = kvm() else { return };
@@ -136,19 +175,43 @@ fn frames_cross_between_guest_and_tap_both_ways() {
         }
     };
     let sock = Packet::bind(&tap.0);
+    exchange_frames(&kvm, vmm::NetBackendConfig::Tap(tap.0.clone()), &sock);
+}
+
+#[test]
+fn frames_cross_between_guest_and_a_socket_peer_both_ways() {
+    let Some(kvm) = kvm() else { return };
+    let dir = std::env::temp_dir();
+    let peer_path = dir.join(format!("vibe-net-peer-{}.sock", std::process::id()));
+    let vmm_end = dir.join(format!("vibe-net-vmm-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&peer_path);
+    let _ = std::fs::remove_file(&vmm_end);
+    let peer = SocketPeer {
+        socket: UnixDatagram::bind(&peer_path).unwrap(),
+        vmm_end: vmm_end.clone(),
+    };
+    let backend = vmm::NetBackendConfig::Socket {
+        path: peer_path.clone(),
+        local: Some(vmm_end.clone()),
+    };
+    exchange_frames(&kvm, backend, &peer);
+    assert!(!vmm_end.exists(), "vibe-vmm removed its end of the socket");
+    let _ = std::fs::remove_file(peer_path);
+}
+
+/// Boots the net guest on `backend`: it broadcasts a frame, which `peer` must see, then
+/// waits for the frame `peer` sends back and prints it.
+fn exchange_frames(kvm: &hypervisor::kvm::Kvm, backend: vmm::NetBackendConfig, peer: &dyn Peer) {
     let out = Capture::default();
     let mut c = config(test_guests::VIRTIO_NET, 1, &out);
-    c.nets = vec![vmm::NetConfig {
-        tap: tap.0.clone(),
-        mac: None,
-    }];
-    let mut vm = build(&kvm, c);
+    c.nets = vec![vmm::NetConfig { backend, mac: None }];
+    let mut vm = build(kvm, c);
     vm.start().unwrap();
     let stop = vm.stop_handle();
 
-    let frame = sock
+    let frame = peer
         .recv_ours(Duration::from_secs(30))
-        .expect("no frame from the guest on the TAP");
+        .expect("no frame from the guest");
     assert_eq!(&frame[..6], &[0xff; 6], "broadcast");
     assert_eq!(
         &frame[6..12],
@@ -162,7 +225,7 @@ fn frames_cross_between_guest_and_tap_both_ways() {
     reply[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
     reply[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
     reply[14..33].copy_from_slice(b"hello from the host");
-    sock.send(&reply);
+    peer.send(&reply);
 
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(30));

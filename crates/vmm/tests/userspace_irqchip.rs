@@ -2,6 +2,7 @@
 //! (`--irqchip userspace`: no KVM_CREATE_IRQCHIP, LAPIC and IOAPIC in `devices::irqchip`,
 //! interrupts injected with KVM_INTERRUPT when the guest opens an interrupt window). This is
 //! how Hypervisor.framework on Intel runs, proven on this machine's real KVM.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))] // x86 guests on KVM
 
 mod common;
 

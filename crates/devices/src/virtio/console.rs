@@ -2,15 +2,15 @@
 //! to the host (a writer: stdout or a file).
 //!
 //! Host input is pushed through a [`ConsoleInputHandle`] from any thread: it buffers the bytes
-//! and signals queue 0's eventfd, so the event loop fills the guest's receive buffers.
+//! and signals queue 0's notify event, so the event loop fills the guest's receive buffers.
 
 use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use hypervisor::Event;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::{VirtioDevice, TYPE_CONSOLE};
 use crate::{lock, ConsoleInput};
@@ -33,8 +33,8 @@ pub struct Console {
 /// Feeds host input to a [`Console`] from another thread.
 pub struct ConsoleInputHandle {
     input: InputBuffer,
-    /// Queue 0's notify eventfd, once the device sits behind a transport.
-    rx_notify: Option<EventFd>,
+    /// Queue 0's notify event, once the device sits behind a transport.
+    rx_notify: Option<Event>,
 }
 
 impl Console {
@@ -45,7 +45,7 @@ impl Console {
         }
     }
 
-    /// The input side; connect it to the transport's queue 0 eventfd before use.
+    /// The input side; connect it to the transport's queue 0 notify event before use.
     pub fn input_handle(&self) -> ConsoleInputHandle {
         ConsoleInputHandle {
             input: self.input.clone(),
@@ -108,8 +108,8 @@ impl Console {
 }
 
 impl ConsoleInputHandle {
-    /// Input wakes the receive queue through `rx_notify` (the transport's queue 0 eventfd).
-    pub fn connect(&mut self, rx_notify: EventFd) {
+    /// Input wakes the receive queue through `rx_notify` (the transport's queue 0 event).
+    pub fn connect(&mut self, rx_notify: Event) {
         self.rx_notify = Some(rx_notify);
     }
 }
@@ -123,7 +123,7 @@ impl ConsoleInput for ConsoleInputHandle {
             n
         };
         if let (true, Some(evt)) = (n > 0, &self.rx_notify) {
-            let _ = evt.write(1);
+            let _ = evt.signal();
         }
         n
     }

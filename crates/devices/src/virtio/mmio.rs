@@ -7,10 +7,10 @@
 //! DRIVER_OK with a queue whose rings fall outside guest memory sets NEEDS_RESET instead of
 //! activating the device.
 
+use hypervisor::Event;
 use hypervisor::IrqLine;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
 
 use super::{VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::BusDevice;
@@ -62,7 +62,7 @@ pub struct MmioTransport {
     mem: GuestMemoryMmap,
     queues: Vec<Queue>,
     /// One per queue: written on QueueNotify (or directly by KVM's ioeventfd).
-    notify: Vec<EventFd>,
+    notify: Vec<Event>,
     irq: Box<dyn IrqLine>,
     status: u32,
     device_features_sel: u32,
@@ -85,7 +85,7 @@ impl MmioTransport {
             .collect::<std::io::Result<Vec<_>>>()?;
         let notify = queues
             .iter()
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+            .map(|_| Event::new())
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(MmioTransport {
             device,
@@ -102,8 +102,8 @@ impl MmioTransport {
         })
     }
 
-    /// The queue-notify eventfds, index = queue number, for the event loop and ioeventfd.
-    pub fn notify_eventfds(&self) -> &[EventFd] {
+    /// The queue-notify events, index = queue number, for the event loop and ioeventfd.
+    pub fn notify_events(&self) -> &[Event] {
         &self.notify
     }
 
@@ -123,7 +123,7 @@ impl MmioTransport {
         self.status & STATUS_DRIVER_OK != 0 && self.status & STATUS_NEEDS_RESET == 0
     }
 
-    /// Runs the device on queue `index` (called from the event loop after its eventfd fired)
+    /// Runs the device on queue `index` (called from the event loop after its notify event fired)
     /// and interrupts the driver if buffers were used.
     pub fn process_queue(&mut self, index: usize) {
         if !self.active() {
@@ -142,6 +142,14 @@ impl MmioTransport {
                 self.raise(INT_VRING);
             }
         }
+    }
+
+    /// Whether host input for queue `index` must wait for the guest: the driver is not ready,
+    /// or the device holds input that no posted buffer can take.
+    pub fn input_blocked(&self, index: usize) -> bool {
+        !self.active()
+            || !self.queues.get(index).is_some_and(|q| q.ready())
+            || self.device.input_blocked()
     }
 
     fn raise(&mut self, bit: u32) {
@@ -208,7 +216,7 @@ impl MmioTransport {
                 self.device.activate(self.driver_features);
                 // Buffers may already be waiting.
                 for evt in &self.notify {
-                    let _ = evt.write(1);
+                    let _ = evt.signal();
                 }
                 return;
             }
@@ -255,7 +263,7 @@ impl MmioTransport {
             REG_QUEUE_SEL => self.queue_sel = value,
             REG_QUEUE_NOTIFY => {
                 if let Some(evt) = self.notify.get(value as usize) {
-                    let _ = evt.write(1);
+                    let _ = evt.signal();
                 }
             }
             REG_INTERRUPT_ACK => self.interrupt_status &= !value,
@@ -445,7 +453,7 @@ mod tests {
         let status = bring_up(&mut t, (1 << 32) | (1 << 3), 0x1000);
         assert_ne!(status & STATUS_DRIVER_OK, 0, "status {status:#x}");
         w(&mut t, REG_QUEUE_NOTIFY, 1);
-        assert_eq!(t.notify_eventfds()[1].read().unwrap(), 2); // activation + notify
+        assert!(t.notify_events()[1].drain().unwrap()); // activation + notify
         t.process_queue(1);
         assert_eq!(processed.load(Ordering::SeqCst), 1);
         assert_eq!(irqs.load(Ordering::SeqCst), 1);

@@ -3,7 +3,7 @@
 //! A device implements [`VirtioDevice`]: its type, features, config space, and what to do when
 //! the driver makes buffers available on a queue. The [`mmio::MmioTransport`] owns the
 //! register state machine and the queues, and calls the device. Queue work runs on the VMM's
-//! event-loop thread, woken by one eventfd per queue (a KVM ioeventfd where available, else
+//! event-loop thread, woken by one notify event per queue (a KVM ioeventfd where available, else
 //! written by the transport when the guest writes QueueNotify).
 
 pub mod block;
@@ -40,6 +40,11 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
     /// The driver reset the device.
     fn reset(&mut self) {}
+    /// The device holds input from its host side (a frame from the TAP) that no guest buffer
+    /// can take yet, so its host source need not be watched until the guest posts buffers.
+    fn input_blocked(&self) -> bool {
+        false
+    }
 }
 
 /// Reads `data.len()` bytes at `offset` of a little-endian config space; out of range reads 0.

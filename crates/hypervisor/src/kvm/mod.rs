@@ -13,9 +13,9 @@ use std::io;
 use std::os::fd::{FromRawFd, RawFd};
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Cap, IoEventAddress, VmFd};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::{os_err, Error, HypervisorInfo, IrqLine, Result};
 pub use vcpu::KvmVcpu;
@@ -80,10 +80,10 @@ const REQUIRED_CAPS: &[(Cap, &str)] = &[
 const REPORTED_CAPS: &[(Cap, &str)] = &[
     (Cap::Ioeventfd, "ioeventfd"),
     (Cap::IrqRouting, "irq-routing"),
+    #[cfg(target_arch = "x86_64")]
     (Cap::SetTssAddr, "set-tss-addr"),
+    #[cfg(target_arch = "x86_64")]
     (Cap::TscDeadlineTimer, "tsc-deadline-timer"),
-    (Cap::SplitIrqchip, "split-irqchip"),
-    (Cap::X2ApicApi, "x2apic-api"),
     (Cap::MpState, "mp-state"),
 ];
 
@@ -199,10 +199,12 @@ impl crate::Vm for KvmVm {
         self.vm
             .create_irq_chip()
             .map_err(os_err("KVM_CREATE_IRQCHIP"))?;
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = legacy_timer; // the PIT is an x86 device
         #[cfg(target_arch = "x86_64")]
         if legacy_timer {
-            let pit = kvm_pit_config {
-                flags: KVM_PIT_SPEAKER_DUMMY,
+            let pit = kvm_bindings::kvm_pit_config {
+                flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
                 ..Default::default()
             };
             self.vm
@@ -219,16 +221,17 @@ impl crate::Vm for KvmVm {
                 gsi,
             }));
         }
-        let evt = EventFd::new(EFD_NONBLOCK).map_err(os_err("eventfd"))?;
+        let evt =
+            EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(os_err("eventfd"))?;
         self.vm
             .register_irqfd(&evt, gsi)
             .map_err(os_err("KVM_IRQFD"))?;
         Ok(Box::new(KvmIrqLine(evt)))
     }
 
-    fn register_mmio_notify(&self, evt: &EventFd, addr: u64, value: u32) -> Result<()> {
+    fn register_mmio_notify(&self, evt: &crate::Event, addr: u64, value: u32) -> Result<()> {
         self.vm
-            .register_ioevent(evt, &IoEventAddress::Mmio(addr), value)
+            .register_ioevent(evt.eventfd(), &IoEventAddress::Mmio(addr), value)
             .map_err(os_err("KVM_IOEVENTFD"))
     }
 

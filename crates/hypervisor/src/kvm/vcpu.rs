@@ -214,12 +214,19 @@ impl crate::Vcpu for KvmVcpu {
         Ok(Box::new(KvmKicker { thread }))
     }
 
+    #[cfg(target_arch = "x86_64")]
     fn translate_gva(&self, gva: u64) -> Result<Option<u64>> {
         let t = self
             .fd
             .translate_gva(gva)
             .map_err(os_err("KVM_TRANSLATE"))?;
         Ok((t.valid != 0).then_some(t.physical_address))
+    }
+
+    /// KVM_TRANSLATE exists on x86 only.
+    #[cfg(not(target_arch = "x86_64"))]
+    fn translate_gva(&self, _gva: u64) -> Result<Option<u64>> {
+        Err(crate::Error::Unsupported)
     }
 }
 

@@ -1,23 +1,12 @@
-//! Moving request data between the image file and guest memory.
+//! Moving request data between the image file and guest memory: the portable part.
 //!
-//! A queue pass collects every read and write segment of the requests it found, then:
-//! - each read is first tried with `preadv2(RWF_NOWAIT)`, which completes at once when the
-//!   data is in the page cache. Once [`HOT_AFTER`] reads in a row were all cached, reads use
-//!   plain `pread` (the kernel's readv path costs ~20% more per call, measured with perf) and
-//!   only every [`HOT_AFTER`]th one probes with `RWF_NOWAIT`; a probe that would wait goes back
-//!   to probing every read. So a cached workload pays for `pread`, and a cold one still has its
-//!   misses found and batched (a miss between two probes is read inline);
-//! - the reads that would have waited for the disk are submitted together as one io_uring
-//!   batch, so they run in parallel (measured here: 4x the rate of one `pread` at a time);
-//! - writes go to the page cache with `pwrite` (batching them through io_uring was slower).
-//!
-//! Without io_uring (an old kernel, or disabled) the slow reads are plain `pread`s.
+//! Every host can transfer a segment with `pread`/`pwrite` ([`Io::synchronous`]) and make a
+//! flush durable ([`flush`]). On Linux, [`Io::new`] adds the io_uring path of [`super::uring`]:
+//! reads the page cache cannot serve at once are batched so they run in parallel.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-
-use io_uring::{opcode, types, IoUring};
 
 /// One contiguous transfer: `len` bytes at host address `ptr` (inside guest memory) to or from
 /// file offset `offset`, on behalf of request number `request` of the pass.
@@ -32,7 +21,8 @@ pub struct Segment {
 
 impl Segment {
     /// The part of the segment after its first `n` bytes.
-    fn advanced(&self, n: u32) -> Segment {
+    #[cfg(target_os = "linux")]
+    pub(super) fn advanced(&self, n: u32) -> Segment {
         let n = n.min(self.len);
         Segment {
             ptr: self.ptr.wrapping_add(n as usize),
@@ -47,63 +37,34 @@ impl Segment {
 // any thread; a Segment is only used within one queue pass.
 unsafe impl Send for Segment {}
 
+/// How a queue pass moves its segments.
 pub struct Io {
-    ring: Option<IoUring>,
-    /// Reads in a row that `RWF_NOWAIT` found cached, up to [`HOT_AFTER`].
-    cached_run: u32,
-    /// While the file is hot: plain reads left before the next probe.
-    until_probe: u32,
+    #[cfg(target_os = "linux")]
+    uring: Option<super::uring::Uring>,
 }
 
-/// Cached reads in a row after which reads stop probing each time (and the probe interval).
-pub const HOT_AFTER: u32 = 64;
-
-/// Entries per submission; a pass with more segments submits in rounds.
-const RING_ENTRIES: u32 = 128;
-
 impl Io {
+    /// The fastest way this host has (io_uring on Linux when the kernel allows it).
     pub fn new() -> Self {
         Io {
-            ring: IoUring::new(RING_ENTRIES).ok(),
-            cached_run: 0,
-            until_probe: 0,
+            #[cfg(target_os = "linux")]
+            uring: super::uring::Uring::new(),
         }
     }
 
     /// Transfers with one `pread`/`pwrite` per segment, never io_uring.
     pub fn synchronous() -> Self {
         Io {
-            ring: None,
-            cached_run: 0,
-            until_probe: 0,
+            #[cfg(target_os = "linux")]
+            uring: None,
         }
-    }
-
-    /// Reads a segment inline if the page cache has it (or the file is hot); returns the bytes
-    /// done, fewer when the rest must wait for the disk.
-    fn read_now(&mut self, file: &File, s: &Segment) -> io::Result<u32> {
-        // Without io_uring a miss is read inline anyway: no point in probing.
-        if self.ring.is_none() {
-            return sync_transfer(file, s).map(|()| s.len);
-        }
-        if self.until_probe > 0 {
-            self.until_probe -= 1;
-            return sync_transfer(file, s).map(|()| s.len);
-        }
-        let n = read_cached(file, s)?;
-        if n == s.len {
-            self.cached_run = (self.cached_run + 1).min(HOT_AFTER);
-            if self.cached_run == HOT_AFTER {
-                self.until_probe = HOT_AFTER - 1;
-            }
-        } else {
-            self.cached_run = 0;
-        }
-        Ok(n)
     }
 
     pub fn uses_io_uring(&self) -> bool {
-        self.ring.is_some()
+        #[cfg(target_os = "linux")]
+        return self.uring.is_some();
+        #[cfg(not(target_os = "linux"))]
+        return false;
     }
 
     /// Performs every segment; calls `failed(request)` for each one that did not move all its
@@ -115,121 +76,40 @@ impl Io {
         slow: &mut Vec<Segment>,
         mut failed: impl FnMut(usize),
     ) {
-        slow.clear();
+        #[cfg(target_os = "linux")]
+        if let Some(uring) = &mut self.uring {
+            if uring.run(file, segments, slow, &mut failed) {
+                return;
+            }
+            self.uring = None; // the ring broke; it finished the pass the slow way
+            return;
+        }
+        let _ = slow;
         for s in segments {
-            if s.write {
-                if sync_transfer(file, s).is_err() {
-                    failed(s.request);
-                }
-                continue;
-            }
-            match self.read_now(file, s) {
-                Ok(n) if n == s.len => {}
-                Ok(n) => slow.push(s.advanced(n)),
-                Err(_) => failed(s.request),
-            }
-        }
-        if slow.is_empty() {
-            return;
-        }
-        let Some(ring) = &mut self.ring else {
-            for s in slow.iter() {
-                if sync_transfer(file, s).is_err() {
-                    failed(s.request);
-                }
-            }
-            return;
-        };
-        for round in slow.chunks(RING_ENTRIES as usize) {
-            let fd = types::Fd(file.as_raw_fd());
-            for (i, s) in round.iter().enumerate() {
-                let entry = if s.write {
-                    opcode::Write::new(fd, s.ptr, s.len)
-                        .offset(s.offset)
-                        .build()
-                } else {
-                    opcode::Read::new(fd, s.ptr, s.len).offset(s.offset).build()
-                };
-                // SAFETY: the buffer is guest memory checked by `get_slice`, valid until the
-                // completion is reaped below, before this function returns.
-                let pushed = unsafe { ring.submission().push(&entry.user_data(i as u64)) };
-                debug_assert!(pushed.is_ok(), "a round never exceeds the ring");
-            }
-            let mut pending = round.len();
-            let mut done = vec![false; round.len()];
-            while pending > 0 {
-                if let Err(e) = ring.submit_and_wait(pending) {
-                    if e.kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    // The ring is unusable: finish this round the slow way.
-                    log::warn!("virtio-blk: io_uring failed ({e}); using pread/pwrite");
-                    for (i, s) in round.iter().enumerate() {
-                        if !done[i] && sync_transfer(file, s).is_err() {
-                            failed(s.request);
-                        }
-                    }
-                    self.ring = None;
-                    return;
-                }
-                for cqe in ring.completion() {
-                    let i = cqe.user_data() as usize;
-                    let Some(s) = round.get(i) else { continue };
-                    done[i] = true;
-                    pending -= 1;
-                    let moved = cqe.result();
-                    // A short transfer (rare) is finished synchronously from where it stopped.
-                    if moved < 0 || moved as u32 != s.len {
-                        let rest = s.advanced(moved.max(0) as u32);
-                        if moved < 0 || sync_transfer(file, &rest).is_err() {
-                            failed(s.request);
-                        }
-                    }
-                }
+            if sync_transfer(file, s).is_err() {
+                failed(s.request);
             }
         }
     }
 }
 
-/// Reads what the page cache has of a read segment without waiting for the disk; returns the
-/// bytes read (fewer than asked, possibly 0, when the rest is not cached).
-fn read_cached(file: &File, s: &Segment) -> io::Result<u32> {
-    let mut done = 0u32;
-    while done < s.len {
-        let iov = libc::iovec {
-            iov_base: s.ptr.wrapping_add(done as usize).cast(),
-            iov_len: (s.len - done) as usize,
-        };
-        // SAFETY: the iovec covers guest memory checked by `get_slice`.
-        let n = unsafe {
-            libc::preadv2(
-                file.as_raw_fd(),
-                &iov,
-                1,
-                (s.offset + u64::from(done)) as i64,
-                libc::RWF_NOWAIT,
-            )
-        };
-        match n {
-            n if n > 0 => done += n as u32,
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            _ => {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EAGAIN) => break,
-                    // Kernels or filesystems without RWF_NOWAIT: let the slow path read it.
-                    Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => break,
-                    Some(libc::EINTR) => {}
-                    _ => return Err(e),
-                }
-            }
+/// Makes the file's written data durable, for a guest's flush: `fdatasync` on Linux; on macOS
+/// `F_FULLFSYNC`, because its `fsync` leaves data in the drive's cache.
+pub fn flush(file: &File) -> io::Result<()> {
+    #[cfg(target_os = "macos")]
+    {
+        // SAFETY: fcntl with F_FULLFSYNC takes no argument beyond the descriptor.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_FULLFSYNC) } < 0 {
+            return Err(io::Error::last_os_error());
         }
+        Ok(())
     }
-    Ok(done)
+    #[cfg(not(target_os = "macos"))]
+    file.sync_data()
 }
 
 /// One segment with `pread`/`pwrite`, looping over short transfers.
-fn sync_transfer(file: &File, s: &Segment) -> io::Result<()> {
+pub(super) fn sync_transfer(file: &File, s: &Segment) -> io::Result<()> {
     let mut done = 0usize;
     let len = s.len as usize;
     while done < len {
@@ -262,39 +142,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_hot_file_is_read_with_pread_and_probed_now_and_then() {
-        let path = std::env::temp_dir().join(format!("vibe-io-{}.img", std::process::id()));
+    fn synchronous_transfers_read_and_write_the_file() {
+        let path = std::env::temp_dir().join(format!("vibe-sync-io-{}.img", std::process::id()));
         std::fs::write(&path, vec![7u8; 8192]).unwrap();
-        let file = File::open(&path).unwrap();
-        let mut buf = [0u8; 4096];
-        let seg = Segment {
-            ptr: buf.as_mut_ptr(),
-            len: 4096,
-            offset: 4096,
-            write: false,
-            request: 0,
-        };
-        if read_cached(&file, &seg).unwrap_or(0) != seg.len {
-            eprintln!("SKIPPED: this filesystem does not serve RWF_NOWAIT reads");
-            let _ = std::fs::remove_file(path);
-            return;
-        }
-        let mut io = Io::new();
-        // Probing every read until HOT_AFTER in a row were cached (a fresh file is).
-        for _ in 0..HOT_AFTER - 1 {
-            assert_eq!(io.read_now(&file, &seg).unwrap(), 4096);
-            assert_eq!(io.until_probe, 0);
-        }
-        assert_eq!(io.read_now(&file, &seg).unwrap(), 4096);
-        assert_eq!(io.until_probe, HOT_AFTER - 1);
-        // Then plain reads until the next probe, which (still cached) keeps it hot.
-        for left in (0..HOT_AFTER - 1).rev() {
-            assert_eq!(io.read_now(&file, &seg).unwrap(), 4096);
-            assert_eq!(io.until_probe, left);
-        }
-        assert_eq!(io.read_now(&file, &seg).unwrap(), 4096);
-        assert_eq!(io.until_probe, HOT_AFTER - 1);
-        assert!(buf.iter().all(|&b| b == 7));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut data = [9u8; 512];
+        let mut back = [0u8; 1024];
+        let segments = [
+            Segment {
+                ptr: data.as_mut_ptr(),
+                len: 512,
+                offset: 4096,
+                write: true,
+                request: 0,
+            },
+            Segment {
+                ptr: back.as_mut_ptr(),
+                len: 1024,
+                offset: 3840,
+                write: false,
+                request: 1,
+            },
+            Segment {
+                ptr: back.as_mut_ptr(),
+                len: 512,
+                offset: 8000,
+                write: false,
+                request: 2,
+            },
+        ];
+        let mut failed = Vec::new();
+        Io::synchronous().run(&file, &segments, &mut Vec::new(), |r| failed.push(r));
+        flush(&file).unwrap();
+        assert_eq!(failed, [2], "a read past the end fails its request only");
+        assert!(back[..256].iter().all(|&b| b == 7));
+        assert!(back[256..768].iter().all(|&b| b == 9));
         let _ = std::fs::remove_file(path);
     }
 }

@@ -1,5 +1,5 @@
-//! virtio-blk backed by a raw image file: read, write, flush (fdatasync) and get-id, with
-//! read-only disks.
+//! virtio-blk backed by a raw image file: read, write, flush (made durable: [`io::flush`]) and
+//! get-id, with read-only disks.
 //!
 //! Each request is parsed by [`request::parse`] and only then executed against the file with
 //! `pread`/`pwrite` straight into or out of guest memory (no bounce buffer). Requests past the
@@ -8,6 +8,8 @@
 
 mod io;
 pub mod request;
+#[cfg(target_os = "linux")]
+mod uring;
 
 use std::fs::File;
 use std::path::Path;
@@ -138,7 +140,7 @@ impl Block {
             Kind::Flush => {
                 // Everything queued before the flush must reach the file first.
                 self.run_segments();
-                match self.file.sync_data() {
+                match io::flush(&self.file) {
                     Ok(()) => (VIRTIO_BLK_S_OK, 0),
                     Err(_) => (VIRTIO_BLK_S_IOERR, 0),
                 }

@@ -1,11 +1,14 @@
-//! virtio-net backed by a host TAP device: queue 0 receives frames from the TAP, queue 1
-//! transmits the guest's frames to it. The virtio-net header (12 bytes, VERSION_1) travels
+//! virtio-net backed by a host TAP device ([`tap`], Linux) or a Unix datagram socket
+//! ([`socket`], any host): queue 0 receives frames from it, queue 1 transmits the guest's
+//! frames to it. The virtio-net header (12 bytes, VERSION_1) travels
 //! with every frame in both directions; no offloads are offered, so it is always plain.
 //!
 //! Receiving reads the TAP only when the guest has a buffer for the frame (at most one frame
 //! waits in the device), so a guest that posts no buffers makes the TAP queue up, not the VMM
-//! spin. The event loop watches the TAP edge-triggered and this device drains it.
+//! spin. The event loop runs this device when the TAP is readable, and stops watching it
+//! while [`VirtioDevice::input_blocked`] says the frame waiting has no guest buffer.
 
+pub mod socket;
 pub mod tap;
 
 use std::os::fd::{AsRawFd, RawFd};
@@ -14,6 +17,7 @@ use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
+pub use self::socket::{SocketNet, SocketNetError};
 pub use self::tap::{Tap, TapError, VNET_HDR_LEN};
 use super::{read_config_bytes, VirtioDevice, TYPE_NET};
 
@@ -23,7 +27,7 @@ pub const TX_QUEUE: usize = 1;
 /// Header plus the largest frame without offloads (and room for a VLAN tag).
 const MAX_FRAME: usize = VNET_HDR_LEN + 65_550;
 
-/// Where a network device's frames go and come from: a TAP, or a test double.
+/// Where a network device's frames go and come from: a TAP, a socket, or a test double.
 pub trait NetBackend: Send {
     fn name(&self) -> &str;
     /// Reads one frame (with its virtio-net header); `Ok(None)` when none is waiting.
@@ -55,6 +59,8 @@ pub struct Net {
     rx_frame: Vec<u8>,
     /// Length of a frame read from the TAP that no guest buffer has taken yet.
     rx_pending: Option<usize>,
+    /// The last receive pass stopped on a backend error (retried on the next event).
+    rx_failed: bool,
     tx_frame: Vec<u8>,
 }
 
@@ -67,6 +73,7 @@ impl Net {
             config,
             rx_frame: vec![0; MAX_FRAME],
             rx_pending: None,
+            rx_failed: false,
             tx_frame: Vec::with_capacity(MAX_FRAME),
         }
     }
@@ -78,6 +85,7 @@ impl Net {
 
     fn receive(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used = false;
+        self.rx_failed = false;
         loop {
             let len = match self.rx_pending {
                 Some(len) => len,
@@ -85,7 +93,8 @@ impl Net {
                     Ok(Some(len)) => len,
                     Ok(None) => break,
                     Err(e) => {
-                        log::warn!("virtio-net: reading TAP {}: {e}", self.tap.name());
+                        log::warn!("virtio-net: reading {}: {e}", self.tap.name());
+                        self.rx_failed = true;
                         break;
                     }
                 },
@@ -179,6 +188,10 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         self.rx_pending = None;
+    }
+
+    fn input_blocked(&self) -> bool {
+        self.rx_pending.is_some() || self.rx_failed
     }
 }
 

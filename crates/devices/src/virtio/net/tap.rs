@@ -4,14 +4,24 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::Path;
 
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
-const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
-const IFF_VNET_HDR: libc::c_short = 0x4000;
+/// Linux's `<linux/if_tun.h>`.
+#[cfg(target_os = "linux")]
+mod tun {
+    pub const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    pub const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+    pub const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+    pub const IFF_TAP: libc::c_short = 0x0002;
+    pub const IFF_NO_PI: libc::c_short = 0x1000;
+    pub const IFF_VNET_HDR: libc::c_short = 0x4000;
+
+    #[repr(C)]
+    pub struct IfReq {
+        pub name: [u8; 16],
+        pub flags: libc::c_short,
+        pub _pad: [u8; 22],
+    }
+}
 /// virtio_net_hdr_v1: what a VERSION_1 driver puts before every frame.
 pub const VNET_HDR_LEN: usize = 12;
 
@@ -25,6 +35,8 @@ pub enum TapError {
     NoTun(#[source] io::Error),
     #[error("no permission to use TAP device {0}: run as root, or create it for this user with `ip tuntap add {0} mode tap user $USER`")]
     Permission(String),
+    #[error("TAP devices exist only on Linux: on this host use --net socket=PATH (Ethernet frames over a Unix datagram socket, e.g. from gvproxy or vfkit)")]
+    NotOnThisHost,
     #[error("cannot attach to TAP device {name}")]
     Attach {
         name: String,
@@ -33,28 +45,30 @@ pub enum TapError {
     },
 }
 
-#[repr(C)]
-struct IfReq {
-    name: [u8; 16],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
 pub struct Tap {
     file: File,
     name: String,
 }
 
 impl Tap {
+    /// TAP is a Linux interface.
+    #[cfg(not(target_os = "linux"))]
+    pub fn open(_name: &str) -> Result<Self, TapError> {
+        Err(TapError::NotOnThisHost)
+    }
+
     /// Attaches to the existing TAP interface `name`.
+    #[cfg(target_os = "linux")]
     pub fn open(name: &str) -> Result<Self, TapError> {
         if name.is_empty() || name.len() > 15 || name.contains('/') {
             return Err(TapError::BadName(name.into()));
         }
         // TUNSETIFF would quietly create a missing interface for a privileged user: refuse.
-        if !Path::new("/sys/class/net").join(name).exists() {
+        if !std::path::Path::new("/sys/class/net").join(name).exists() {
             return Err(TapError::Missing(name.into()));
         }
+        use std::os::unix::fs::OpenOptionsExt;
+        use tun::*;
         let file = File::options()
             .read(true)
             .write(true)
@@ -126,5 +140,3 @@ impl AsRawFd for Tap {
         self.file.as_raw_fd()
     }
 }
-
-use std::os::unix::fs::OpenOptionsExt;

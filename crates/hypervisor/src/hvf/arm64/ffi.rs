@@ -1,7 +1,8 @@
 //! Hypervisor.framework on Apple Silicon: the C calls, and [`Api`] on top of them.
 //!
-//! macOS-only and not compiled by this project's CI (no Mac, no macOS target here), so it is
-//! kept to declarations and one-line wrappers; everything with logic is in the portable
+//! macOS-only: type-checked and code-generated for `aarch64-apple-darwin` by CI
+//! (`scripts/check-targets.sh`), never linked or run there (no Mac), so it is kept to
+//! declarations and one-line wrappers; everything with logic is in the portable
 //! backend. The `hv_gic_*` calls (macOS 15) are looked up at run time so the binary starts on
 //! older systems and reports the missing GIC by name. Values taken from Apple's headers;
 //! `GICR_ISPENDR0`'s enum value (its register offset) is still to be confirmed on a Mac.
@@ -30,6 +31,14 @@ struct HvVcpuExit {
     physical_address: u64,
 }
 
+// libSystem, which every macOS program links; the libc crate does not declare these.
+extern "C" {
+    /// Releases an `os_object` such as a `hv_gic_config_t` (`<os/object.h>`).
+    fn os_release(object: *mut c_void);
+    /// The host's tick counter, which the guest's virtual counter is offset from.
+    fn mach_absolute_time() -> u64;
+}
+
 #[link(name = "Hypervisor", kind = "framework")]
 extern "C" {
     fn hv_vm_create(config: *mut c_void) -> HvReturn;
@@ -52,14 +61,20 @@ extern "C" {
     fn hv_vcpu_get_vtimer_offset(vcpu: u64, offset: *mut u64) -> HvReturn;
 }
 
+type ConfigCreate = unsafe extern "C" fn() -> *mut c_void;
+type ConfigSetBase = unsafe extern "C" fn(*mut c_void, u64) -> HvReturn;
+type Create = unsafe extern "C" fn(*mut c_void) -> HvReturn;
+type SetSpi = unsafe extern "C" fn(u32, bool) -> HvReturn;
+type SetRedistributorReg = unsafe extern "C" fn(u64, u32, u64) -> HvReturn;
+
 /// The macOS 15 GIC calls, if this system has them.
 struct Gic {
-    config_create: unsafe extern "C" fn() -> *mut c_void,
-    set_distributor_base: unsafe extern "C" fn(*mut c_void, u64) -> HvReturn,
-    set_redistributor_base: unsafe extern "C" fn(*mut c_void, u64) -> HvReturn,
-    create: unsafe extern "C" fn(*mut c_void) -> HvReturn,
-    set_spi: unsafe extern "C" fn(u32, bool) -> HvReturn,
-    set_redistributor_reg: unsafe extern "C" fn(u64, u32, u64) -> HvReturn,
+    config_create: ConfigCreate,
+    set_distributor_base: ConfigSetBase,
+    set_redistributor_base: ConfigSetBase,
+    create: Create,
+    set_spi: SetSpi,
+    set_redistributor_reg: SetRedistributorReg,
 }
 
 fn symbol(name: &CStr) -> Option<*mut c_void> {
@@ -73,18 +88,20 @@ impl Gic {
         // SAFETY: each symbol has the C signature Apple documents for it.
         unsafe {
             Some(Gic {
-                config_create: std::mem::transmute(symbol(c"hv_gic_config_create")?),
-                set_distributor_base: std::mem::transmute(symbol(
+                config_create: std::mem::transmute::<*mut c_void, ConfigCreate>(symbol(
+                    c"hv_gic_config_create",
+                )?),
+                set_distributor_base: std::mem::transmute::<*mut c_void, ConfigSetBase>(symbol(
                     c"hv_gic_config_set_distributor_base",
                 )?),
-                set_redistributor_base: std::mem::transmute(symbol(
+                set_redistributor_base: std::mem::transmute::<*mut c_void, ConfigSetBase>(symbol(
                     c"hv_gic_config_set_redistributor_base",
                 )?),
-                create: std::mem::transmute(symbol(c"hv_gic_create")?),
-                set_spi: std::mem::transmute(symbol(c"hv_gic_set_spi")?),
-                set_redistributor_reg: std::mem::transmute(symbol(
-                    c"hv_gic_set_redistributor_reg",
-                )?),
+                create: std::mem::transmute::<*mut c_void, Create>(symbol(c"hv_gic_create")?),
+                set_spi: std::mem::transmute::<*mut c_void, SetSpi>(symbol(c"hv_gic_set_spi")?),
+                set_redistributor_reg: std::mem::transmute::<*mut c_void, SetRedistributorReg>(
+                    symbol(c"hv_gic_set_redistributor_reg")?,
+                ),
             })
         }
     }
@@ -177,7 +194,7 @@ impl Api for Framework {
                 (g.set_redistributor_base)(config, redist_base),
             )?;
             let rc = (g.create)(config);
-            libc::os_release(config);
+            os_release(config);
             check("hv_gic_create", rc)
         }
     }
@@ -298,7 +315,7 @@ impl Api for Framework {
             hv_vcpu_get_vtimer_offset(vcpu, &mut offset)
         })?;
         // SAFETY: no arguments; on Apple Silicon this is the counter the guest's is offset from.
-        Ok(unsafe { libc::mach_absolute_time() }.wrapping_sub(offset))
+        Ok(unsafe { mach_absolute_time() }.wrapping_sub(offset))
     }
 
     fn counter_hz(&self) -> u64 {

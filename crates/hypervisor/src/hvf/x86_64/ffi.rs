@@ -1,6 +1,7 @@
 //! Hypervisor.framework on Intel Macs: the C calls, and [`Api`] on top of them.
 //!
-//! macOS-only and not compiled by this project's CI (no Mac here), so it is kept to
+//! macOS-only: type-checked and code-generated for `x86_64-apple-darwin` by CI
+//! (`scripts/check-targets.sh`), never linked or run there (no Mac), so it is kept to
 //! declarations and one-line wrappers; all logic is in the portable backend. Register and
 //! capability numbers follow `Hypervisor/hv_arch_x86.h` and `hv_arch_vmx.h`; confirm them on
 //! a Mac before trusting this file.

@@ -141,7 +141,7 @@ impl<A: Api> crate::Vm for HvfX86Vm<A> {
         Err(Error::Unsupported)
     }
 
-    fn register_mmio_notify(&self, _: &crate::EventFd, _: u64, _: u32) -> Result<()> {
+    fn register_mmio_notify(&self, _: &crate::Event, _: u64, _: u32) -> Result<()> {
         Err(Error::Unsupported)
     }
 

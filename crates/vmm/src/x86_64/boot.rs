@@ -3,7 +3,6 @@
 //! with `linux-loader`, places the initrd and command line, and writes the GDT, page tables,
 //! MP table and zero page or PVH start info.
 
-use std::fs::File;
 use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -17,6 +16,7 @@ use linux_loader::loader::{self, BzImage, Elf, KernelLoader, KernelLoaderResult}
 use vm_memory::{GuestAddress, GuestMemoryMmap, ReadVolatile};
 
 use crate::config::KernelImage;
+use crate::image_file::open;
 use crate::{Error, Result, VmConfig};
 
 /// How to enter the loaded kernel.
@@ -36,25 +36,6 @@ const DEFAULT_CMDLINE_MAX: usize = 2048;
 
 trait KernelFile: Read + ReadVolatile + Seek {}
 impl<T: Read + ReadVolatile + Seek> KernelFile for T {}
-
-pub(crate) fn open(path: &Path, what: &'static str) -> Result<File> {
-    let err = |source| Error::ReadFile {
-        what,
-        path: path.to_owned(),
-        source,
-    };
-    let file = File::open(path).map_err(err)?;
-    let meta = file.metadata().map_err(err)?;
-    if meta.is_dir() {
-        return Err(err(std::io::Error::from_raw_os_error(libc::EISDIR)));
-    }
-    if meta.len() == 0 {
-        return Err(Error::EmptyFile {
-            path: path.to_owned(),
-        });
-    }
-    Ok(file)
-}
 
 enum Format {
     Elf,
