@@ -4,6 +4,7 @@
 //! an offset into its own window and raises interrupts through [`hypervisor::IrqLine`].
 
 pub mod bus;
+pub mod console_output;
 pub mod debug_exit;
 pub mod i8042;
 pub mod irqchip;

@@ -4,14 +4,16 @@
 //! | offset | register | access |
 //! |---|---|---|
 //! | 0x00 | DATA: write a byte to the console; read the next input byte (0 when none) | R/W |
-//! | 0x04 | STATUS: bit 0 input available, bit 1 ready for output (always 1) | R |
+//! | 0x04 | STATUS: bit 0 input available, bit 1 ready for output | R |
 //! | 0x08 | ID: `0x4e4f_434d` ("MCON"), to probe for the device | R |
 //!
-//! Accesses of any width work; only the low byte of a DATA write is used.
+//! Accesses of any width work; only the low byte of a DATA write is used. Output goes through a
+//! [`ConsoleOutput`]: while the host side does not keep up, "ready for output" is clear and a
+//! byte written anyway is lost (counted).
 
 use std::collections::VecDeque;
-use std::io::Write;
 
+use crate::console_output::ConsoleOutput;
 use crate::{BusDevice, ConsoleInput};
 
 /// The console's register page.
@@ -26,12 +28,12 @@ pub const STATUS_OUTPUT_READY: u32 = 2;
 const INPUT_CAPACITY: usize = 4096;
 
 pub struct MmioConsole {
-    out: Box<dyn Write + Send>,
+    out: ConsoleOutput,
     input: VecDeque<u8>,
 }
 
 impl MmioConsole {
-    pub fn new(out: Box<dyn Write + Send>) -> Self {
+    pub fn new(out: ConsoleOutput) -> Self {
         MmioConsole {
             out,
             input: VecDeque::new(),
@@ -51,7 +53,14 @@ impl BusDevice for MmioConsole {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let value = match offset {
             REG_DATA => self.input.pop_front().map_or(0, u32::from),
-            REG_STATUS => STATUS_OUTPUT_READY | u32::from(!self.input.is_empty()),
+            REG_STATUS => {
+                let ready = if self.out.room() > 0 {
+                    STATUS_OUTPUT_READY
+                } else {
+                    0
+                };
+                ready | u32::from(!self.input.is_empty())
+            }
             REG_ID => ID,
             _ => 0,
         };
@@ -62,8 +71,9 @@ impl BusDevice for MmioConsole {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (REG_DATA, Some(&b)) = (offset, data.first()) {
-            // A closed or full host side must not stop the guest.
-            let _ = self.out.write_all(&[b]).and_then(|_| self.out.flush());
+            if self.out.try_write(&[b]) == 0 {
+                self.out.lose(1); // written while not ready
+            }
         }
     }
 }
@@ -71,7 +81,9 @@ impl BusDevice for MmioConsole {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
 
     #[derive(Clone, Default)]
     struct Buf(Arc<Mutex<Vec<u8>>>);
@@ -88,7 +100,8 @@ mod tests {
     #[test]
     fn registers() {
         let out = Buf::default();
-        let mut c = MmioConsole::new(Box::new(out.clone()));
+        let handle = ConsoleOutput::spawn(Box::new(out.clone()), "test-out").unwrap();
+        let mut c = MmioConsole::new(handle.clone());
         let mut b = [0u8; 4];
         c.read(REG_ID, &mut b);
         assert_eq!(u32::from_le_bytes(b), ID);
@@ -97,6 +110,7 @@ mod tests {
         c.write(REG_DATA, &[b'h', 0, 0, 0]);
         c.write(REG_DATA, b"i");
         c.write(0x800, b"x"); // not a register
+        handle.finish(Instant::now() + Duration::from_secs(5));
         assert_eq!(&*out.0.lock().unwrap(), b"hi");
         assert_eq!(c.queue_input(b"ok"), 2);
         c.read(REG_STATUS, &mut b);
@@ -108,5 +122,37 @@ mod tests {
         c.read(REG_DATA, &mut one);
         assert_eq!(one[0], 0);
         assert_eq!(c.queue_input(&vec![1; 10_000]), INPUT_CAPACITY);
+    }
+
+    /// A host side that never reads.
+    struct Stuck;
+    impl Write for Stuck {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            std::thread::sleep(Duration::from_secs(3600));
+            Ok(0)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn output_not_ready_while_the_host_does_not_read() {
+        let out = ConsoleOutput::spawn(Box::new(Stuck), "test-stuck").unwrap();
+        let mut c = MmioConsole::new(out.clone());
+        let mut b = [0u8; 4];
+        let t = Instant::now();
+        loop {
+            c.read(REG_STATUS, &mut b);
+            if u32::from_le_bytes(b) & STATUS_OUTPUT_READY == 0 {
+                break;
+            }
+            c.write(REG_DATA, b"x");
+            assert!(t.elapsed() < Duration::from_secs(5), "never stalled");
+        }
+        assert_eq!(out.lost(), 0, "nothing lost while the guest polls STATUS");
+        c.write(REG_DATA, b"y");
+        assert_eq!(out.lost(), 1, "a byte written while not ready is counted");
+        out.finish(Instant::now());
     }
 }

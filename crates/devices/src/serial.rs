@@ -1,40 +1,89 @@
 //! The 16550A UART (COM1 at port 0x3f8, IRQ 4), on `vm-superio`.
 //!
-//! Output goes to any writer (stdout, a file, a test buffer); input is pushed in with
-//! [`Serial::enqueue_input`] by whoever reads the host side.
+//! Output goes through a [`ConsoleOutput`], so a vCPU writing THR never waits for the host.
+//! When that buffer cannot take a FIFO's worth, the transmitter stalls as a real one does:
+//! LSR clears THRE and TEMT (a polling driver, like Linux's console, waits) and the THR-empty
+//! interrupt is held back until the host has read enough (an interrupt-driven driver waits
+//! too). A byte written into the full transmitter anyway is lost and counted. Input is pushed
+//! in with [`Serial::enqueue_input`] by whoever reads the host side.
 
-use std::io::{self, Write};
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use hypervisor::IrqLine;
 use vm_superio::serial::NoEvents;
 use vm_superio::Trigger;
 
+use crate::console_output::ConsoleOutput;
 use crate::BusDevice;
 
 pub const COM1_PORT: u64 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
 /// Eight registers.
 pub const PORT_RANGE: u64 = 8;
+/// The 16550A's transmit FIFO: THRE means a driver may write this many bytes.
+const FIFO_SIZE: usize = 16;
+const THR: u8 = 0;
+const LCR: u8 = 3;
+const MCR: u8 = 4;
+const LSR: u8 = 5;
+const LCR_DLAB: u8 = 0x80;
+const MCR_LOOP: u8 = 0x10;
+const LSR_THRE: u8 = 0x20;
+const LSR_TEMT: u8 = 0x40;
 
-/// Adapts an interrupt line to vm-superio's trigger.
-pub struct IrqTrigger(pub Box<dyn IrqLine>);
+/// The UART's interrupt line, which holds back THR-empty interrupts while the output stalls.
+struct SerialIrq {
+    line: Arc<dyn IrqLine>,
+    out: ConsoleOutput,
+    /// Set around the register writes after which vm-superio signals THR-empty.
+    transmit: AtomicBool,
+    /// An interrupt was held back; raised when the output has room.
+    held: Arc<AtomicBool>,
+}
 
-impl Trigger for IrqTrigger {
+impl Trigger for SerialIrq {
     type E = io::Error;
     fn trigger(&self) -> io::Result<()> {
-        self.0.trigger()
+        if self.transmit.load(Ordering::Relaxed) && self.out.room() < FIFO_SIZE {
+            self.held.store(true, Ordering::Release);
+            return Ok(());
+        }
+        self.line.trigger()
     }
 }
 
 pub struct Serial {
-    uart: vm_superio::Serial<IrqTrigger, NoEvents, Box<dyn Write + Send>>,
+    uart: vm_superio::Serial<SerialIrq, NoEvents, ConsoleOutput>,
+    out: ConsoleOutput,
 }
 
 impl Serial {
-    pub fn new(irq: Box<dyn IrqLine>, out: Box<dyn Write + Send>) -> Self {
+    pub fn new(irq: Box<dyn IrqLine>, out: ConsoleOutput) -> Self {
+        let line: Arc<dyn IrqLine> = Arc::from(irq);
+        let held = Arc::new(AtomicBool::new(false));
+        let (l, h) = (line.clone(), held.clone());
+        out.on_room(Arc::new(move || {
+            if h.swap(false, Ordering::AcqRel) {
+                let _ = l.trigger();
+            }
+        }));
+        let irq = SerialIrq {
+            line,
+            out: out.clone(),
+            transmit: AtomicBool::new(false),
+            held,
+        };
         Serial {
-            uart: vm_superio::Serial::new(IrqTrigger(irq), out),
+            uart: vm_superio::Serial::new(irq, out.clone()),
+            out,
         }
+    }
+
+    /// Whether the output buffer cannot take a FIFO's worth of bytes.
+    fn stalled(&self) -> bool {
+        self.out.room() < FIFO_SIZE
     }
 
     /// Queues host input for the guest; returns how many bytes fit in the receive FIFO.
@@ -65,15 +114,32 @@ impl BusDevice for Serial {
         data.fill(0);
         if let (Some(first), Ok(off)) = (data.first_mut(), u8::try_from(offset)) {
             *first = self.uart.read(off);
+            if off == LSR && self.stalled() {
+                *first &= !(LSR_THRE | LSR_TEMT);
+            }
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let (Some(&value), Ok(off)) = (data.first(), u8::try_from(offset)) {
-            if let Err(e) = self.uart.write(off, value) {
-                // The host side went away (closed pipe, full disk): the guest carries on.
-                log::debug!("serial output failed: {e:?}");
-            }
+        let (Some(&value), Ok(off)) = (data.first(), u8::try_from(offset)) else {
+            return;
+        };
+        let to_host = off == THR
+            && self.uart.read(LCR) & LCR_DLAB == 0
+            && self.uart.read(MCR) & MCR_LOOP == 0;
+        if to_host && self.out.room() == 0 {
+            // Written into a full transmitter regardless of LSR.
+            self.out.lose(1);
+            return;
         }
+        let irq = self.uart.interrupt_evt();
+        irq.transmit.store(to_host || off == 1, Ordering::Relaxed);
+        if let Err(e) = self.uart.write(off, value) {
+            log::debug!("serial write failed: {e:?}");
+        }
+        self.uart
+            .interrupt_evt()
+            .transmit
+            .store(false, Ordering::Relaxed);
     }
 }

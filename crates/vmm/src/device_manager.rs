@@ -11,12 +11,13 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use arch::VirtioMmioSlot;
+use devices::console_output::ConsoleOutput;
 use devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT};
 use devices::i8042::{self, I8042};
 use devices::mmio_console::{self, MmioConsole};
 use devices::serial::{self, Serial};
 use devices::virtio::block::Block;
-use devices::virtio::console::{Console as VirtioConsole, ConsoleInputHandle, RX_QUEUE};
+use devices::virtio::console::{Console as VirtioConsole, ConsoleInputHandle, RX_QUEUE, TX_QUEUE};
 use devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use devices::virtio::net::{self, Net, NetBackend, SocketNet, Tap};
 use devices::virtio::VirtioDevice;
@@ -81,8 +82,8 @@ pub(crate) struct VirtioPlan {
     pub slots: Vec<VirtioMmioSlot>,
     /// (device index, TAP descriptor) of the network devices.
     taps: Vec<(usize, RawFd)>,
-    /// (device index, input side) of the virtio-console.
-    console: Option<(usize, ConsoleInputHandle)>,
+    /// (device index, input side, output) of the virtio-console.
+    console: Option<(usize, ConsoleInputHandle, ConsoleOutput)>,
 }
 
 /// Everything on the buses, ready for the vCPUs and the event loop.
@@ -93,17 +94,22 @@ pub(crate) struct Devices {
     pub serial: Arc<Mutex<Serial>>,
     pub virtio_console: Option<Arc<Mutex<dyn ConsoleInput>>>,
     pub mmio_console: Option<Arc<Mutex<dyn ConsoleInput>>>,
+    /// Every console's output, to be flushed when the VM stops.
+    pub outputs: Vec<ConsoleOutput>,
 }
 
-pub(crate) fn serial_writer(out: SerialOutput) -> Result<Box<dyn Write + Send>> {
-    Ok(match out {
+/// The host side of a console: a writer thread named `name` in front of the destination, so
+/// the device never waits for it.
+pub(crate) fn console_output(out: SerialOutput, name: &str) -> Result<ConsoleOutput> {
+    let dest: Box<dyn Write + Send> = match out {
         SerialOutput::Stdout => Box::new(io::stdout()),
         SerialOutput::File(path) => {
             Box::new(File::create(&path).map_err(|source| Error::SerialFile { path, source })?)
         }
         SerialOutput::Writer(w) => w,
-        SerialOutput::None => Box::new(io::sink()),
-    })
+        SerialOutput::None => return Ok(ConsoleOutput::discard()),
+    };
+    ConsoleOutput::spawn(dest, name).map_err(Error::SpawnThread)
 }
 
 /// Opens the disks and TAPs and creates the virtio devices: disks, network devices, then the
@@ -153,8 +159,9 @@ pub(crate) fn plan_virtio(config: &mut VmConfig, platform: &Platform) -> Result<
     }
     let mut console = None;
     if let Some(out) = config.virtio_console.take() {
-        let dev = VirtioConsole::new(serial_writer(out)?);
-        console = Some((devices.len(), dev.input_handle()));
+        let output = console_output(out, "virtio-console-out")?;
+        let dev = VirtioConsole::new(output.clone());
+        console = Some((devices.len(), dev.input_handle(), output));
         devices.push(Box::new(dev));
     }
     if devices.len() > platform.max_virtio as usize {
@@ -193,10 +200,9 @@ pub(crate) fn build<V: hypervisor::Vm>(
 ) -> Result<Devices> {
     let serial_out = std::mem::replace(&mut config.serial, SerialOutput::None);
     let (serial_on_ports, serial_base, serial_irq) = platform.serial;
-    let serial = Arc::new(Mutex::new(Serial::new(
-        irq(serial_irq)?,
-        serial_writer(serial_out)?,
-    )));
+    let serial_output = console_output(serial_out, "serial-out")?;
+    let mut outputs = vec![serial_output.clone()];
+    let serial = Arc::new(Mutex::new(Serial::new(irq(serial_irq)?, serial_output)));
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
     let serial_bus = if serial_on_ports { &mut pio } else { &mut mmio };
@@ -248,20 +254,30 @@ pub(crate) fn build<V: hypervisor::Vm>(
                 }),
             );
         }
-        if let Some((_, mut handle)) = console.take_if(|(at, _)| *at == n) {
-            let rx = lock(&transport).notify_events()[RX_QUEUE]
-                .try_clone()
-                .map_err(|source| Error::Os {
-                    op: "dup a queue notify event",
-                    source,
-                })?;
-            handle.connect(rx);
+        if let Some((_, mut handle, output)) = console.take_if(|(at, ..)| *at == n) {
+            let dup = |q: usize| {
+                lock(&transport).notify_events()[q]
+                    .try_clone()
+                    .map_err(|source| Error::Os {
+                        op: "dup a queue notify event",
+                        source,
+                    })
+            };
+            handle.connect(dup(RX_QUEUE)?);
+            // A stalled transmit queue goes on when the output has room.
+            let tx = dup(TX_QUEUE)?;
+            output.on_room(Arc::new(move || {
+                let _ = tx.signal();
+            }));
+            outputs.push(output);
             virtio_console = Some(Arc::new(Mutex::new(handle)));
         }
     }
     let mut mmio_console: Option<Arc<Mutex<dyn ConsoleInput>>> = None;
     if let Some(out) = config.mmio_console.take() {
-        let dev = Arc::new(Mutex::new(MmioConsole::new(serial_writer(out)?)));
+        let output = console_output(out, "mmio-console-out")?;
+        outputs.push(output.clone());
+        let dev = Arc::new(Mutex::new(MmioConsole::new(output)));
         insert(
             &mut mmio,
             dev.clone(),
@@ -277,6 +293,7 @@ pub(crate) fn build<V: hypervisor::Vm>(
         serial,
         virtio_console,
         mmio_console,
+        outputs,
     })
 }
 

@@ -5,6 +5,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use devices::console_output::{self, ConsoleOutput};
 use devices::serial::Serial;
 use devices::{Bus, BusDevice, ConsoleInput};
 use vm_memory::GuestMemoryMmap;
@@ -28,6 +29,8 @@ pub struct Vm<V: hypervisor::Vm + 'static> {
     serial: Arc<Mutex<Serial>>,
     virtio_console: Option<Arc<Mutex<dyn ConsoleInput>>>,
     mmio_console: Option<Arc<Mutex<dyn ConsoleInput>>>,
+    /// The consoles' host sides, flushed (for a bounded time) when the VM stops.
+    outputs: Vec<ConsoleOutput>,
     /// How each vCPU is created and set up for the guest architecture.
     setup: Arc<dyn VcpuSetup<V>>,
     cpus: u32,
@@ -65,6 +68,7 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
             serial: devices.serial,
             virtio_console: devices.virtio_console,
             mmio_console: devices.mmio_console,
+            outputs: devices.outputs,
             setup,
             cpus,
             threads: Vec::new(),
@@ -214,8 +218,18 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
         Ok(self.wait())
     }
 
-    /// Stops every vCPU thread and the device event loop, and joins them.
+    /// Stops every vCPU thread and the device event loop, joins them, and hands the consoles'
+    /// last output to the host (waiting at most [`console_output::FLUSH_GRACE`] for a host
+    /// side that does not read).
     fn join(&mut self) {
+        self.join_threads();
+        let deadline = std::time::Instant::now() + console_output::FLUSH_GRACE;
+        for out in self.outputs.drain(..) {
+            out.finish(deadline);
+        }
+    }
+
+    fn join_threads(&mut self) {
         if let Some(mut l) = self.event_loop.take() {
             l.stop();
         }

@@ -1,11 +1,12 @@
 //! virtio-console with one port: queue 0 carries host input to the guest, queue 1 guest output
-//! to the host (a writer: stdout or a file).
+//! to the host through a [`ConsoleOutput`] (stdout or a file). When the host side does not keep
+//! up, the buffer in hand waits in the device and the guest's later buffers stay unused until
+//! the output has room again (which re-notifies queue 1): nothing is dropped, nothing blocks.
 //!
 //! Host input is pushed through a [`ConsoleInputHandle`] from any thread: it buffers the bytes
 //! and signals queue 0's notify event, so the event loop fills the guest's receive buffers.
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use hypervisor::Event;
@@ -13,6 +14,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::{VirtioDevice, TYPE_CONSOLE};
+use crate::console_output::ConsoleOutput;
 use crate::{lock, ConsoleInput};
 
 pub const QUEUE_SIZE: u16 = 64;
@@ -20,14 +22,19 @@ pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
 /// Host input buffered for the guest at most.
 const INPUT_CAPACITY: usize = 64 * 1024;
-/// The most the device copies out of one guest buffer (a descriptor can claim up to 4 GiB).
-const MAX_CHUNK: u32 = 64 * 1024;
+/// The most the device takes from one chain (a descriptor can claim up to 4 GiB); Linux sends
+/// at most a page per buffer.
+const MAX_CHAIN_BYTES: usize = 64 * 1024;
 
 type InputBuffer = Arc<Mutex<VecDeque<u8>>>;
 
 pub struct Console {
-    out: Box<dyn Write + Send>,
+    out: ConsoleOutput,
     input: InputBuffer,
+    /// A transmit chain whose bytes the output has not all taken yet: its head, and how many
+    /// of `tx_data` went out.
+    tx_pending: Option<(u16, usize)>,
+    tx_data: Vec<u8>,
 }
 
 /// Feeds host input to a [`Console`] from another thread.
@@ -38,11 +45,18 @@ pub struct ConsoleInputHandle {
 }
 
 impl Console {
-    pub fn new(out: Box<dyn Write + Send>) -> Self {
+    pub fn new(out: ConsoleOutput) -> Self {
         Console {
             out,
             input: Arc::default(),
+            tx_pending: None,
+            tx_data: Vec::new(),
         }
+    }
+
+    /// The output, to be told how to re-notify the transmit queue when it has room.
+    pub fn output(&self) -> &ConsoleOutput {
+        &self.out
     }
 
     /// The input side; connect it to the transport's queue 0 notify event before use.
@@ -53,25 +67,42 @@ impl Console {
         }
     }
 
-    /// Copies guest output from each TX chain's readable buffers to the host writer.
+    /// Moves guest output from each TX chain to the host output; stops at the first chain the
+    /// output cannot take whole, and goes on from there when it is notified again.
     fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used = false;
-        let mut chunk = Vec::new();
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        loop {
+            if let Some((head, sent)) = self.tx_pending {
+                let sent = sent + self.out.try_write(&self.tx_data[sent..]);
+                if sent < self.tx_data.len() {
+                    self.tx_pending = Some((head, sent));
+                    return used; // stalled: the output's room callback notifies us again
+                }
+                self.tx_pending = None;
+                if queue.add_used(mem, head, 0).is_err() {
+                    return used;
+                }
+                used = true;
+            }
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                return used;
+            };
             let head = chain.head_index();
+            self.tx_data.clear();
             for d in chain.filter(|d| !d.is_write_only()) {
-                chunk.resize(d.len().min(MAX_CHUNK) as usize, 0);
-                if mem.read_slice(&mut chunk, d.addr()).is_ok() {
-                    let _ = self.out.write_all(&chunk);
+                let start = self.tx_data.len();
+                let n = (d.len() as usize).min(MAX_CHAIN_BYTES - start);
+                self.tx_data.resize(start + n, 0);
+                if mem
+                    .read_slice(&mut self.tx_data[start..], d.addr())
+                    .is_err()
+                {
+                    self.tx_data.truncate(start);
+                    break;
                 }
             }
-            let _ = self.out.flush();
-            if queue.add_used(mem, head, 0).is_err() {
-                break;
-            }
-            used = true;
+            self.tx_pending = Some((head, 0));
         }
-        used
     }
 
     /// Fills the guest's receive buffers with pending input.
@@ -157,4 +188,7 @@ impl VirtioDevice for Console {
 
     // Host input survives a device reset: it is the user's typing, not device state, and a
     // driver resets the device before it first posts buffers.
+    fn reset(&mut self) {
+        self.tx_pending = None;
+    }
 }
