@@ -72,6 +72,21 @@ pub(crate) trait VcpuSetup<V: hypervisor::Vm>: Send + Sync {
     fn waker(&self) -> Option<Box<dyn VcpuKicker>> {
         None
     }
+
+    /// Forgets what `create` registered for vCPU `id` to reach its thread (kickers); called on
+    /// that thread before it ends, however it ends.
+    fn detach(&self, _id: u32) {}
+}
+
+/// Unregisters a vCPU thread's kickers when the thread leaves `thread_main`, by return or by
+/// unwinding, so nothing signals its thread id once the thread is gone.
+struct Registration<'a, V: hypervisor::Vm>(&'a VcpuContext<V>);
+
+impl<V: hypervisor::Vm> Drop for Registration<'_, V> {
+    fn drop(&mut self) {
+        self.0.state.remove_kickers(self.0.id);
+        self.0.setup.detach(self.0.id);
+    }
 }
 
 /// Everything a vCPU thread needs, moved into it.
@@ -92,6 +107,8 @@ impl<V: hypervisor::Vm> VcpuContext<V> {
     /// Creates and configures the vCPU on this thread, reports readiness, waits for the go
     /// signal, then runs.
     pub(crate) fn thread_main(self, ready: Sender<Result<()>>, go: Receiver<bool>) {
+        // Dropped last: after the vCPU, on every way out of this function.
+        let _registration = Registration(&self);
         let vcpu = match self.create() {
             Ok(v) => v,
             Err(e) => {
@@ -108,9 +125,9 @@ impl<V: hypervisor::Vm> VcpuContext<V> {
 
     fn create(&self) -> Result<V::Vcpu> {
         let mut vcpu = self.setup.create(&self.vm, self.id)?;
-        self.state.add_kicker(vcpu.kicker()?);
+        self.state.add_kicker(self.id, vcpu.kicker()?);
         if let Some(waker) = self.setup.waker() {
-            self.state.add_kicker(waker);
+            self.state.add_kicker(self.id, waker);
         }
         Ok(vcpu)
     }
