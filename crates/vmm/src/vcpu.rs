@@ -161,6 +161,21 @@ impl<V: hypervisor::Vm> VcpuContext<V> {
                     self.pio.read(u64::from(port), data.as_mut_slice());
                     entry = VmEntry::IoIn(data);
                 }
+                // `rep ins`/`rep outs`: each element is its own access, as on hardware (a
+                // device may count them or return a different value each time).
+                VmExit::IoInString { port, size, .. } => {
+                    let size = usize::from(size.max(1));
+                    for element in vcpu.string_io_data().chunks_exact_mut(size) {
+                        element.fill(OPEN_BUS);
+                        self.pio.read(u64::from(port), element);
+                    }
+                }
+                VmExit::IoOutString { port, size, .. } => {
+                    let size = usize::from(size.max(1));
+                    for element in vcpu.string_io_data().chunks_exact(size) {
+                        self.pio.write(u64::from(port), element);
+                    }
+                }
                 VmExit::MmioWrite { addr, data } => {
                     if !self.setup.local_write(self.id, addr, data.as_slice())
                         && !self.mmio.write(addr, data.as_slice())

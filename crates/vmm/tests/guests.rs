@@ -78,6 +78,11 @@ fn port_and_mmio_round_trips_reach_the_device() {
 }
 
 #[test]
+fn string_port_io_is_one_access_per_element() {
+    string_io(IrqchipMode::Kernel);
+}
+
+#[test]
 fn timer_interrupt_reaches_the_guest_handler() {
     timer_interrupt(IrqchipMode::Kernel);
 }

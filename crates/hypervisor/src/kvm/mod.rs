@@ -121,8 +121,13 @@ impl crate::Hypervisor for Kvm {
             vm.set_tss_address(base as usize + 0x1000)
                 .map_err(os_err("KVM_SET_TSS_ADDR"))?;
         }
+        let run_size = self
+            .kvm
+            .get_vcpu_mmap_size()
+            .map_err(os_err("KVM_GET_VCPU_MMAP_SIZE"))?;
         Ok(KvmVm {
             vm: Arc::new(vm),
+            run_size,
             #[cfg(target_arch = "x86_64")]
             cpuid: self
                 .kvm
@@ -148,6 +153,8 @@ fn short_name(name: &'static str) -> &'static str {
 /// A KVM virtual machine.
 pub struct KvmVm {
     vm: Arc<VmFd>,
+    /// Size of each vCPU's `kvm_run` mapping.
+    run_size: usize,
     #[cfg(target_arch = "x86_64")]
     cpuid: kvm_bindings::CpuId,
 }
@@ -240,7 +247,7 @@ impl crate::Vm for KvmVm {
                 id,
                 source: e.into(),
             })?;
-        Ok(KvmVcpu::new(fd))
+        Ok(KvmVcpu::new(fd, self.run_size))
     }
 }
 
