@@ -1,5 +1,6 @@
 //! What a VM took is given back, on every path: failed creations leak no thread or descriptor,
-//! and nothing is kicked once the vCPU threads are gone. Alone in its own test binary (process), and the
+//! the VM's descriptor closes with the VM even while a device outlives it, and nothing is
+//! kicked once the vCPU threads are gone. Alone in its own test binary (process), and the
 //! tests take turns, so no other VM disturbs the counts.
 
 mod common;
@@ -51,6 +52,30 @@ fn failed_creations_leak_no_thread_or_descriptor() {
     println!("100 failed creations: fds {fds} -> {fds_after}, threads {tasks} -> {tasks_after}");
     assert_eq!(fds_after, fds, "descriptors leaked: {:?}", fd_targets());
     assert_eq!(tasks_after, tasks, "threads leaked");
+}
+
+#[test]
+fn the_vm_descriptor_closes_with_the_vm_while_its_serial_lives_on() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(kvm) = kvm() else { return };
+    let vm_fds = || {
+        fd_targets()
+            .iter()
+            .filter(|t| t.as_str() == "anon_inode:kvm-vm")
+            .count()
+    };
+    let before = vm_fds();
+    let out = Capture::default();
+    let mut c = config(test_guests::DEMO, 1, &out);
+    c.irqfd = false; // serial line pulsed with KVM_IRQ_LINE on the VM descriptor
+    let vm = build(&kvm, c);
+    let serial = vm.serial();
+    assert_eq!(vm_fds(), before + 1);
+    drop(vm);
+    // Guest memory is unmapped now: the VM must not exist any more.
+    assert_eq!(vm_fds(), before, "the VM descriptor outlived the VM");
+    // The held serial still takes input; its interrupt goes nowhere.
+    serial.lock().unwrap().enqueue_input(b"x");
 }
 
 /// Whether any of 4 threads started now, each blocking the kick signal (SIGRTMIN), has it
