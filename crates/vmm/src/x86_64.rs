@@ -51,7 +51,7 @@ impl<V: X86Vm + 'static> Vm<V> {
             config
                 .cpuid_hide
                 .extend(cpuid::hidden_with_userspace_apic());
-            Some(Irqchip::new(config.cpus).map_err(|source| Error::Os {
+            Some(Irqchip::start(config.cpus).map_err(|source| Error::Os {
                 op: "start the APIC timer thread",
                 source,
             })?)

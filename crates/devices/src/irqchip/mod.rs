@@ -55,7 +55,7 @@ pub struct Irqchip {
 impl Irqchip {
     /// A controller for `cpus` vCPUs (APIC IDs 0..cpus; vCPU 0 runs, the others wait for
     /// STARTUP), with its timer thread running until the returned owner is dropped.
-    pub fn new(cpus: u32) -> std::io::Result<OwnedIrqchip> {
+    pub fn start(cpus: u32) -> std::io::Result<OwnedIrqchip> {
         let n = cpus as usize;
         let chip = Arc::new(Irqchip {
             inner: Mutex::new(Inner {
@@ -420,7 +420,7 @@ mod tests {
 
     #[test]
     fn device_line_to_apic_and_startup_ipis() {
-        let chip = Irqchip::new(2).unwrap();
+        let chip = Irqchip::start(2).unwrap();
         let kicks = Arc::new(AtomicUsize::new(0));
         chip.attach(1, Box::new(Count(kicks.clone())));
         for id in 0..2 {
@@ -460,7 +460,7 @@ mod tests {
 
     #[test]
     fn dropping_the_owner_ends_the_timer_thread() {
-        let chip = Irqchip::new(1).unwrap();
+        let chip = Irqchip::start(1).unwrap();
         let weak = Arc::downgrade(&*chip);
         drop(chip);
         assert!(
@@ -471,7 +471,7 @@ mod tests {
 
     #[test]
     fn the_timer_thread_fires_and_wakes_a_halted_vcpu() {
-        let chip = Irqchip::new(1).unwrap();
+        let chip = Irqchip::start(1).unwrap();
         w(&chip, 0, lapic::REG_SVR, 0x1ff);
         w(&chip, 0, lapic::REG_TIMER_DIVIDE, 0xb);
         w(&chip, 0, lapic::REG_LVT_TIMER, 0x40);

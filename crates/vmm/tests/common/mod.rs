@@ -194,11 +194,14 @@ pub fn stop_pause_and_resume(irqchip: IrqchipMode) {
     assert!(!out.text().contains("got"));
 }
 
-/// A port device that logs every access (write?, bytes); each byte a read returns is the next
-/// value of a byte counter, so the log shows how many accesses of which size arrived.
+/// Every access a [`LogPort`] saw: (is a write, the bytes).
+pub type AccessLog = Arc<Mutex<Vec<(bool, Vec<u8>)>>>;
+
+/// A port device that logs every access; each byte a read returns is the next value of a byte
+/// counter, so the log shows how many accesses of which size arrived.
 pub struct LogPort {
     next: u8,
-    pub log: Arc<Mutex<Vec<(bool, Vec<u8>)>>>,
+    pub log: AccessLog,
 }
 
 impl BusDevice for LogPort {
@@ -224,7 +227,7 @@ pub fn string_io(irqchip: IrqchipMode) {
     let mut c = config(test_guests::STRING_IO, 1, &out);
     c.irqchip = irqchip;
     let mut vm = build(&kvm, c);
-    let log = Arc::new(Mutex::new(Vec::new()));
+    let log = AccessLog::default();
     let port = LogPort {
         next: 0,
         log: log.clone(),
