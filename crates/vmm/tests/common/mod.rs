@@ -237,8 +237,8 @@ pub fn string_io(irqchip: IrqchipMode) {
     let outcome = run_with_limit(vm, Duration::from_secs(60));
     assert_eq!(outcome, Outcome::DebugExit(0), "{}", out.text());
     // rep insb/outsb x1, x2, x4, x16; insw/outsw x3; insd/outsd x4; insd/outsd x600 across
-    // a page of guest memory.
-    let sizes: Vec<usize> = [(1, 1 + 2 + 4 + 16), (2, 3), (4, 4 + 600)]
+    // a page of guest memory; insb/outsb x5000, more than one exit's data page.
+    let sizes: Vec<usize> = [(1, 1 + 2 + 4 + 16), (2, 3), (4, 4 + 600), (1, 5000)]
         .iter()
         .flat_map(|&(size, n)| std::iter::repeat_n(size, n))
         .collect();
