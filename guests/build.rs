@@ -27,6 +27,9 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
     ("bench_pio", "bench_pio.S", &["-DPVH"]),
     ("pvh_hello", "demo.S", &["-DPVH"]),
     ("emulate", "emulate.S", &[]),
+    ("string_io", "string_io.S", &[]),
+    ("timer_storm", "timer_storm.S", &[]),
+    ("serial_irq", "serial_irq.S", &[]),
 ];
 
 fn main() {

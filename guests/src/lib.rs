@@ -66,3 +66,15 @@ guest!(
     /// 32-bit protected mode (entered at `_start + 16` by the emulator test, ends with
     /// `out 0xe2`), then in 64-bit mode (`_start`, ends with status 0 on the debug-exit port).
     EMULATE, "emulate.elf");
+guest!(
+    /// String port I/O: `rep ins` then `rep outs` of 1, 2, 4 and 16 bytes, 3 words, 4 dwords,
+    /// 600 dwords across a page and 5000 bytes, at port 0x520; exits 0.
+    STRING_IO, "string_io.elf");
+guest!(
+    /// A periodic LAPIC timer with a 1 ns period as written; counts its interrupts forever and
+    /// prints `100 timer interrupts` once it has them.
+    TIMER_STORM, "timer_storm.elf");
+guest!(
+    /// Routes the serial line (IOAPIC pin 4) to APIC 0, enables the received-data interrupt,
+    /// exits 0.
+    SERIAL_IRQ, "serial_irq.elf");

@@ -53,6 +53,13 @@ pub enum VmExit {
     IoIn { port: u16, size: u8 },
     /// `out` to a port.
     IoOut { port: u16, data: Data },
+    /// String `ins` (`rep ins`): `count` elements of `size` bytes from `port`, each its own
+    /// read. The VMM fills them in place in [`crate::Vcpu::string_io_data`] and answers with
+    /// [`VmEntry::None`].
+    IoInString { port: u16, size: u8, count: u32 },
+    /// String `outs` (`rep outs`): `count` elements of `size` bytes to `port`, each its own
+    /// write, in order, found in [`crate::Vcpu::string_io_data`].
+    IoOutString { port: u16, size: u8, count: u32 },
     /// A load from an address no memory backs: answer with [`VmEntry::MmioRead`].
     MmioRead { addr: u64, size: u8 },
     /// A store to an address no memory backs.

@@ -84,6 +84,8 @@ pub enum Error {
     Hvf { op: &'static str, code: i32 },
     #[error("no hypervisor backend for this platform")]
     Unsupported,
+    #[error("string port I/O (rep ins/outs) at port {port:#x} is not supported by {backend}")]
+    StringIoUnsupported { port: u16, backend: &'static str },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -172,6 +174,14 @@ pub trait Vcpu: Send {
 
     /// Translates a guest virtual address with the vCPU's current page tables.
     fn translate_gva(&self, gva: u64) -> Result<Option<u64>>;
+
+    /// The elements of the string port I/O the last exit reported
+    /// ([`VmExit::IoInString`], [`VmExit::IoOutString`]): `size * count` bytes, in the
+    /// order the guest moves them; for an IN the VMM fills them before the next `run`. Empty
+    /// for any other exit, and on backends that never report string I/O.
+    fn string_io_data(&mut self) -> &mut [u8] {
+        &mut []
+    }
 }
 
 /// The backend for this host.

@@ -38,7 +38,8 @@ impl fmt::Display for Outcome {
 pub(crate) struct VmState {
     stopping: AtomicBool,
     outcome: Mutex<Option<Outcome>>,
-    kickers: Mutex<Vec<Box<dyn VcpuKicker>>>,
+    /// (vCPU id, kicker): each vCPU thread adds its own and removes them before it ends.
+    kickers: Mutex<Vec<(u32, Box<dyn VcpuKicker>)>>,
     /// True while the VM should be paused; vCPUs count themselves in `parked`.
     pause: Mutex<PauseState>,
     pause_changed: Condvar,
@@ -77,17 +78,19 @@ impl VmState {
         self.paused.load(Ordering::Acquire)
     }
 
-    pub(crate) fn add_kicker(&self, k: Box<dyn VcpuKicker>) {
-        lock(&self.kickers).push(k);
+    pub(crate) fn add_kicker(&self, vcpu: u32, k: Box<dyn VcpuKicker>) {
+        lock(&self.kickers).push((vcpu, k));
     }
 
-    /// Drops the kickers; called before joining vCPU threads so none signals a dead thread.
-    pub(crate) fn clear_kickers(&self) {
-        lock(&self.kickers).clear();
+    /// Drops vCPU `vcpu`'s kickers; its thread calls this before it ends. Kicks happen under
+    /// the same lock, so once this returns none signals that thread, whose id a new thread
+    /// may take after the join.
+    pub(crate) fn remove_kickers(&self, vcpu: u32) {
+        lock(&self.kickers).retain(|(id, _)| *id != vcpu);
     }
 
     fn kick_all(&self) {
-        for k in lock(&self.kickers).iter() {
+        for (_, k) in lock(&self.kickers).iter() {
             k.kick();
         }
     }

@@ -72,6 +72,21 @@ pub(crate) trait VcpuSetup<V: hypervisor::Vm>: Send + Sync {
     fn waker(&self) -> Option<Box<dyn VcpuKicker>> {
         None
     }
+
+    /// Forgets what `create` registered for vCPU `id` to reach its thread (kickers); called on
+    /// that thread before it ends, however it ends.
+    fn detach(&self, _id: u32) {}
+}
+
+/// Unregisters a vCPU thread's kickers when the thread leaves `thread_main`, by return or by
+/// unwinding, so nothing signals its thread id once the thread is gone.
+struct Registration<'a, V: hypervisor::Vm>(&'a VcpuContext<V>);
+
+impl<V: hypervisor::Vm> Drop for Registration<'_, V> {
+    fn drop(&mut self) {
+        self.0.state.remove_kickers(self.0.id);
+        self.0.setup.detach(self.0.id);
+    }
 }
 
 /// Everything a vCPU thread needs, moved into it.
@@ -92,6 +107,8 @@ impl<V: hypervisor::Vm> VcpuContext<V> {
     /// Creates and configures the vCPU on this thread, reports readiness, waits for the go
     /// signal, then runs.
     pub(crate) fn thread_main(self, ready: Sender<Result<()>>, go: Receiver<bool>) {
+        // Dropped last: after the vCPU, on every way out of this function.
+        let _registration = Registration(&self);
         let vcpu = match self.create() {
             Ok(v) => v,
             Err(e) => {
@@ -108,9 +125,9 @@ impl<V: hypervisor::Vm> VcpuContext<V> {
 
     fn create(&self) -> Result<V::Vcpu> {
         let mut vcpu = self.setup.create(&self.vm, self.id)?;
-        self.state.add_kicker(vcpu.kicker()?);
+        self.state.add_kicker(self.id, vcpu.kicker()?);
         if let Some(waker) = self.setup.waker() {
-            self.state.add_kicker(waker);
+            self.state.add_kicker(self.id, waker);
         }
         Ok(vcpu)
     }
@@ -143,6 +160,21 @@ impl<V: hypervisor::Vm> VcpuContext<V> {
                     let mut data = Data::new(&[OPEN_BUS; 8][..usize::from(size)]);
                     self.pio.read(u64::from(port), data.as_mut_slice());
                     entry = VmEntry::IoIn(data);
+                }
+                // `rep ins`/`rep outs`: each element is its own access, as on hardware (a
+                // device may count them or return a different value each time).
+                VmExit::IoInString { port, size, .. } => {
+                    let size = usize::from(size.max(1));
+                    for element in vcpu.string_io_data().chunks_exact_mut(size) {
+                        element.fill(OPEN_BUS);
+                        self.pio.read(u64::from(port), element);
+                    }
+                }
+                VmExit::IoOutString { port, size, .. } => {
+                    let size = usize::from(size.max(1));
+                    for element in vcpu.string_io_data().chunks_exact(size) {
+                        self.pio.write(u64::from(port), element);
+                    }
                 }
                 VmExit::MmioWrite { addr, data } => {
                     if !self.setup.local_write(self.id, addr, data.as_slice())

@@ -20,6 +20,9 @@ use crate::{Error, Result};
 /// A virtual machine built from a [`VmConfig`]: by [`Vm::new`] for x86_64 guests, by
 /// [`crate::aarch64::create`] for arm64 guests. Everything after creation is the same for both.
 pub struct Vm<V: hypervisor::Vm + 'static> {
+    /// Declared before `mem`, so dropped first: the hypervisor's VM must be gone before its
+    /// guest memory is unmapped (the `map_memory` contract). vCPU threads hold clones only
+    /// until they are joined.
     vm: Arc<V>,
     mem: Arc<GuestMemoryMmap>,
     state: Arc<VmState>,
@@ -238,12 +241,12 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
         }
         self.state
             .request_stop(Outcome::Stopped("VM destroyed".into()));
+        // Each thread removed its kickers on its way out (see `VcpuContext::thread_main`).
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 log::error!("a vCPU thread panicked");
             }
         }
-        self.state.clear_kickers();
     }
 }
 

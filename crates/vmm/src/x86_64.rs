@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arch::x86_64::emulator::{self, CpuState, EmuError, GuestBus, MAX_INSN_LEN};
 use arch::x86_64::mmu::{self, Access, PagingRegs};
 use arch::x86_64::{cpuid, layout, regs};
-use devices::irqchip::{IoapicDevice, Irqchip};
+use devices::irqchip::{IoapicDevice, Irqchip, OwnedIrqchip};
 use devices::Bus;
 use hypervisor::x86_64::{CpuidEntry, X86Vcpu, X86Vm};
 use hypervisor::{Hypervisor, IrqLine, Vcpu, VcpuKicker};
@@ -46,13 +46,14 @@ impl<V: X86Vm + 'static> Vm<V> {
             },
             IrqchipMode::Userspace => false,
         };
+        // Owned from here on: any failure below drops it, which stops its timer thread.
         let chip = if in_kernel {
             None
         } else {
             config
                 .cpuid_hide
                 .extend(cpuid::hidden_with_userspace_apic());
-            Some(Irqchip::new(config.cpus).map_err(|source| Error::Os {
+            Some(Irqchip::start(config.cpus).map_err(|source| Error::Os {
                 op: "start the APIC timer thread",
                 source,
             })?)
@@ -75,7 +76,7 @@ impl<V: X86Vm + 'static> Vm<V> {
         let mut devices =
             device_manager::build(&vm, &irq, &mem, &state, &mut config, virtio, &platform)?;
         if let Some(c) = &chip {
-            let ioapic = Arc::new(std::sync::Mutex::new(IoapicDevice(c.clone())));
+            let ioapic = Arc::new(std::sync::Mutex::new(IoapicDevice(Arc::clone(c))));
             devices
                 .mmio
                 .insert(ioapic, layout::IOAPIC_START, layout::IOAPIC_SIZE)
@@ -101,16 +102,9 @@ struct X86Setup {
     cpuid: Vec<CpuidEntry>,
     cpuid_hide: Vec<cpuid::Feature>,
     num_cpus: u32,
-    /// The interrupt controller, when the VMM runs it (`--irqchip userspace`).
-    irqchip: Option<Arc<Irqchip>>,
-}
-
-impl Drop for X86Setup {
-    fn drop(&mut self) {
-        if let Some(c) = &self.irqchip {
-            c.shutdown();
-        }
-    }
+    /// The interrupt controller, when the VMM runs it (`--irqchip userspace`); its timer
+    /// thread stops when this is dropped.
+    irqchip: Option<OwnedIrqchip>,
 }
 
 /// Wakes vCPU threads waiting on the userspace interrupt controller.
@@ -352,6 +346,12 @@ impl<V: X86Vm> VcpuSetup<V> for X86Setup {
 
     fn waker(&self) -> Option<Box<dyn VcpuKicker>> {
         let c = self.irqchip.as_ref()?;
-        Some(Box::new(ChipWaker(c.clone())))
+        Some(Box::new(ChipWaker(Arc::clone(c))))
+    }
+
+    fn detach(&self, id: u32) {
+        if let Some(c) = &self.irqchip {
+            c.detach(id);
+        }
     }
 }

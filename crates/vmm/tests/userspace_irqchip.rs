@@ -7,7 +7,8 @@
 mod common;
 
 use common::{
-    boot_on, second_vcpu_starts, stop_pause_and_resume, timer_interrupt, virtio_interrupt,
+    boot_on, second_vcpu_starts, stop_pause_and_resume, string_io, timer_interrupt,
+    virtio_interrupt,
 };
 use vmm::{IrqchipMode, Outcome};
 
@@ -44,4 +45,9 @@ fn virtio_interrupt_reaches_the_guest_through_our_ioapic() {
 #[test]
 fn a_vcpu_waiting_for_startup_stops_promptly() {
     stop_pause_and_resume(IrqchipMode::Userspace);
+}
+
+#[test]
+fn string_port_io_is_one_access_per_element() {
+    string_io(IrqchipMode::Userspace);
 }

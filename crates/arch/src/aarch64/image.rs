@@ -26,6 +26,10 @@ pub enum Error {
     BadHeader(&'static str),
     #[error("kernel of {size:#x} bytes at {load:#x} does not fit in RAM ending at {ram_end:#x}")]
     TooBig { size: u64, load: u64, ram_end: u64 },
+    #[error("text_offset {text_offset:#x} in the Image header puts the kernel past the end of the address space")]
+    BadTextOffset { text_offset: u64 },
+    #[error("{ram_size:#x} bytes of RAM from {start:#x} pass the end of the address space")]
+    BadRamSize { ram_size: u64, start: u64 },
     #[error("initrd of {size} bytes does not fit between the kernel ({kernel_end:#x}) and the device tree ({fdt:#x})")]
     InitrdTooBig {
         size: u64,
@@ -85,8 +89,16 @@ pub struct Placement {
 /// device tree, in `ram_size` bytes of RAM from [`RAM_START`].
 pub fn plan(header: &Header, ram_size: u64, initrd_size: Option<u64>) -> Result<Placement, Error> {
     let base = RAM_START.next_multiple_of(BASE_ALIGN);
-    let kernel = base + header.text_offset;
-    let ram_end = RAM_START + ram_size;
+    // Both come from outside (the Image header, the configuration): no wrapping sums.
+    let kernel = base
+        .checked_add(header.text_offset)
+        .ok_or(Error::BadTextOffset {
+            text_offset: header.text_offset,
+        })?;
+    let ram_end = RAM_START.checked_add(ram_size).ok_or(Error::BadRamSize {
+        ram_size,
+        start: RAM_START,
+    })?;
     let kernel_end = kernel
         .checked_add(header.image_size)
         .filter(|&e| e <= ram_end)
@@ -98,7 +110,7 @@ pub fn plan(header: &Header, ram_size: u64, initrd_size: Option<u64>) -> Result<
     let fdt = (ram_end - FDT_MAX_SIZE.min(ram_size)) & !(BASE_ALIGN - 1);
     if fdt < kernel_end {
         return Err(Error::TooBig {
-            size: header.image_size + FDT_MAX_SIZE,
+            size: header.image_size.saturating_add(FDT_MAX_SIZE),
             load: kernel,
             ram_end,
         });
@@ -176,6 +188,22 @@ mod tests {
         // Pre-3.17 kernels: image_size 0 means text_offset 0x80000.
         let old = Header::parse(&header(0, 0, 0)).unwrap();
         assert_eq!(old.text_offset, 0x8_0000);
+    }
+
+    #[test]
+    fn a_crafted_text_offset_or_ram_size_is_an_error_not_an_overflow() {
+        let h = Header::parse(&header(u64::MAX - 0x1000, MIB, 0)).unwrap();
+        assert_eq!(
+            plan(&h, 64 * MIB, None),
+            Err(Error::BadTextOffset {
+                text_offset: u64::MAX - 0x1000
+            })
+        );
+        let h = Header::parse(&header(0, MIB, 0)).unwrap();
+        assert!(matches!(
+            plan(&h, u64::MAX, None),
+            Err(Error::BadRamSize { .. })
+        ));
     }
 
     #[test]

@@ -115,7 +115,8 @@ pub fn write_zero_page(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<()> {
     }
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
     params.hdr.cmd_line_ptr = layout::CMDLINE_START as u32;
-    params.hdr.cmdline_size = info.cmdline_len as u32 + 1;
+    // Callers bound the length (`write_cmdline`); saturate rather than wrap if one did not.
+    params.hdr.cmdline_size = u32::try_from(info.cmdline_len.saturating_add(1)).unwrap_or(u32::MAX);
     if let Some((addr, size)) = info.initrd {
         params.hdr.ramdisk_image = addr as u32;
         params.hdr.ramdisk_size = size as u32;

@@ -10,6 +10,12 @@
 /// The timer counts at 1 GHz before its divider, as KVM's in-kernel APIC does.
 pub const BUS_NS_PER_TICK: u64 = 1;
 
+/// The shortest period a periodic timer gets, as KVM's in-kernel APIC clamps it
+/// (`min_timer_period_us`, 200 us by default, in arch/x86/kvm/x86.c): a guest cannot make the
+/// timer thread fire more than 5,000 times a second per APIC. One-shot timers are not
+/// clamped; each needs a register write (an exit) from the guest to re-arm.
+pub const MIN_PERIODIC_NS: u64 = 200_000;
+
 pub const REG_ID: u64 = 0x20;
 pub const REG_VERSION: u64 = 0x30;
 pub const REG_TPR: u64 = 0x80;
@@ -206,8 +212,15 @@ impl Lapic {
         }
     }
 
+    /// The time between two interrupts: the count times the divider, at least
+    /// [`MIN_PERIODIC_NS`] in periodic mode.
     fn period_ns(&self) -> u64 {
-        u64::from(self.timer_initial) * self.divide() * BUS_NS_PER_TICK
+        let p = u64::from(self.timer_initial) * self.divide() * BUS_NS_PER_TICK;
+        if self.lvt[0] & LVT_PERIODIC != 0 && p > 0 {
+            p.max(MIN_PERIODIC_NS)
+        } else {
+            p
+        }
     }
 
     /// When the timer next fires, if it runs.
@@ -216,7 +229,8 @@ impl Lapic {
     }
 
     /// Fires the timer if its deadline has passed: latches its vector (unless masked) and
-    /// re-arms a periodic timer. Returns whether an interrupt was latched.
+    /// re-arms a periodic timer. Returns whether a new interrupt became pending (the vCPU
+    /// needs a kick); one already waiting in the IRR absorbs this one, as on hardware.
     pub fn tick(&mut self, now: u64) -> bool {
         let Some(deadline) = self.timer_deadline else {
             return false;
@@ -225,23 +239,32 @@ impl Lapic {
             return false;
         }
         let lvt = self.lvt[0];
-        self.timer_deadline = if lvt & LVT_PERIODIC != 0 && self.period_ns() > 0 {
-            // Skip periods the host slept through rather than firing a burst.
-            let p = self.period_ns();
-            Some(deadline + p * ((now - deadline) / p + 1))
+        let p = self.period_ns();
+        self.timer_deadline = if lvt & LVT_PERIODIC != 0 && p > 0 {
+            // A timer that fell behind (the host slept) fires once and re-arms from now:
+            // bounded work per wake-up, never a burst or a catch-up loop.
+            let next = deadline.saturating_add(p);
+            Some(if next > now {
+                next
+            } else {
+                now.saturating_add(p)
+            })
         } else {
             None
         };
-        if lvt & LVT_MASKED == 0 {
-            self.accept(lvt as u8, false);
-            return true;
+        let vector = lvt as u8;
+        if lvt & LVT_MASKED != 0 || self.irr.get(vector) {
+            return false;
         }
-        false
+        self.accept(vector, false);
+        self.irr.get(vector)
     }
 
     fn timer_current(&self, now: u64) -> u32 {
         match self.timer_deadline {
-            Some(d) if d > now => ((d - now) / (self.divide() * BUS_NS_PER_TICK)) as u32,
+            // Never above the initial count, even while a clamped period runs.
+            Some(d) if d > now => ((d - now) / (self.divide() * BUS_NS_PER_TICK))
+                .min(u64::from(self.timer_initial)) as u32,
             _ => 0,
         }
     }
@@ -304,7 +327,7 @@ impl Lapic {
             }
             REG_TIMER_INITIAL => {
                 self.timer_initial = value;
-                self.timer_deadline = (value != 0).then(|| now + self.period_ns());
+                self.timer_deadline = (value != 0).then(|| now.saturating_add(self.period_ns()));
             }
             REG_TIMER_DIVIDE => self.timer_divide = value & 0xb,
             _ => {}
@@ -395,11 +418,41 @@ mod tests {
         assert_eq!((a.pending(), a.timer_deadline()), (Some(0x40), None));
         a.write(REG_TIMER_DIVIDE, 0x3, 0); // divide by 16
         a.write(REG_LVT_TIMER, 0x41 | LVT_PERIODIC, 0);
-        a.write(REG_TIMER_INITIAL, 10, 0);
-        assert!(a.tick(500)); // three periods late: one interrupt, next deadline ahead
-        assert_eq!(a.timer_deadline(), Some(640));
+        a.write(REG_TIMER_INITIAL, 20_000, 0); // 320 us
+        assert!(a.tick(330_000)); // on time: the next period keeps the phase
+        assert_eq!(a.timer_deadline(), Some(640_000));
+        assert!(
+            !a.tick(5_000_000),
+            "0x41 is still pending: no new interrupt, no kick"
+        );
+        assert_eq!(a.acknowledge(), Some(0x41));
+        a.write(REG_EOI, 0, 0);
+        // Many periods late: one interrupt, re-armed a whole period from now.
+        assert_eq!(a.timer_deadline(), Some(5_320_000));
+        assert!(a.tick(9_000_000));
+        assert_eq!(a.timer_deadline(), Some(9_320_000));
         a.write(REG_LVT_TIMER, 0x41 | LVT_PERIODIC | LVT_MASKED, 0);
-        assert!(!a.tick(700));
+        assert!(!a.tick(9_400_000));
+    }
+
+    #[test]
+    fn a_periodic_timer_is_clamped_to_kvms_minimum_period() {
+        let mut a = enabled();
+        a.write(REG_TIMER_DIVIDE, 0xb, 0); // divide by 1
+        a.write(REG_LVT_TIMER, 0x40 | LVT_PERIODIC, 0);
+        a.write(REG_TIMER_INITIAL, 1, 1000); // 1 ns as written
+        assert_eq!(a.timer_deadline(), Some(1000 + MIN_PERIODIC_NS));
+        assert!(
+            a.read(REG_TIMER_CURRENT, 1000) <= 1,
+            "never above the initial count"
+        );
+        // A host that woke late fires once, and the next deadline is a whole period away.
+        assert!(a.tick(10_000_000));
+        assert_eq!(a.timer_deadline(), Some(10_000_000 + MIN_PERIODIC_NS));
+        // One-shot timers are not clamped.
+        a.write(REG_LVT_TIMER, 0x40, 0);
+        a.write(REG_TIMER_INITIAL, 1, 0);
+        assert_eq!(a.timer_deadline(), Some(1));
     }
 
     #[test]

@@ -34,14 +34,19 @@ enum Power {
 struct Inner {
     lapics: Vec<Lapic>,
     power: Vec<Power>,
+    /// Whether each vCPU's thread sleeps on `changed` (halted, or waiting for STARTUP): a
+    /// notify wakes it, no signal needed.
+    asleep: Vec<bool>,
     ioapic: Ioapic,
     shutdown: bool,
 }
 
 pub struct Irqchip {
     inner: Mutex<Inner>,
-    /// Signalled on every change a waiting vCPU or the timer thread may care about.
+    /// Signalled on every change a waiting vCPU may care about.
     changed: Condvar,
+    /// Signalled when a timer register or `shutdown` changes: what the timer thread waits on.
+    timer_changed: Condvar,
     kickers: Mutex<Vec<Option<Box<dyn VcpuKicker>>>>,
     epoch: Instant,
     timer: Mutex<Option<JoinHandle<()>>>,
@@ -49,8 +54,8 @@ pub struct Irqchip {
 
 impl Irqchip {
     /// A controller for `cpus` vCPUs (APIC IDs 0..cpus; vCPU 0 runs, the others wait for
-    /// STARTUP), with its timer thread running.
-    pub fn new(cpus: u32) -> std::io::Result<Arc<Self>> {
+    /// STARTUP), with its timer thread running until the returned owner is dropped.
+    pub fn start(cpus: u32) -> std::io::Result<OwnedIrqchip> {
         let n = cpus as usize;
         let chip = Arc::new(Irqchip {
             inner: Mutex::new(Inner {
@@ -64,10 +69,12 @@ impl Irqchip {
                         }
                     })
                     .collect(),
+                asleep: vec![false; n],
                 ioapic: Ioapic::default(),
                 shutdown: false,
             }),
             changed: Condvar::new(),
+            timer_changed: Condvar::new(),
             kickers: Mutex::new((0..n).map(|_| None).collect()),
             epoch: Instant::now(),
             timer: Mutex::new(None),
@@ -77,7 +84,7 @@ impl Irqchip {
             .name("apic-timer".into())
             .spawn(move || c.timer_thread())?;
         *lock(&chip.timer) = Some(handle);
-        Ok(chip)
+        Ok(OwnedIrqchip(chip))
     }
 
     fn now(&self) -> u64 {
@@ -92,6 +99,7 @@ impl Irqchip {
     pub fn shutdown(&self) {
         self.lock().shutdown = true;
         self.changed.notify_all();
+        self.timer_changed.notify_all();
         if let Some(t) = lock(&self.timer).take() {
             let _ = t.join();
         }
@@ -104,13 +112,43 @@ impl Irqchip {
         }
     }
 
-    fn kick(&self, ids: &[usize]) {
-        self.changed.notify_all();
+    /// Drops vCPU `id`'s kicker; its thread calls this before it ends. Kicks happen under
+    /// the same lock, so once this returns nothing signals that thread (whose id may be
+    /// reused by a new thread once it is joined).
+    pub fn detach(&self, id: u32) {
+        if let Some(k) = lock(&self.kickers).get_mut(id as usize) {
+            *k = None;
+        }
+    }
+
+    /// How many vCPUs have a kicker attached.
+    pub fn attached(&self) -> usize {
+        lock(&self.kickers).iter().filter(|k| k.is_some()).count()
+    }
+
+    /// Makes the vCPUs `ids` look at their APICs: a notify for those asleep on `changed`, a
+    /// kick out of the guest for the others. Takes the lock that `asleep` was read under, so a
+    /// vCPU about to sleep sees the new state before it does.
+    fn wake(&self, inner: MutexGuard<'_, Inner>, ids: &[usize]) {
+        let (asleep, running): (Vec<usize>, Vec<usize>) = ids
+            .iter()
+            .partition(|&&id| inner.asleep.get(id).copied().unwrap_or(false));
+        drop(inner);
+        if !asleep.is_empty() {
+            self.changed.notify_all();
+        }
         let kickers = lock(&self.kickers);
-        for &id in ids {
+        for id in running {
             if let Some(Some(k)) = kickers.get(id) {
                 k.kick();
             }
+        }
+    }
+
+    /// Marks vCPU `id` as sleeping on `changed` (or awake again).
+    fn set_asleep(inner: &mut Inner, id: u32, asleep: bool) {
+        if let Some(a) = inner.asleep.get_mut(id as usize) {
+            *a = asleep;
         }
     }
 
@@ -136,8 +174,7 @@ impl Irqchip {
             return;
         };
         let targets = deliver(&mut inner, route.vector, route.dest, route.level, 0);
-        drop(inner);
-        self.kick(&targets);
+        self.wake(inner, &targets);
     }
 
     /// vCPU `id` reads its local APIC at `offset`.
@@ -167,7 +204,12 @@ impl Irqchip {
             return;
         };
         let from = a.id();
-        let targets = match a.write(offset, u32::from_le_bytes(bytes), now) {
+        let deadline = a.timer_deadline();
+        let effect = a.write(offset, u32::from_le_bytes(bytes), now);
+        if a.timer_deadline() != deadline {
+            self.timer_changed.notify_all();
+        }
+        let targets = match effect {
             WriteEffect::None => Vec::new(),
             WriteEffect::LevelEoi(v) => {
                 inner.ioapic.end_of_interrupt(v);
@@ -187,10 +229,9 @@ impl Irqchip {
                 })
             }
         };
-        drop(inner);
-        // The timer thread re-reads deadlines on every change; targets leave the guest.
+        // The writer itself looks at its APIC before it re-enters the guest.
         let others: Vec<usize> = targets.into_iter().filter(|&t| t != id as usize).collect();
-        self.kick(&others);
+        self.wake(inner, &others);
     }
 
     /// Whether vCPU `id` has an interrupt to take.
@@ -219,6 +260,7 @@ impl Irqchip {
     /// Blocks a halted vCPU until it has an interrupt or `give_up()` says to stop waiting.
     pub fn wait_for_interrupt(&self, id: u32, give_up: impl Fn() -> bool) {
         let mut inner = self.lock();
+        Self::set_asleep(&mut inner, id, true);
         while !give_up()
             && !inner.shutdown
             && inner
@@ -228,6 +270,7 @@ impl Irqchip {
         {
             inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
         }
+        Self::set_asleep(&mut inner, id, false);
     }
 
     /// For a vCPU that must not run yet (after reset or INIT): waits for a STARTUP IPI and
@@ -235,18 +278,21 @@ impl Irqchip {
     /// `None` at once.
     pub fn wait_for_startup(&self, id: u32, give_up: impl Fn() -> bool) -> Option<u8> {
         let mut inner = self.lock();
-        loop {
+        Self::set_asleep(&mut inner, id, true);
+        let vector = loop {
             match inner.power.get(id as usize).copied() {
                 Some(Power::Starting(v)) => {
                     inner.power[id as usize] = Power::Running;
-                    return Some(v);
+                    break Some(v);
                 }
                 Some(Power::WaitForSipi) if !give_up() && !inner.shutdown => {
                     inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
                 }
-                _ => return None,
+                _ => break None,
             }
-        }
+        };
+        Self::set_asleep(&mut inner, id, false);
+        vector
     }
 
     /// Whether vCPU `id` is held until a STARTUP IPI.
@@ -268,8 +314,7 @@ impl Irqchip {
                 }
             }
             if !fired.is_empty() {
-                drop(inner);
-                self.kick(&fired);
+                self.wake(inner, &fired);
                 inner = self.lock();
                 continue;
             }
@@ -277,12 +322,15 @@ impl Irqchip {
             inner = match next {
                 Some(d) => {
                     let wait = Duration::from_nanos(d.saturating_sub(now));
-                    self.changed
+                    self.timer_changed
                         .wait_timeout(inner, wait)
                         .unwrap_or_else(|e| e.into_inner())
                         .0
                 }
-                None => self.changed.wait(inner).unwrap_or_else(|e| e.into_inner()),
+                None => self
+                    .timer_changed
+                    .wait(inner)
+                    .unwrap_or_else(|e| e.into_inner()),
             };
         }
     }
@@ -309,6 +357,24 @@ fn set_power(inner: &mut Inner, dest: Destination, from: u8, f: impl Fn(&mut Pow
         }
     }
     targets
+}
+
+/// An [`Irqchip`] and its timer thread: dropping the owner stops and joins the thread (which
+/// holds a reference to the chip), on every path, failed VM creations included. Device lines
+/// may keep the chip itself alive longer.
+pub struct OwnedIrqchip(Arc<Irqchip>);
+
+impl std::ops::Deref for OwnedIrqchip {
+    type Target = Arc<Irqchip>;
+    fn deref(&self) -> &Arc<Irqchip> {
+        &self.0
+    }
+}
+
+impl Drop for OwnedIrqchip {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
 }
 
 /// A device's interrupt line into an IOAPIC pin.
@@ -354,7 +420,7 @@ mod tests {
 
     #[test]
     fn device_line_to_apic_and_startup_ipis() {
-        let chip = Irqchip::new(2).unwrap();
+        let chip = Irqchip::start(2).unwrap();
         let kicks = Arc::new(AtomicUsize::new(0));
         chip.attach(1, Box::new(Count(kicks.clone())));
         for id in 0..2 {
@@ -384,12 +450,28 @@ mod tests {
         assert_eq!(chip.wait_for_startup(1, || false), Some(0x10));
         assert!(!chip.is_waiting_for_startup(1));
         assert_eq!(chip.wait_for_startup(0, || false), None);
-        chip.shutdown();
+        // A detached vCPU is kicked no more.
+        let before = kicks.load(Ordering::SeqCst);
+        chip.detach(1);
+        assert_eq!(chip.attached(), 0);
+        chip.line(5).trigger().unwrap();
+        assert_eq!(kicks.load(Ordering::SeqCst), before);
+    }
+
+    #[test]
+    fn dropping_the_owner_ends_the_timer_thread() {
+        let chip = Irqchip::start(1).unwrap();
+        let weak = Arc::downgrade(&*chip);
+        drop(chip);
+        assert!(
+            weak.upgrade().is_none(),
+            "the timer thread let go of the chip"
+        );
     }
 
     #[test]
     fn the_timer_thread_fires_and_wakes_a_halted_vcpu() {
-        let chip = Irqchip::new(1).unwrap();
+        let chip = Irqchip::start(1).unwrap();
         w(&chip, 0, lapic::REG_SVR, 0x1ff);
         w(&chip, 0, lapic::REG_TIMER_DIVIDE, 0xb);
         w(&chip, 0, lapic::REG_LVT_TIMER, 0x40);
@@ -401,6 +483,5 @@ mod tests {
             "woken by the timer, not the 5 s limit"
         );
         assert!(t.elapsed() >= Duration::from_millis(1));
-        chip.shutdown();
     }
 }

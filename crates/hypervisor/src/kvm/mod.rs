@@ -10,8 +10,9 @@ mod x86_64;
 
 use std::fs::File;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::{FromRawFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Cap, IoEventAddress, VmFd};
@@ -121,8 +122,13 @@ impl crate::Hypervisor for Kvm {
             vm.set_tss_address(base as usize + 0x1000)
                 .map_err(os_err("KVM_SET_TSS_ADDR"))?;
         }
+        let run_size = self
+            .kvm
+            .get_vcpu_mmap_size()
+            .map_err(os_err("KVM_GET_VCPU_MMAP_SIZE"))?;
         Ok(KvmVm {
-            vm: Arc::new(vm),
+            vm: ManuallyDrop::new(Arc::new(vm)),
+            run_size,
             #[cfg(target_arch = "x86_64")]
             cpuid: self
                 .kvm
@@ -147,7 +153,11 @@ fn short_name(name: &'static str) -> &'static str {
 
 /// A KVM virtual machine.
 pub struct KvmVm {
-    vm: Arc<VmFd>,
+    /// The only strong reference: interrupt lines hold weak ones, so the VM descriptor closes
+    /// when this is dropped, before the caller unmaps guest memory (see `Drop`).
+    vm: ManuallyDrop<Arc<VmFd>>,
+    /// Size of each vCPU's `kvm_run` mapping.
+    run_size: usize,
     #[cfg(target_arch = "x86_64")]
     cpuid: kvm_bindings::CpuId,
 }
@@ -161,16 +171,45 @@ impl IrqLine for KvmIrqLine {
     }
 }
 
-/// A GSI pulsed with KVM_IRQ_LINE (raise, then lower: an edge).
+/// Closes the VM descriptor now, not whenever the last interrupt line goes: `map_memory`'s
+/// contract is that guest memory stays mapped while the VM exists, and the owner unmaps it
+/// right after this. A line may hold a strong reference for the length of one trigger; wait
+/// that out rather than let the VM outlive its memory.
+impl Drop for KvmVm {
+    fn drop(&mut self) {
+        // SAFETY: `self.vm` is taken once, here, and never used again.
+        let mut vm = unsafe { ManuallyDrop::take(&mut self.vm) };
+        loop {
+            match Arc::try_unwrap(vm) {
+                Ok(fd) => {
+                    drop(fd);
+                    return;
+                }
+                Err(shared) => {
+                    vm = shared;
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+}
+
+/// A GSI pulsed with KVM_IRQ_LINE (raise, then lower: an edge). Holds the VM weakly: a device
+/// that outlives the VM (a console thread holding the serial port) must not keep the VM
+/// descriptor, and with it the guest memory slots, alive.
 struct KvmIrqPulse {
-    vm: Arc<VmFd>,
+    vm: Weak<VmFd>,
     gsi: u32,
 }
 
 impl IrqLine for KvmIrqPulse {
     fn trigger(&self) -> io::Result<()> {
-        self.vm.set_irq_line(self.gsi, true)?;
-        self.vm.set_irq_line(self.gsi, false)?;
+        // The VM is gone: like a line into a machine that was switched off.
+        let Some(vm) = self.vm.upgrade() else {
+            return Ok(());
+        };
+        vm.set_irq_line(self.gsi, true)?;
+        vm.set_irq_line(self.gsi, false)?;
         Ok(())
     }
 }
@@ -217,7 +256,7 @@ impl crate::Vm for KvmVm {
     fn irq_line(&self, gsi: u32, eventfd: bool) -> Result<Box<dyn IrqLine>> {
         if !eventfd {
             return Ok(Box::new(KvmIrqPulse {
-                vm: self.vm.clone(),
+                vm: Arc::downgrade(&self.vm),
                 gsi,
             }));
         }
@@ -243,7 +282,7 @@ impl crate::Vm for KvmVm {
                 id,
                 source: e.into(),
             })?;
-        Ok(KvmVcpu::new(fd))
+        Ok(KvmVcpu::new(fd, self.run_size))
     }
 }
 

@@ -58,18 +58,88 @@ struct KvmKicker {
 
 impl VcpuKicker for KvmKicker {
     fn kick(&self) {
-        // SAFETY: the thread is joined only after its kickers are dropped (see vmm::vcpu).
+        // SAFETY: the vCPU thread drops its kickers before it ends (vmm::vcpu::Registration),
+        // so `thread` is alive whenever this runs.
         unsafe { libc::pthread_kill(self.thread, kick_signal()) };
     }
 }
 
+/// The fields of a `KVM_EXIT_IO` exit.
+#[derive(Clone, Copy)]
+struct IoExit {
+    port: u16,
+    size: u8,
+    count: u32,
+    input: bool,
+}
+
 pub struct KvmVcpu {
     pub(super) fd: VcpuFd,
+    /// Size of the `kvm_run` mapping: what a port I/O exit's data must fit in.
+    run_size: usize,
 }
 
 impl KvmVcpu {
-    pub(super) fn new(fd: VcpuFd) -> Self {
-        KvmVcpu { fd }
+    pub(super) fn new(fd: VcpuFd, run_size: usize) -> Self {
+        KvmVcpu { fd, run_size }
+    }
+
+    /// The data area of the current port I/O exit, `size * count` bytes into the `kvm_run`
+    /// mapping (KVM puts it in the page after `kvm_run`), or `None` if this is no such exit
+    /// or its bounds do not fit the mapping.
+    fn io_data(&mut self) -> Option<(IoExit, &mut [u8])> {
+        let run_size = self.run_size;
+        let run = self.fd.get_kvm_run();
+        if run.exit_reason != KVM_EXIT_IO {
+            return None;
+        }
+        // SAFETY: exit_reason says `io` is the active union member.
+        let io = unsafe { run.__bindgen_anon_1.io };
+        let len = usize::from(io.size).checked_mul(io.count as usize)?;
+        let start = usize::try_from(io.data_offset).ok()?;
+        start.checked_add(len).filter(|&end| end <= run_size)?;
+        let base = run as *mut kvm_bindings::kvm_run as *mut u8;
+        // SAFETY: `start..start + len` lies inside the `run_size`-byte kvm_run mapping this vCPU
+        // owns (checked above), and the borrow of `self` keeps it mapped and unaliased.
+        let data = unsafe { std::slice::from_raw_parts_mut(base.add(start), len) };
+        let exit = IoExit {
+            port: io.port,
+            size: io.size,
+            count: io.count,
+            input: u32::from(io.direction) == KVM_EXIT_IO_IN,
+        };
+        Some((exit, data))
+    }
+
+    /// A port I/O exit: one element as `IoIn`/`IoOut`, several as the string variants.
+    fn io_exit(&mut self) -> VmExit {
+        let Some((io, data)) = self.io_data() else {
+            return VmExit::InternalError {
+                emulation: false,
+                description: "KVM port I/O exit with data outside the kvm_run mapping".into(),
+            };
+        };
+        let IoExit {
+            port,
+            size,
+            count,
+            input,
+        } = io;
+        if !matches!(size, 1 | 2 | 4) {
+            return VmExit::InternalError {
+                emulation: false,
+                description: format!("KVM port I/O exit of {size} bytes at port {port:#x}"),
+            };
+        }
+        match (input, count) {
+            (true, 1) => VmExit::IoIn { port, size },
+            (false, 1) => VmExit::IoOut {
+                port,
+                data: Data::new(data),
+            },
+            (true, _) => VmExit::IoInString { port, size, count },
+            (false, _) => VmExit::IoOutString { port, size, count },
+        }
     }
 
     /// Writes the answer to the last IN or MMIO read into the `kvm_run` page.
@@ -81,22 +151,11 @@ impl KvmVcpu {
                 if run.exit_reason != KVM_EXIT_IO {
                     return;
                 }
-                // SAFETY: exit_reason says `io` is the active union member.
-                let io = unsafe { run.__bindgen_anon_1.io };
-                if u32::from(io.direction) != KVM_EXIT_IO_IN {
-                    return;
+                if let Some((io, area)) = self.io_data().filter(|(io, _)| io.input) {
+                    // One element: string INs are answered in place (`string_io_data`).
+                    let len = data.len().min(area.len()).min(usize::from(io.size));
+                    area[..len].copy_from_slice(&data.as_slice()[..len]);
                 }
-                let len = data.len().min(usize::from(io.size) * io.count as usize);
-                let base = run as *mut kvm_bindings::kvm_run as *mut u8;
-                // SAFETY: the kernel places the data `data_offset` bytes into the kvm_run
-                // mapping, with room for size * count bytes; `len` is no larger.
-                unsafe {
-                    ptr::copy_nonoverlapping(
-                        data.as_slice().as_ptr(),
-                        base.add(io.data_offset as usize),
-                        len,
-                    )
-                };
             }
             VmEntry::MmioRead(data) => {
                 if run.exit_reason != KVM_EXIT_MMIO {
@@ -136,16 +195,6 @@ impl KvmVcpu {
     }
 }
 
-/// `rep ins`/`rep outs` moves more than one element per exit; no device here needs it.
-fn string_io(port: u16, len: usize) -> VmExit {
-    VmExit::InternalError {
-        emulation: false,
-        description: format!(
-            "string port I/O (rep ins/outs) of {len} bytes at port {port:#x} is not supported"
-        ),
-    }
-}
-
 impl Drop for KvmVcpu {
     fn drop(&mut self) {
         let mine = &mut self.fd.get_kvm_run().immediate_exit as *mut u8;
@@ -169,16 +218,9 @@ impl crate::Vcpu for KvmVcpu {
             Err(e) => return Err(os_err("KVM_RUN")(e)),
         };
         Ok(match exit {
-            VcpuExit::IoOut(port, data) if data.len() <= 4 => VmExit::IoOut {
-                port,
-                data: Data::new(data),
-            },
-            VcpuExit::IoIn(port, data) if data.len() <= 4 => VmExit::IoIn {
-                port,
-                size: data.len() as u8,
-            },
-            VcpuExit::IoOut(port, data) => string_io(port, data.len()),
-            VcpuExit::IoIn(port, data) => string_io(port, data.len()),
+            // Size and count come from kvm_run itself: the slice alone cannot tell four
+            // one-byte `ins` from one four-byte `in`.
+            VcpuExit::IoOut(..) | VcpuExit::IoIn(..) => self.io_exit(),
             VcpuExit::MmioRead(addr, data) => VmExit::MmioRead {
                 addr,
                 size: data.len() as u8,
@@ -227,6 +269,14 @@ impl crate::Vcpu for KvmVcpu {
     #[cfg(not(target_arch = "x86_64"))]
     fn translate_gva(&self, _gva: u64) -> Result<Option<u64>> {
         Err(crate::Error::Unsupported)
+    }
+
+    /// KVM leaves string I/O's elements in its data page: an IN is answered in place.
+    fn string_io_data(&mut self) -> &mut [u8] {
+        match self.io_data() {
+            Some((io, data)) if io.count > 1 => data,
+            _ => &mut [],
+        }
     }
 }
 

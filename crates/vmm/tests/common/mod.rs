@@ -193,3 +193,65 @@ pub fn stop_pause_and_resume(irqchip: IrqchipMode) {
     // The guest never got its byte.
     assert!(!out.text().contains("got"));
 }
+
+/// Every access a [`LogPort`] saw: (is a write, the bytes).
+pub type AccessLog = Arc<Mutex<Vec<(bool, Vec<u8>)>>>;
+
+/// A port device that logs every access; each byte a read returns is the next value of a byte
+/// counter, so the log shows how many accesses of which size arrived.
+pub struct LogPort {
+    next: u8,
+    pub log: AccessLog,
+}
+
+impl BusDevice for LogPort {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        for b in data.iter_mut() {
+            *b = self.next;
+            self.next = self.next.wrapping_add(1);
+        }
+        self.log.lock().unwrap().push((false, data.to_vec()));
+    }
+    fn write(&mut self, _offset: u64, data: &[u8]) {
+        self.log.lock().unwrap().push((true, data.to_vec()));
+    }
+}
+
+pub const STRING_IO_PORT: u16 = 0x520;
+
+/// The string I/O guest: every element of a `rep ins`/`rep outs` is one access of its size,
+/// reads fill each element with what the device returned, writes send each element back.
+pub fn string_io(irqchip: IrqchipMode) {
+    let Some(kvm) = kvm() else { return };
+    let out = Capture::default();
+    let mut c = config(test_guests::STRING_IO, 1, &out);
+    c.irqchip = irqchip;
+    let mut vm = build(&kvm, c);
+    let log = AccessLog::default();
+    let port = LogPort {
+        next: 0,
+        log: log.clone(),
+    };
+    vm.add_pio_device(Arc::new(Mutex::new(port)), STRING_IO_PORT, 4)
+        .unwrap();
+    let outcome = run_with_limit(vm, Duration::from_secs(60));
+    assert_eq!(outcome, Outcome::DebugExit(0), "{}", out.text());
+    // rep insb/outsb x1, x2, x4, x16; insw/outsw x3; insd/outsd x4; insd/outsd x600 across
+    // a page of guest memory; insb/outsb x5000, more than one exit's data page.
+    let sizes: Vec<usize> = [(1, 1 + 2 + 4 + 16), (2, 3), (4, 4 + 600), (1, 5000)]
+        .iter()
+        .flat_map(|&(size, n)| std::iter::repeat_n(size, n))
+        .collect();
+    let log = log.lock().unwrap();
+    let (writes, reads): (Vec<_>, Vec<_>) = log.iter().partition(|(w, _)| *w);
+    let read_sizes: Vec<usize> = reads.iter().map(|(_, d)| d.len()).collect();
+    let write_sizes: Vec<usize> = writes.iter().map(|(_, d)| d.len()).collect();
+    assert_eq!(read_sizes, sizes, "one read access per element");
+    assert_eq!(write_sizes, sizes, "one write access per element");
+    let read: Vec<u8> = reads.iter().flat_map(|(_, d)| d.clone()).collect();
+    let written: Vec<u8> = writes.iter().flat_map(|(_, d)| d.clone()).collect();
+    let expected: Vec<u8> = (0..read.len()).map(|i| i as u8).collect();
+    assert_eq!(read, expected);
+    assert_eq!(written, read, "each element written back as it was read");
+    assert!(log.iter().take(reads.len()).all(|(w, _)| !w), "reads first");
+}

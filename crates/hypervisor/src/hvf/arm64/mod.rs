@@ -88,6 +88,7 @@ impl<A: Api> Hypervisor for HvfArm64<A> {
                     psci: Psci::new(0),
                     starts: Vec::new(),
                     interrupts: 0,
+                    destroyed: false,
                 }),
                 wake: Condvar::new(),
             }),
@@ -107,6 +108,9 @@ struct Power {
     /// CPU_ON requests not yet picked up: (entry point, context id) per vCPU.
     starts: Vec<Option<(u64, u64)>>,
     interrupts: u64,
+    /// The VM was destroyed: lines that outlive it raise nothing (Hypervisor.framework has
+    /// one VM per process, so a later VM's GIC must not hear an old device).
+    destroyed: bool,
 }
 
 impl Shared {
@@ -122,6 +126,8 @@ pub struct HvfVm<A: Api> {
 
 impl<A: Api> Drop for HvfVm<A> {
     fn drop(&mut self) {
+        // Under the lock a trigger holds while it raises its SPI: none is half done.
+        self.shared.lock().destroyed = true;
         self.api.vm_destroy();
     }
 }
@@ -208,9 +214,14 @@ impl<A: Api> IrqLine for SpiLine<A> {
                 .gic_set_spi(self.intid, level)
                 .map_err(io::Error::other)
         };
+        let mut power = self.shared.lock();
+        if power.destroyed {
+            return Ok(());
+        }
         raise(true)?;
         raise(false)?;
-        self.shared.lock().interrupts += 1;
+        power.interrupts += 1;
+        drop(power);
         self.shared.wake.notify_all();
         Ok(())
     }
@@ -764,6 +775,19 @@ mod tests {
         let log = hv.api().log();
         assert!(
             log.contains(&spi(true)) && log.contains(&spi(false)),
+            "{log:?}"
+        );
+    }
+
+    #[test]
+    fn a_line_that_outlives_its_vm_raises_nothing() {
+        let (hv, vm) = vm(1, vec![]);
+        let line = vm.irq_line(33, true).unwrap();
+        drop(vm);
+        line.trigger().unwrap();
+        let log = hv.api().log();
+        assert!(
+            !log.iter().any(|e| matches!(e, Event::Spi { .. })),
             "{log:?}"
         );
     }

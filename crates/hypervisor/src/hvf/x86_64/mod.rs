@@ -380,11 +380,11 @@ impl<A: Api> HvfX86Vcpu<A> {
         let size = ((q & 7) + 1) as u8;
         let port = (q >> 16) as u16;
         if q & (1 << 4) != 0 {
-            return Ok(VmExit::InternalError {
-                emulation: false,
-                description: format!(
-                    "string port I/O (rep ins/outs) at port {port:#x} is not supported"
-                ),
+            // Each element would need the guest's RSI/RDI walked through its page tables;
+            // no device behind this backend needs it yet.
+            return Err(crate::Error::StringIoUnsupported {
+                port,
+                backend: "Hypervisor.framework (Intel)",
             });
         }
         self.skip_instruction()?;
@@ -860,12 +860,17 @@ mod tests {
         ];
         let (_hv, vm) = vcpu(FakeHvf::default(), exits);
         let mut cpu = vm.create_vcpu(0).unwrap();
-        let mut next = || cpu.run(VmEntry::None).unwrap();
+        let mut run = || cpu.run(VmEntry::None);
+        let mut next = || run().unwrap();
         assert_eq!(next(), VmExit::MmioInstruction { gpa: 0xd000_0010 });
         assert!(matches!(next(), VmExit::IoOut { port: 0x60, .. }));
-        assert!(
-            matches!(next(), VmExit::InternalError { description, .. } if description.contains("string port I/O"))
-        );
+        // String I/O is refused with a typed error (the core stops the VM with it).
+        let mut run = || cpu.run(VmEntry::None);
+        assert!(matches!(
+            run(),
+            Err(crate::Error::StringIoUnsupported { port: 0x3f8, .. })
+        ));
+        let mut next = || cpu.run(VmEntry::None).unwrap();
         assert_eq!(next(), VmExit::Shutdown);
         assert_eq!(next(), VmExit::FailEntry { reason: 33 });
         assert_eq!(next(), VmExit::Unhandled { reason: 55 });
