@@ -63,13 +63,16 @@ impl Exit {
 /// What the backend did, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// A vCPU entered the guest: its RIP, RAX, RCX and the interruption info it carried.
+    /// A vCPU entered the guest: its RIP, RAX, RCX and CR2, and the interruption info it
+    /// carried with that event's error code (meaningful when the info asks to deliver one).
     Run {
         vcpu: VcpuHandle,
         rip: u64,
         rax: u64,
         rcx: u64,
+        cr2: u64,
         interruption: u64,
+        error_code: u64,
     },
 }
 
@@ -206,9 +209,15 @@ impl Api for FakeHvf {
             rip: reg(Reg::Rip),
             rax: reg(Reg::Gpr(0)),
             rcx: reg(Reg::Gpr(1)),
+            cr2: reg(Reg::Cr2),
             interruption: v
                 .vmcs
                 .get(&CTRL_ENTRY_INTERRUPTION_INFO)
+                .copied()
+                .unwrap_or(0),
+            error_code: v
+                .vmcs
+                .get(&CTRL_ENTRY_EXCEPTION_ERROR)
                 .copied()
                 .unwrap_or(0),
         };
