@@ -20,6 +20,9 @@ pub struct Exit {
     pub gpa: u64,
     /// Registers as the guest left them.
     pub regs: Vec<(Reg, u64)>,
+    /// Guest-state VMCS fields as the guest left them (a segment's access rights after a
+    /// change of privilege, say).
+    pub vmcs: Vec<(u32, u64)>,
 }
 
 impl Exit {
@@ -56,6 +59,11 @@ impl Exit {
 
     pub fn with(mut self, reg: Reg, value: u64) -> Self {
         self.regs.push((reg, value));
+        self
+    }
+
+    pub fn with_vmcs(mut self, field: u32, value: u64) -> Self {
+        self.vmcs.push((field, value));
         self
     }
 }
@@ -237,6 +245,7 @@ impl Api for FakeHvf {
             if let Some(exit) = s.scripts.get_mut(&vcpu).and_then(VecDeque::pop_front) {
                 let v = s.vcpus.get_mut(&vcpu).expect("checked above");
                 v.regs.extend(exit.regs);
+                v.vmcs.extend(exit.vmcs);
                 v.vmcs.insert(RO_EXIT_REASON, u64::from(exit.reason));
                 v.vmcs.insert(RO_EXIT_QUALIFICATION, exit.qualification);
                 v.vmcs

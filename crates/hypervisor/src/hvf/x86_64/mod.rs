@@ -738,6 +738,7 @@ mod tests {
         ];
         let (hv, vm) = vcpu(FakeHvf::default(), exits);
         let mut cpu = vm.create_vcpu(0).unwrap();
+        cpu.set_vmcs(GUEST_CR0, CR0_PE).unwrap(); // protected mode: #GP has an error code
         let leaf7 = CpuidEntry {
             function: 7,
             index: 0,
@@ -757,6 +758,32 @@ mod tests {
         // The unknown MSR raised #GP (error code 0) with RIP left on the RDMSR.
         let gp = 13 | INTERRUPTION_HW_EXCEPTION | INTERRUPTION_ERROR_CODE | INTERRUPTION_VALID;
         assert_eq!((r[4].0, r[4].3), (6, gp));
+    }
+
+    #[test]
+    fn exceptions_carry_their_error_code_and_cr2() {
+        let exits = vec![Exit::new(EXIT_HLT, 1), Exit::new(EXIT_HLT, 1)];
+        let (hv, vm) = vcpu(FakeHvf::default(), exits);
+        let mut cpu = vm.create_vcpu(0).unwrap();
+        cpu.set_vmcs(GUEST_CR0, CR0_PE).unwrap();
+        cpu.inject_exception(&Exception::page_fault(0xdead_b000, 0x7))
+            .unwrap();
+        assert_eq!(cpu.run(VmEntry::None).unwrap(), VmExit::Halt);
+        let pf = 14 | INTERRUPTION_HW_EXCEPTION | INTERRUPTION_ERROR_CODE | INTERRUPTION_VALID;
+        let Event::Run {
+            cr2,
+            interruption,
+            error_code,
+            ..
+        } = hv.api().log()[0];
+        assert_eq!((cr2, interruption, error_code), (0xdead_b000, pf, 7));
+        // In real mode VMX delivers no error code (and refuses entry if asked to).
+        cpu.set_vmcs(GUEST_CR0, 0).unwrap();
+        let gp = Exception::with_error_code(Exception::GENERAL_PROTECTION, 0);
+        cpu.inject_exception(&gp).unwrap();
+        assert_eq!(cpu.run(VmEntry::None).unwrap(), VmExit::Halt);
+        let Event::Run { interruption, .. } = hv.api().log()[1];
+        assert_eq!(interruption, 13 | INTERRUPTION_HW_EXCEPTION | INTERRUPTION_VALID);
     }
 
     #[test]
