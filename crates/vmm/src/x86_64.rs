@@ -275,7 +275,10 @@ impl<V: X86Vm> VcpuSetup<V> for X86Setup {
         };
         let mut s = format!(", at RIP {:#x}", at.cpu.regs.rip);
         if let Ok(f) = at.fetched {
-            let hex: Vec<String> = f.bytes[..f.len].iter().map(|b| format!("{b:02x}")).collect();
+            let hex: Vec<String> = f.bytes[..f.len]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
             s += &format!(" (gpa {:#x}), instruction bytes [{}]", f.gpa, hex.join(" "));
         }
         s

@@ -342,8 +342,16 @@ fn emulator_matches_kvm_on_every_mmio_form() {
         count("(32-bit"),
         count("(64-bit")
     );
-    assert_eq!(count("CPL 3"), 5, "four user-mode cases and one user-mode fault");
-    assert_eq!(count("fault at"), 1, "the #PF that KVM delivered to the guest");
+    assert_eq!(
+        count("CPL 3"),
+        5,
+        "four user-mode cases and one user-mode fault"
+    );
+    assert_eq!(
+        count("fault at"),
+        1,
+        "the #PF that KVM delivered to the guest"
+    );
     // Every case in the guest's source was compared, in each mode.
     let source = include_str!("../../../guests/asm/emulate.S");
     let (code32, code64) = source.split_once("main64:").unwrap();

@@ -8,9 +8,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use devices::BusDevice;
 use arch::x86_64::gdt;
 use arch::x86_64::mmu::{PF_PRESENT, PF_USER, PF_WRITE};
+use devices::BusDevice;
 use hypervisor::hvf::x86_64::api::Reg;
 use hypervisor::hvf::x86_64::fake::{Event, Exit, FakeHvf};
 use hypervisor::hvf::x86_64::vmcs::{
@@ -137,7 +137,11 @@ fn an_instruction_the_emulator_refuses_is_an_invalid_opcode_for_the_guest() {
         .unwrap();
     assert_eq!(vm.run().unwrap(), Outcome::DebugExit(0));
     assert!(log.lock().unwrap().is_empty());
-    assert_eq!(entries(&hv)[1], (CODE, 0, UD, 0), "#UD, RIP on the instruction");
+    assert_eq!(
+        entries(&hv)[1],
+        (CODE, 0, UD, 0),
+        "#UD, RIP on the instruction"
+    );
 }
 
 #[test]
@@ -184,8 +188,14 @@ fn user_tables(vm: &FakeVm) {
     put(TABLES + 0x2000, (TABLES + 0x3000) | p | rw | us);
     put(TABLES + 0x3000 + (CODE >> 12) * 8, CODE | p | us);
     put(TABLES + 0x1000 + 3 * 8, (TABLES + 0x4000) | p | rw | us);
-    put(TABLES + 0x4000 + ((DEVICE >> 21) & 0x1ff) * 8, (TABLES + 0x5000) | p | rw | us);
-    put(TABLES + 0x5000 + ((DEVICE >> 12) & 0x1ff) * 8, DEVICE | p | rw);
+    put(
+        TABLES + 0x4000 + ((DEVICE >> 21) & 0x1ff) * 8,
+        (TABLES + 0x5000) | p | rw | us,
+    );
+    put(
+        TABLES + 0x5000 + ((DEVICE >> 12) & 0x1ff) * 8,
+        DEVICE | p | rw,
+    );
 }
 
 #[test]

@@ -188,7 +188,14 @@ fn walker_agrees_with_kvm_in_every_paging_mode() {
                     "pae" => ((rng.next() % 4) << 30) | (rng.next() % (16 << 20)),
                     _ => rng.next() % (256 << 20),
                 } + (i % 8);
-                let ours = mmu::translate(&mem, &regs, linear, Access::Read, Mode::Supervisor { ac: false }).ok();
+                let ours = mmu::translate(
+                    &mem,
+                    &regs,
+                    linear,
+                    Access::Read,
+                    Mode::Supervisor { ac: false },
+                )
+                .ok();
                 let theirs = vcpu.translate_gva(linear).unwrap();
                 assert_eq!(ours, theirs, "{mode} round {round}: linear {linear:#x}");
                 if theirs.is_some() {

@@ -104,7 +104,9 @@ pub enum EmuError {
     #[error("the instruction [{0}] is not one vibe-vmm emulates on MMIO (it emulates MOV, MOVZX, MOVSX, MOVSXD, ADD, OR, ADC, SBB, AND, SUB, XOR, CMP, TEST, INC, DEC, NOT, NEG, XCHG, MOVS, STOS, LODS)")]
     Unsupported(String),
     /// The bytes fetched end inside the instruction (the next page could not be fetched).
-    #[error("the instruction at RIP {rip:#x} runs past the bytes that could be fetched ({bytes:02x?})")]
+    #[error(
+        "the instruction at RIP {rip:#x} runs past the bytes that could be fetched ({bytes:02x?})"
+    )]
     Truncated { rip: u64, bytes: Vec<u8> },
     #[error("page fault at linear address {linear:#x}, error code {code:#x} ({cause})")]
     PageFault {

@@ -284,10 +284,17 @@ mod tests {
     }
 
     /// Runs `code` at RIP (in the code page, mapped 1:1); the exception owed, if any.
-    fn run(m: &mut Machine, regs: PagingRegs, cpu: &mut CpuState, code: &[u8]) -> Option<Exception> {
+    fn run(
+        m: &mut Machine,
+        regs: PagingRegs,
+        cpu: &mut CpuState,
+        code: &[u8],
+    ) -> Option<Exception> {
         m.put(cpu.regs.rip, code);
         let mut view = Linear::new(m, regs, cpu);
-        view.emulate(cpu).err().map(|e| e.exception().expect("a guest fault"))
+        view.emulate(cpu)
+            .err()
+            .map(|e| e.exception().expect("a guest fault"))
     }
 
     #[test]
@@ -302,7 +309,10 @@ mod tests {
         c.regs.rax = 0x1122_3344_5566_7788;
         // mov [rbx], rax: 3 bytes in the device, 5 in RAM.
         assert_eq!(run(&mut m, paging(), &mut c, &[0x48, 0x89, 0x03]), None);
-        assert_eq!(m.device, vec![(true, DEVICE + 0x5ffd, vec![0x88, 0x77, 0x66])]);
+        assert_eq!(
+            m.device,
+            vec![(true, DEVICE + 0x5ffd, vec![0x88, 0x77, 0x66])]
+        );
         assert_eq!(m.get(0x7_0000, 5), vec![0x55, 0x44, 0x33, 0x22, 0x11]);
         assert_eq!(c.regs.rip, CODE + 3);
         // mov rcx, [rbx]: read back from the same two frames.
@@ -321,11 +331,21 @@ mod tests {
         c.regs.rbx = 0x1ffe;
         let before = c;
         let e = run(&mut m, paging(), &mut c, &[0x89, 0x03]); // mov [rbx], eax
-        assert_eq!(e, Some(Exception::page_fault(0x2000, PF_PRESENT | PF_WRITE)));
-        assert_eq!((m.device.len(), c), (0, before), "nothing written, RIP on the MOV");
+        assert_eq!(
+            e,
+            Some(Exception::page_fault(0x2000, PF_PRESENT | PF_WRITE))
+        );
+        assert_eq!(
+            (m.device.len(), c),
+            (0, before),
+            "nothing written, RIP on the MOV"
+        );
         // A read-modify-write faults as a write before it reads anything.
         let e = run(&mut m, paging(), &mut c, &[0x01, 0x03]); // add [rbx], eax
-        assert_eq!(e, Some(Exception::page_fault(0x2000, PF_PRESENT | PF_WRITE)));
+        assert_eq!(
+            e,
+            Some(Exception::page_fault(0x2000, PF_PRESENT | PF_WRITE))
+        );
         assert!(m.device.is_empty());
         // An absent second page: not present, CR2 its first byte.
         m.map(2, 0);
@@ -372,7 +392,10 @@ mod tests {
         let mut c = cpu(0);
         c.regs.rbx = 0x1000;
         let e = run(&mut m, smap, &mut c, &[0x89, 0x03]);
-        assert_eq!(e, Some(Exception::page_fault(0x1000, PF_PRESENT | PF_WRITE)));
+        assert_eq!(
+            e,
+            Some(Exception::page_fault(0x1000, PF_PRESENT | PF_WRITE))
+        );
         c.regs.rflags |= RFLAGS_AC;
         assert_eq!(run(&mut m, smap, &mut c, &[0x89, 0x03]), None);
         assert_eq!(m.device.len(), 1);

@@ -130,7 +130,12 @@ pub enum WalkError {
 /// The #PF error code the CPU pushes when an `access` in `mode` fails with `e`; `None` where
 /// the failure is no page fault (a non-canonical address is #GP or #SS; 5-level paging is
 /// this walker's limit, not the guest's fault).
-pub fn page_fault_code(e: &WalkError, regs: &PagingRegs, access: Access, mode: Mode) -> Option<u32> {
+pub fn page_fault_code(
+    e: &WalkError,
+    regs: &PagingRegs,
+    access: Access,
+    mode: Mode,
+) -> Option<u32> {
     let mut code = match e {
         WalkError::NotPresent { .. } => 0,
         WalkError::Reserved { .. } | WalkError::Unreadable(_) => PF_PRESENT | PF_RESERVED,
@@ -554,7 +559,7 @@ mod tests {
             (5, P | RW | US | NX),
             (7, P | RW | US | NX),
         ] {
-            m.0.insert(0x4000 + n * 8, 0x10_0000 * n | flags);
+            m.0.insert(0x4000 + n * 8, (0x10_0000 * n) | flags);
         }
         m
     }
@@ -623,7 +628,10 @@ mod tests {
             efer: smep.efer & !EFER_NXE,
             ..smep
         };
-        assert_eq!(pf(&m, &smep_no_nx, 0x1000, Access::Execute, S), Err(PR | ID));
+        assert_eq!(
+            pf(&m, &smep_no_nx, 0x1000, Access::Execute, S),
+            Err(PR | ID)
+        );
     }
 
     #[test]
@@ -642,7 +650,10 @@ mod tests {
         // AC does not lift write protection, nor SMAP for the CPU's implicit accesses.
         assert_eq!(pf(&m, &smap, 0x2010, Access::Write, ac), Err(PR | W));
         assert_eq!(pf(&m, &smap, 0x1010, Access::Read, Mode::Implicit), Err(PR));
-        assert_eq!(pf(&m, &r, 0x1010, Access::Read, Mode::Implicit), Ok(0x10_0010));
+        assert_eq!(
+            pf(&m, &r, 0x1010, Access::Read, Mode::Implicit),
+            Ok(0x10_0010)
+        );
         // Supervisor pages and fetches are not SMAP's business.
         assert_eq!(pf(&m, &smap, 0x3010, Access::Read, S), Ok(0x30_0010));
         assert_eq!(pf(&m, &smap, 0x1010, Access::Execute, S), Ok(0x10_0010));
@@ -665,7 +676,10 @@ mod tests {
             efer: r.efer & !EFER_NXE,
             ..r
         };
-        assert_eq!(pf(&m, &no_nxe, 0x7000, Access::Read, U), Err(PR | RSVD | USR));
+        assert_eq!(
+            pf(&m, &no_nxe, 0x7000, Access::Read, U),
+            Err(PR | RSVD | USR)
+        );
         assert_eq!(pf(&m, &no_nxe, 0x7000, Access::Execute, S), Err(PR | RSVD));
         assert_eq!(pf(&m, &no_nxe, 0x6000, Access::Execute, S), Err(0));
         // A page-size bit in a PML4 entry is reserved too.

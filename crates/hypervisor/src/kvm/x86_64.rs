@@ -6,9 +6,7 @@ use kvm_bindings::{
 };
 
 use super::KvmVcpu;
-use crate::x86_64::{
-    CpuidEntry, DescriptorTable, Exception, MsrEntry, Regs, Segment, SpecialRegs,
-};
+use crate::x86_64::{CpuidEntry, DescriptorTable, Exception, MsrEntry, Regs, Segment, SpecialRegs};
 use crate::{os_err, Error, Result};
 
 /// Builds a struct from one that mirrors it, field by field (KVM's and ours have the same

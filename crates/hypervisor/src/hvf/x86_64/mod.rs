@@ -40,9 +40,7 @@ use api::{Api, Capability, Reg, VcpuHandle};
 use vmcs::*;
 
 use crate::exit::Data;
-use crate::x86_64::{
-    CpuidEntry, Exception, MsrEntry, Regs, Segment, SpecialRegs, X86Vcpu, X86Vm,
-};
+use crate::x86_64::{CpuidEntry, Exception, MsrEntry, Regs, Segment, SpecialRegs, X86Vcpu, X86Vm};
 use crate::{Error, Hypervisor, HypervisorInfo, IrqLine, Result, VcpuKicker, VmEntry, VmExit};
 
 /// KVM's "sub-leaf index is significant" flag, which the CPUID tables here use too.
@@ -783,7 +781,10 @@ mod tests {
         cpu.inject_exception(&gp).unwrap();
         assert_eq!(cpu.run(VmEntry::None).unwrap(), VmExit::Halt);
         let Event::Run { interruption, .. } = hv.api().log()[1];
-        assert_eq!(interruption, 13 | INTERRUPTION_HW_EXCEPTION | INTERRUPTION_VALID);
+        assert_eq!(
+            interruption,
+            13 | INTERRUPTION_HW_EXCEPTION | INTERRUPTION_VALID
+        );
     }
 
     #[test]
