@@ -9,7 +9,9 @@
 //! same answers and asserts it makes the same accesses (address, size, direction, data) and
 //! leaves the same registers and flags. Last, a CPL 3 write to a supervisor-only MMIO page:
 //! KVM delivers the #PF through the guest's IDT to a CPL 0 handler, which reports CR2 and the
-//! error code; ours must raise the same #PF and make no access.
+//! error code; ours must raise the same #PF and make no access. Then the same state again with
+//! a #PF injected through `X86Vcpu::inject_exception`, which the handler must see with our CR2
+//! and error code.
 
 mod common;
 
@@ -249,6 +251,7 @@ fn emulator_matches_kvm_on_every_mmio_form() {
     let mut entry_value = VmEntry::None;
     let mut out_advances = None;
     let mut modes_done = 0;
+    let mut injected: Option<Exception> = None;
     for _ in 0..100_000 {
         let exit = vcpu.run(std::mem::take(&mut entry_value)).unwrap();
         match exit {
@@ -317,11 +320,24 @@ fn emulator_matches_kvm_on_every_mmio_form() {
             VmExit::IoOut {
                 port: PAGE_FAULT, ..
             } => {
+                let r = vcpu.regs().unwrap();
+                let seen = Exception::page_fault(r.rax, r.rdx as u32);
+                if let Some(ours) = injected.take() {
+                    // Ours, injected the way the VMM injects it, reached the handler intact.
+                    assert_eq!(seen, ours, "injected #PF as the guest's handler saw it");
+                    checked.push("injected #PF".into());
+                    continue;
+                }
                 // The user access to the supervisor page: KVM's #PF reached the handler.
                 let c = case.take().expect("a page fault outside a case");
-                let r = vcpu.regs().unwrap();
-                let theirs = Exception::page_fault(r.rax, r.rdx as u32);
-                checked.push(check_fault(&mem, &c, theirs));
+                checked.push(check_fault(&mem, &c, seen));
+                // Again from the faulting instruction, now through X86Vcpu::inject_exception,
+                // with values of our own so that KVM's cannot pass for them.
+                vcpu.set_special_regs(&c.sregs).unwrap();
+                vcpu.set_regs(&c.before).unwrap();
+                let ours = Exception::page_fault(seen.cr2.unwrap_or(0) ^ 0xff8, 0x15);
+                vcpu.inject_exception(&ours).unwrap();
+                injected = Some(ours);
             }
             VmExit::IoOut {
                 port: DEBUG_EXIT,
@@ -337,10 +353,11 @@ fn emulator_matches_kvm_on_every_mmio_form() {
     assert_eq!(modes_done, 2, "both modes ran to the end");
     let count = |what: &str| checked.iter().filter(|c| c.contains(what)).count();
     eprintln!(
-        "emulator agreed with KVM on {} MMIO instructions ({} in 32-bit mode, {} in 64-bit mode)",
-        checked.len(),
+        "emulator agreed with KVM on {} MMIO instructions ({} in 32-bit mode, {} in 64-bit mode, {} of them at CPL 3) and on a CPL 3 page fault; the #PF injected reached the guest",
+        count("-bit"),
         count("(32-bit"),
-        count("(64-bit")
+        count("(64-bit"),
+        count("(64-bit, CPL 3)")
     );
     assert_eq!(
         count("CPL 3"),
@@ -352,6 +369,7 @@ fn emulator_matches_kvm_on_every_mmio_form() {
         1,
         "the #PF that KVM delivered to the guest"
     );
+    assert_eq!(count("injected #PF"), 1, "the #PF that we injected");
     // Every case in the guest's source was compared, in each mode.
     let source = include_str!("../../../guests/asm/emulate.S");
     let (code32, code64) = source.split_once("main64:").unwrap();
