@@ -50,7 +50,6 @@ pub struct Exception {
 }
 
 impl Exception {
-    pub const BREAKPOINT: u8 = 3;
     pub const INVALID_OPCODE: u8 = 6;
     pub const STACK_FAULT: u8 = 12;
     pub const GENERAL_PROTECTION: u8 = 13;

@@ -42,16 +42,19 @@ pub struct Linear<'a, B: PhysBus> {
     pub bus: &'a mut B,
     pub paging: PagingRegs,
     pub mode: Mode,
+    /// Linear addresses are 64 bits wide (64-bit code); otherwise they wrap at 4 GiB, in
+    /// compatibility mode as in legacy modes.
+    pub wide: bool,
 }
 
 /// The pieces of `len` bytes at `linear` that lie in one page each: (linear address, range
-/// of the access). Linear addresses wrap at 4 GiB outside long mode.
+/// of the access).
 fn pieces(
     linear: u64,
     len: usize,
-    long_mode: bool,
+    wide: bool,
 ) -> impl Iterator<Item = (u64, std::ops::Range<usize>)> {
-    let wrap = move |la: u64| if long_mode { la } else { la & 0xffff_ffff };
+    let wrap = move |la: u64| if wide { la } else { la & 0xffff_ffff };
     let mut done = 0usize;
     std::iter::from_fn(move || {
         if done >= len {
@@ -73,6 +76,7 @@ impl<'a, B: PhysBus> Linear<'a, B> {
             bus,
             paging,
             mode: Mode::explicit(cpu.cpl, cpu.regs.rflags),
+            wide: paging.long_mode() && cpu.bitness == 64,
         }
     }
 
@@ -104,11 +108,10 @@ impl<'a, B: PhysBus> Linear<'a, B> {
         access: Access,
         mut f: impl FnMut(&mut B, u64, std::ops::Range<usize>),
     ) -> Result<(), EmuError> {
-        let long = self.paging.long_mode();
-        for (la, _) in pieces(linear, len, long) {
+        for (la, _) in pieces(linear, len, self.wide) {
             self.translate(la, access)?;
         }
-        for (la, range) in pieces(linear, len, long) {
+        for (la, range) in pieces(linear, len, self.wide) {
             let gpa = self.translate(la, access)?;
             f(self.bus, gpa, range);
         }
@@ -125,7 +128,7 @@ impl<'a, B: PhysBus> Linear<'a, B> {
             gpa: 0,
             short: None,
         };
-        for (la, range) in pieces(rip, MAX_INSN_LEN, self.paging.long_mode()) {
+        for (la, range) in pieces(rip, MAX_INSN_LEN, self.wide) {
             let first = range.start == 0;
             let stop = match self.translate(la, Access::Execute) {
                 Ok(gpa) if self.bus.fetch(gpa, &mut f.bytes[range.clone()]) => {
@@ -173,7 +176,7 @@ impl<B: PhysBus> GuestBus for Linear<'_, B> {
     }
 
     fn check_write(&mut self, linear: u64, len: usize) -> Result<(), EmuError> {
-        for (la, _) in pieces(linear, len, self.paging.long_mode()) {
+        for (la, _) in pieces(linear, len, self.wide) {
             self.translate(la, Access::Write)?;
         }
         Ok(())
