@@ -1,10 +1,13 @@
 //! The MMIO instruction emulator: any instruction bytes in any mode, any register values and
 //! segment bases; memory answers reads from a pattern and refuses some addresses, the way an
 //! unmapped page would. Checks that a completed instruction moved RIP by its length (or left
-//! it on a REP instruction cut short) and that a refusal left the state alone.
+//! it on a REP instruction cut short), that a refusal left RIP alone (and everything else but
+//! a string instruction's finished iterations), and that every refusal names what the guest
+//! is owed.
 #![no_main]
 
 use arch::x86_64::emulator::{decode, emulate, CpuState, EmuError, GuestBus};
+use arch::x86_64::mmu::WalkError;
 use hypervisor::x86_64::Regs;
 use libfuzzer_sys::fuzz_target;
 
@@ -16,7 +19,7 @@ impl GuestBus for Bus {
     fn read(&mut self, linear: u64, buf: &mut [u8]) -> Result<(), EmuError> {
         self.accesses += 1;
         if linear % 7 == 3 {
-            return Err(EmuError::Unmapped(linear));
+            return Err(not_present(linear));
         }
         for (i, b) in buf.iter_mut().enumerate() {
             *b = (linear as u8).wrapping_add(i as u8);
@@ -26,9 +29,17 @@ impl GuestBus for Bus {
     fn write(&mut self, linear: u64, _data: &[u8]) -> Result<(), EmuError> {
         self.accesses += 1;
         if linear % 7 == 3 {
-            return Err(EmuError::Unmapped(linear));
+            return Err(not_present(linear));
         }
         Ok(())
+    }
+}
+
+fn not_present(linear: u64) -> EmuError {
+    EmuError::PageFault {
+        linear,
+        code: 0,
+        cause: WalkError::NotPresent { level: 1, entry: 0 },
     }
 }
 
@@ -54,6 +65,7 @@ fuzz_target!(|data: &[u8]| {
         regs,
         bitness,
         seg_base: [word(1), 0, 0, word(2), word(4), word(5)],
+        cpl: (word(0) >> 4) as u8 & 3,
     };
     let before = cpu;
     let mut bus = Bus { accesses: 0 };
@@ -68,6 +80,11 @@ fuzz_target!(|data: &[u8]| {
             let advanced = cpu.regs.rip == before.regs.rip.wrapping_add(len) & mask;
             assert!(advanced || cpu.regs.rip == before.regs.rip);
         }
-        Err(_) => assert_eq!(cpu, before),
+        Err(e) => {
+            assert_eq!(cpu.regs.rip, before.regs.rip);
+            let string = decode(bytes, &before).is_ok_and(|i| i.is_string_instruction());
+            assert!(string || cpu == before);
+            assert!(e.exception().is_some(), "{e}");
+        }
     }
 });

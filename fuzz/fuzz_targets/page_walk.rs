@@ -2,7 +2,7 @@
 //! guest memory after a 48-byte header), any address, any access.
 #![no_main]
 
-use arch::x86_64::mmu::{translate, Access, PagingRegs, PhysRead};
+use arch::x86_64::mmu::{page_fault_code, translate, Access, Mode, PagingRegs, PhysRead};
 use libfuzzer_sys::fuzz_target;
 
 struct Mem<'a>(&'a [u8]);
@@ -39,6 +39,13 @@ fuzz_target!(|data: &[u8]| {
         1 => Access::Write,
         _ => Access::Execute,
     };
-    let cpl = ((flags >> 3) & 3) as u8;
-    std::hint::black_box(translate(&Mem(&data[48..]), &regs, word(4), access, cpl)).ok();
+    let mode = match (flags >> 3) % 4 {
+        0 => Mode::User,
+        1 => Mode::Supervisor { ac: false },
+        2 => Mode::Supervisor { ac: true },
+        _ => Mode::Implicit,
+    };
+    if let Err(e) = translate(&Mem(&data[48..]), &regs, word(4), access, mode) {
+        std::hint::black_box(page_fault_code(&e, &regs, access, mode));
+    }
 });

@@ -5,11 +5,18 @@
  *
  * Two entry points, entered by the test harness: `_start + 16` in 32-bit protected mode
  * (paging off), which ends with `out 0xe2, al`; then `_start` in 64-bit mode (identity paging
- * set up by the harness), which ends with `out 0xf4, al` (status 0).
+ * set up by the harness), which ends with `out 0xf4, al` (status 0). The 64-bit part ends
+ * with cases that cross page boundaries, first at CPL 0, then at CPL 3 (`out 0xe3` asks the
+ * harness to enter user mode), and a user access to a supervisor page whose #PF the guest's
+ * handler reports with `out 0xe5` (RAX = CR2, RDX = error code).
  */
     .intel_syntax noprefix
 
 #define MMIO 0xd0000000
+/* The harness's window of 4 KiB pages (PML4 slot 1), and offsets in it. */
+#define WINDOW 0x8000000000
+#define USER_CODE 0x4000
+#define SUPERVISOR 0x5000
 
 .macro case insn:vararg
     out 0xe0, al
@@ -164,10 +171,58 @@ main64:
     mov rcx, 2
     case rep stosq
     cld
+
+    /* Accesses that straddle a page boundary, through the harness's window of 4 KiB pages:
+     * A and B are MMIO frames that are not adjacent, then a RAM frame, then MMIO again. */
+    movabs rbx, WINDOW
+    case mov dword ptr [rbx + 0xffe], eax
+    case mov r11, qword ptr [rbx + 0xffb]
+    case xchg qword ptr [rbx + 0xffc], r10
+    case or word ptr [rbx + 0xfff], 0x8001
+    case mov qword ptr [rbx + 0x1ffa], r14
+    case mov r12, qword ptr [rbx + 0x1ffd]
+    case mov dword ptr [rbx + 0x2ffd], r13d
+    lea rdi, [rbx + 0xffe]
+    mov rcx, 2
+    case rep stosd
+    lea rsi, [rbx + 0x1ffe]
+    lea rdi, [rip + buf]
+    mov rcx, 3
+    case rep movsd
+
+    /* The same at CPL 3: the harness maps the page of `user` at WINDOW + USER_CODE and enters
+     * it in user mode; a #PF comes back to `page_fault` at CPL 0. */
+    lea rsi, [rip + user]
+    lea rdx, [rip + page_fault]
+    out 0xe3, al
+1:  hlt
+    jmp 1b
+
+    .balign 4096
+user:
+    case mov dword ptr [rbx], eax
+    case mov r11, qword ptr [rbx + 0xffc]
+    case add dword ptr [rbx + 0xffe], 0x7f
+    lea rdi, [rbx + 0x1ffe]
+    mov rcx, 3
+    case rep stosw
+    /* A supervisor-only MMIO page: KVM raises #PF, which should reach `page_fault`. */
+    out 0xe0, al
+    mov dword ptr [rbx + SUPERVISOR], eax
+    out 0xe1, al
+    xor eax, eax
+    out 0xf4, al
+1:  jmp 1b
+
+page_fault:
+    pop rdx
+    mov rax, cr2
+    out 0xe5, al
     xor eax, eax
     out 0xf4, al
 1:  hlt
     jmp 1b
+    .balign 4096
 
     .section .bss
     .balign 16

@@ -21,9 +21,10 @@ pub trait X86Vcpu: crate::Vcpu {
     fn reset_fpu(&self) -> Result<()>;
     /// Wires LINT0 as ExtINT and LINT1 as NMI, as firmware does for the boot protocol.
     fn setup_lapic_lints(&self) -> Result<()>;
-    /// Delivers exception `vector` to the guest on its next entry, as if the instruction
-    /// about to run had raised it (used to finish instructions the hypervisor could not).
-    fn inject_exception(&self, vector: u8) -> Result<()>;
+    /// Delivers exception `e` to the guest on its next entry, as if the instruction about to
+    /// run had raised it, with its error code and, for a #PF, CR2 set first (used to finish
+    /// or fault instructions the VMM emulates).
+    fn inject_exception(&self, e: &Exception) -> Result<()>;
 
     // For an interrupt controller in the VMM (no in-kernel irqchip):
 
@@ -36,6 +37,52 @@ pub trait X86Vcpu: crate::Vcpu {
     /// Asks for a [`crate::VmExit::InterruptWindow`] exit as soon as the guest can take an
     /// interrupt (or stops asking).
     fn request_interrupt_window(&mut self, on: bool);
+}
+
+/// An exception as the CPU raises it: what a handler in the guest receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exception {
+    pub vector: u8,
+    /// Pushed for #DF, #TS, #NP, #SS, #GP, #PF and #AC.
+    pub error_code: Option<u32>,
+    /// For a #PF: the faulting linear address, which the CPU leaves in CR2.
+    pub cr2: Option<u64>,
+}
+
+impl Exception {
+    pub const INVALID_OPCODE: u8 = 6;
+    pub const STACK_FAULT: u8 = 12;
+    pub const GENERAL_PROTECTION: u8 = 13;
+    pub const PAGE_FAULT: u8 = 14;
+
+    /// An exception without an error code (#BP, #UD, ...).
+    pub fn new(vector: u8) -> Self {
+        Exception {
+            vector,
+            error_code: None,
+            cr2: None,
+        }
+    }
+
+    pub fn with_error_code(vector: u8, code: u32) -> Self {
+        Exception {
+            error_code: Some(code),
+            ..Exception::new(vector)
+        }
+    }
+
+    /// #PF at `linear` with error `code`.
+    pub fn page_fault(linear: u64, code: u32) -> Self {
+        Exception {
+            cr2: Some(linear),
+            ..Exception::with_error_code(Exception::PAGE_FAULT, code)
+        }
+    }
+
+    /// Whether the CPU pushes an error code for `vector` (in protected and long mode).
+    pub fn vector_has_error_code(vector: u8) -> bool {
+        matches!(vector, 8 | 10..=14 | 17)
+    }
 }
 
 /// General-purpose registers, RIP and RFLAGS.

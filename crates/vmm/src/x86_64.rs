@@ -6,12 +6,13 @@ mod boot;
 
 use std::sync::Arc;
 
-use arch::x86_64::emulator::{self, CpuState, EmuError, GuestBus, MAX_INSN_LEN};
-use arch::x86_64::mmu::{self, Access, PagingRegs};
+use arch::x86_64::emulator::CpuState;
+use arch::x86_64::linear::{Fetched, Linear, PhysBus};
+use arch::x86_64::mmu::{PagingRegs, PhysRead};
 use arch::x86_64::{cpuid, layout, regs};
 use devices::irqchip::{IoapicDevice, Irqchip, OwnedIrqchip};
 use devices::Bus;
-use hypervisor::x86_64::{CpuidEntry, X86Vcpu, X86Vm};
+use hypervisor::x86_64::{CpuidEntry, Exception, X86Vcpu, X86Vm};
 use hypervisor::{Hypervisor, IrqLine, Vcpu, VcpuKicker};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -122,14 +123,13 @@ fn lapic_offset(addr: u64) -> Option<u64> {
         .filter(|&o| o < layout::APIC_SIZE)
 }
 
-/// The guest's state at RIP: registers, where RIP points in guest memory, and up to 15 bytes
-/// of the instruction there (fewer near the end of RAM; none if RIP is not mapped). Found with
-/// our own page walker, so it works the same on every hypervisor.
+/// The guest's state at RIP: registers, and the instruction bytes there as the CPU
+/// would fetch them (through the guest's page tables with its privilege; an empty fetch
+/// holds the fault it raised). Found with our own page walker, so it works the same on every
+/// hypervisor.
 struct AtRip {
     cpu: CpuState,
-    gpa: Option<u64>,
-    bytes: [u8; MAX_INSN_LEN],
-    len: usize,
+    fetched: std::result::Result<Fetched, arch::x86_64::emulator::EmuError>,
 }
 
 impl X86Setup {
@@ -140,79 +140,74 @@ impl X86Setup {
             .any(|e| e.function == 0x8000_0001 && e.edx & (1 << 26) != 0)
     }
 
-    fn at_rip<C: X86Vcpu>(&self, vcpu: &C, mem: &GuestMemoryMmap) -> Option<(AtRip, PagingRegs)> {
+    fn at_rip<C: X86Vcpu>(&self, vcpu: &C, mem: &GuestMemoryMmap) -> Option<AtRip> {
         let sregs = vcpu.special_regs().ok()?;
         let cpu = CpuState::new(vcpu.regs().ok()?, &sregs);
         let paging = PagingRegs::new(&sregs, self.gb_pages());
-        let mut bytes = [0u8; MAX_INSN_LEN];
-        let mut len = 0;
-        let linear = cpu.rip_linear();
-        let gpa = mmu::translate(mem, &paging, linear, Access::Execute, 0).ok();
-        // One walk per page: the instruction may run into the next one.
-        while len < MAX_INSN_LEN {
-            let la = linear.wrapping_add(len as u64);
-            let at = match len {
-                0 => gpa,
-                _ => mmu::translate(mem, &paging, la, Access::Execute, 0).ok(),
-            };
-            let Some(at) = at else { break };
-            let in_page = (0x1000 - (la & 0xfff)) as usize;
-            let n = in_page.min(MAX_INSN_LEN - len);
-            match mem.read(&mut bytes[len..len + n], GuestAddress(at)) {
-                Ok(read) if read > 0 => len += read,
-                _ => break, // not RAM (or past its end)
-            }
-        }
-        let at = AtRip {
-            cpu,
-            gpa,
-            bytes,
-            len,
-        };
-        Some((at, paging))
+        let mut ram = RamOnly(mem);
+        let fetched = Linear::new(&mut ram, paging, &cpu).fetch(&cpu);
+        Some(AtRip { cpu, fetched })
     }
 }
 
-/// Guest memory for the instruction emulator: RAM through the guest's page tables, then the
-/// vCPU's own local APIC, then the MMIO bus.
+/// Guest RAM alone, for fetching instructions outside an emulated access: a view that only
+/// fetches, so its reads and writes touch nothing.
+struct RamOnly<'a>(&'a GuestMemoryMmap);
+
+impl PhysRead for RamOnly<'_> {
+    fn read_u64(&self, gpa: u64) -> Option<u64> {
+        self.0.read_u64(gpa)
+    }
+}
+
+impl PhysBus for RamOnly<'_> {
+    fn read(&mut self, _gpa: u64, buf: &mut [u8]) {
+        buf.fill(0xff);
+    }
+    fn write(&mut self, _gpa: u64, _data: &[u8]) {}
+    fn fetch(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
+        self.0.read_slice(buf, GuestAddress(gpa)).is_ok()
+    }
+}
+
+/// Guest-physical memory for the instruction emulator: RAM, then the vCPU's own local APIC,
+/// then the MMIO bus. The page walk and page splitting are `arch::x86_64::linear`'s.
 struct EmulatorBus<'a, V: X86Vm> {
     setup: &'a X86Setup,
     id: u32,
     mem: &'a GuestMemoryMmap,
     mmio: &'a Bus,
-    paging: PagingRegs,
     _vm: std::marker::PhantomData<V>,
 }
 
-impl<V: X86Vm> EmulatorBus<'_, V> {
-    fn gpa(&self, linear: u64, access: Access) -> std::result::Result<u64, EmuError> {
-        mmu::translate(self.mem, &self.paging, linear, access, 0)
-            .map_err(|_| EmuError::Unmapped(linear))
+impl<V: X86Vm> PhysRead for EmulatorBus<'_, V> {
+    fn read_u64(&self, gpa: u64) -> Option<u64> {
+        self.mem.read_u64(gpa)
     }
 }
 
-impl<V: X86Vm> GuestBus for EmulatorBus<'_, V> {
-    fn read(&mut self, linear: u64, buf: &mut [u8]) -> std::result::Result<(), EmuError> {
-        let gpa = self.gpa(linear, Access::Read)?;
+impl<V: X86Vm> PhysBus for EmulatorBus<'_, V> {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) {
         if self.mem.read_slice(buf, GuestAddress(gpa)).is_ok() {
-            return Ok(());
+            return;
         }
         if !VcpuSetup::<V>::local_read(self.setup, self.id, gpa, buf) {
             buf.fill(0xff);
             self.mmio.read(gpa, buf);
         }
-        Ok(())
     }
 
-    fn write(&mut self, linear: u64, data: &[u8]) -> std::result::Result<(), EmuError> {
-        let gpa = self.gpa(linear, Access::Write)?;
+    fn write(&mut self, gpa: u64, data: &[u8]) {
         if self.mem.write_slice(data, GuestAddress(gpa)).is_ok() {
-            return Ok(());
+            return;
         }
         if !VcpuSetup::<V>::local_write(self.setup, self.id, gpa, data) {
             self.mmio.write(gpa, data);
         }
-        Ok(())
+    }
+
+    fn fetch(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
+        self.mem.read_slice(buf, GuestAddress(gpa)).is_ok()
     }
 }
 
@@ -238,11 +233,16 @@ impl<V: X86Vm> VcpuSetup<V> for X86Setup {
     }
 
     fn finish_instruction(&self, vcpu: &V::Vcpu, mem: &GuestMemoryMmap) -> bool {
-        let Some((at, _)) = self.at_rip(vcpu, mem) else {
+        let Some(AtRip {
+            cpu,
+            fetched: Ok(f),
+            ..
+        }) = self.at_rip(vcpu, mem)
+        else {
             return false;
         };
-        let mut regs = at.cpu.regs;
-        let Some(fix) = arch::x86_64::fixup::for_instruction(&at.bytes[..at.len]) else {
+        let mut regs = cpu.regs;
+        let Some(fix) = arch::x86_64::fixup::for_instruction(&f.bytes[..f.len]) else {
             return false;
         };
         (regs.rip, regs.rflags) = fix.apply(regs.rip, regs.rflags);
@@ -250,7 +250,7 @@ impl<V: X86Vm> VcpuSetup<V> for X86Setup {
             return false;
         }
         if let Some(vector) = fix.exception {
-            if vcpu.inject_exception(vector).is_err() {
+            if vcpu.inject_exception(&Exception::new(vector)).is_err() {
                 return false;
             }
         }
@@ -262,18 +262,23 @@ impl<V: X86Vm> VcpuSetup<V> for X86Setup {
     }
 
     fn location(&self, vcpu: &V::Vcpu, mem: &GuestMemoryMmap) -> String {
-        let Some((at, _)) = self.at_rip(vcpu, mem) else {
+        let Some(at) = self.at_rip(vcpu, mem) else {
             return String::new();
         };
         let mut s = format!(", at RIP {:#x}", at.cpu.regs.rip);
-        if let Some(gpa) = at.gpa {
-            let bytes = &at.bytes[..at.len];
-            let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            s += &format!(" (gpa {gpa:#x}), instruction bytes [{}]", hex.join(" "));
+        if let Ok(f) = at.fetched {
+            let hex: Vec<String> = f.bytes[..f.len]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            s += &format!(" (gpa {:#x}), instruction bytes [{}]", f.gpa, hex.join(" "));
         }
         s
     }
 
+    /// A fault the instruction raises (a page fault, an instruction the emulator does not
+    /// do) goes to the guest as the CPU would deliver it; only a state the walker cannot
+    /// follow stops the VM.
     fn emulate_mmio(
         &self,
         id: u32,
@@ -282,20 +287,31 @@ impl<V: X86Vm> VcpuSetup<V> for X86Setup {
         mmio: &Bus,
         gpa: u64,
     ) -> std::result::Result<(), String> {
-        let (mut at, paging) = self
-            .at_rip(vcpu, mem)
-            .ok_or("cannot read the vCPU's registers")?;
+        let sregs = vcpu.special_regs().map_err(|e| e.to_string())?;
+        let mut cpu = CpuState::new(vcpu.regs().map_err(|e| e.to_string())?, &sregs);
+        let paging = PagingRegs::new(&sregs, self.gb_pages());
         let mut bus = EmulatorBus::<V> {
             setup: self,
             id,
             mem,
             mmio,
-            paging,
             _vm: std::marker::PhantomData,
         };
-        emulator::emulate(&at.bytes[..at.len], &mut at.cpu, &mut bus)
-            .map_err(|e| format!("MMIO at {gpa:#x}: {e}"))?;
-        vcpu.set_regs(&at.cpu.regs).map_err(|e| e.to_string())
+        let done = Linear::new(&mut bus, paging, &cpu).emulate(&mut cpu);
+        // Even a faulting REP keeps the iterations it finished.
+        vcpu.set_regs(&cpu.regs).map_err(|e| e.to_string())?;
+        let Err(e) = done else {
+            return Ok(());
+        };
+        let exception = e
+            .exception()
+            .ok_or_else(|| format!("MMIO at {gpa:#x}: {e}"))?;
+        log::debug!(
+            "vcpu{id}: MMIO at {gpa:#x}, RIP {:#x}: {e}: exception {} delivered to the guest",
+            cpu.regs.rip,
+            exception.vector
+        );
+        vcpu.inject_exception(&exception).map_err(|e| e.to_string())
     }
 
     fn local_read(&self, id: u32, addr: u64, data: &mut [u8]) -> bool {

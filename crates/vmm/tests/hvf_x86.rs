@@ -2,14 +2,22 @@
 //! violations with only an address, and the VMM core decodes and emulates the instructions
 //! (read from guest memory through the guest's own page tables) against a device on the MMIO
 //! bus; port I/O ends the run. The interrupt controller is the VMM's own, since the
-//! framework has none.
+//! framework has none. What the emulator cannot complete (an unmapped operand, a supervisor
+//! page at CPL 3, an instruction it does not do) becomes an exception injected into the guest,
+//! not a stopped VM.
 #![cfg(target_arch = "x86_64")] // x86 guests
 
 use std::sync::{Arc, Mutex};
 
+use arch::x86_64::gdt;
+use arch::x86_64::mmu::{PF_PRESENT, PF_USER, PF_WRITE};
 use devices::BusDevice;
 use hypervisor::hvf::x86_64::api::Reg;
 use hypervisor::hvf::x86_64::fake::{Event, Exit, FakeHvf};
+use hypervisor::hvf::x86_64::vmcs::{
+    GUEST_CR3, GUEST_ES_AR, INTERRUPTION_ERROR_CODE, INTERRUPTION_HW_EXCEPTION, INTERRUPTION_VALID,
+    SEGMENT_STRIDE,
+};
 use hypervisor::hvf::x86_64::HvfX86;
 use vm_memory::{Bytes, GuestAddress};
 use vmm::{KernelImage, Outcome, SerialOutput, Vm, VmConfig};
@@ -93,24 +101,129 @@ fn mmio_instructions_are_emulated_by_the_vmm() {
     assert_eq!(runs[3].0, CODE + 0x27);
 }
 
+/// The entries into the guest: (RIP, CR2, interruption info, its error code).
+fn entries(hv: &HvfX86<FakeHvf>) -> Vec<(u64, u64, u64, u64)> {
+    hv.api()
+        .log()
+        .into_iter()
+        .map(
+            |Event::Run {
+                 rip,
+                 cr2,
+                 interruption,
+                 error_code,
+                 ..
+             }| (rip, cr2, interruption, error_code),
+        )
+        .collect()
+}
+
+const UD: u64 = 6 | INTERRUPTION_HW_EXCEPTION | INTERRUPTION_VALID;
+const PF: u64 = 14 | INTERRUPTION_HW_EXCEPTION | INTERRUPTION_ERROR_CODE | INTERRUPTION_VALID;
+
 #[test]
-fn an_instruction_the_emulator_refuses_stops_the_vm_with_its_bytes() {
+fn an_instruction_the_emulator_refuses_is_an_invalid_opcode_for_the_guest() {
     let hv = HvfX86::new(FakeHvf::default());
-    // movaps xmm0, [rbx]
+    // movaps xmm0, [rbx], then the guest's #UD handler ends the run.
     hv.api().script(
         0,
-        vec![Exit::ept_violation(DEVICE, CODE).with(Reg::Gpr(3), DEVICE)],
+        vec![
+            Exit::ept_violation(DEVICE, CODE).with(Reg::Gpr(3), DEVICE),
+            Exit::io(0xf4, 1, false, 0),
+        ],
     );
-    let (vm, _) = vm(&hv);
+    let (vm, log) = vm(&hv);
     vm.memory()
         .write_slice(&[0x0f, 0x28, 0x03], GuestAddress(CODE))
         .unwrap();
-    match vm.run().unwrap() {
-        Outcome::Crash { reason, .. } => assert!(
-            reason.contains("the instruction [0f 28 03] is not one vibe-vmm emulates")
-                && reason.contains("instruction bytes [0f 28 03"),
-            "{reason}"
-        ),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(vm.run().unwrap(), Outcome::DebugExit(0));
+    assert!(log.lock().unwrap().is_empty());
+    assert_eq!(
+        entries(&hv)[1],
+        (CODE, 0, UD, 0),
+        "#UD, RIP on the instruction"
+    );
+}
+
+#[test]
+fn an_unmapped_operand_is_a_page_fault_for_the_guest() {
+    let hv = HvfX86::new(FakeHvf::default());
+    // Beyond the 4 GiB the boot page tables map.
+    let unmapped = 0x1_2345_6ff0u64;
+    hv.api().script(
+        0,
+        vec![
+            // mov [rbx], eax
+            Exit::ept_violation(DEVICE, CODE).with(Reg::Gpr(3), unmapped),
+            // mov eax, [rbx]: a read this time
+            Exit::ept_violation(DEVICE, CODE + 0x10),
+            Exit::io(0xf4, 1, false, 0),
+        ],
+    );
+    let (vm, log) = vm(&hv);
+    vm.memory()
+        .write_slice(&[0x89, 0x03], GuestAddress(CODE))
+        .unwrap();
+    vm.memory()
+        .write_slice(&[0x8b, 0x03], GuestAddress(CODE + 0x10))
+        .unwrap();
+    assert_eq!(vm.run().unwrap(), Outcome::DebugExit(0));
+    assert!(log.lock().unwrap().is_empty());
+    let e = entries(&hv);
+    // Not present, a supervisor write; then a read: CR2 the operand, RIP on the instruction.
+    assert_eq!(e[1], (CODE, unmapped, PF, PF_WRITE.into()));
+    assert_eq!(e[2], (CODE + 0x10, unmapped, PF, 0));
+}
+
+/// Where `user_tables` puts its page tables.
+const TABLES: u64 = 0x50_0000;
+
+/// Long-mode page tables at TABLES that map the code page for user mode and the device page
+/// for the supervisor only.
+fn user_tables(vm: &FakeVm) {
+    let m = vm.memory();
+    let put = |at: u64, entry: u64| m.write_obj(entry, GuestAddress(at)).unwrap();
+    let (p, rw, us) = (1, 2, 4);
+    put(TABLES, (TABLES + 0x1000) | p | rw | us);
+    put(TABLES + 0x1000, (TABLES + 0x2000) | p | rw | us);
+    put(TABLES + 0x2000, (TABLES + 0x3000) | p | rw | us);
+    put(TABLES + 0x3000 + (CODE >> 12) * 8, CODE | p | us);
+    put(TABLES + 0x1000 + 3 * 8, (TABLES + 0x4000) | p | rw | us);
+    put(
+        TABLES + 0x4000 + ((DEVICE >> 21) & 0x1ff) * 8,
+        (TABLES + 0x5000) | p | rw | us,
+    );
+    put(
+        TABLES + 0x5000 + ((DEVICE >> 12) & 0x1ff) * 8,
+        DEVICE | p | rw,
+    );
+}
+
+#[test]
+fn user_code_cannot_reach_a_supervisor_mmio_page() {
+    let hv = HvfX86::new(FakeHvf::default());
+    // The guest is at CPL 3 (SS.DPL 3); the boot page tables are supervisor-only.
+    let data = gdt::segment(&gdt::BOOT_GDT, gdt::DATA_SELECTOR);
+    let user_ss = u64::from(data.access_rights() | (3 << 5));
+    hv.api().script(
+        0,
+        vec![
+            // rep stosb into the device
+            Exit::ept_violation(DEVICE, CODE)
+                .with(Reg::Gpr(7), DEVICE)
+                .with(Reg::Gpr(1), 4)
+                .with_vmcs(GUEST_ES_AR + 2 * SEGMENT_STRIDE, user_ss)
+                .with_vmcs(GUEST_CR3, TABLES),
+            Exit::io(0xf4, 1, false, 0),
+        ],
+    );
+    let (vm, log) = vm(&hv);
+    user_tables(&vm);
+    vm.memory()
+        .write_slice(&[0xf3, 0xaa], GuestAddress(CODE))
+        .unwrap();
+    assert_eq!(vm.run().unwrap(), Outcome::DebugExit(0));
+    assert!(log.lock().unwrap().is_empty(), "nothing reached the device");
+    let code = PF_PRESENT | PF_WRITE | PF_USER;
+    assert_eq!(entries(&hv)[1], (CODE, DEVICE, PF, code.into()));
 }

@@ -9,7 +9,7 @@
 
 mod common;
 
-use arch::x86_64::mmu::{self, Access, PagingRegs};
+use arch::x86_64::mmu::{self, Access, Mode, PagingRegs};
 use arch::x86_64::regs::{CR0_PE, CR0_PG, CR4_PAE, CR4_PSE, EFER_LMA, EFER_LME};
 use hypervisor::x86_64::{X86Vcpu, X86Vm};
 use hypervisor::{Hypervisor, Vcpu, Vm};
@@ -189,7 +189,14 @@ fn walker_agrees_with_kvm_in_every_paging_mode() {
                     "pae" => ((rng.next() % 4) << 30) | (rng.next() % (16 << 20)),
                     _ => rng.next() % (256 << 20),
                 } + (i % 8);
-                let ours = mmu::translate(&mem, &regs, linear, Access::Read, 0).ok();
+                let ours = mmu::translate(
+                    &mem,
+                    &regs,
+                    linear,
+                    Access::Read,
+                    Mode::Supervisor { ac: false },
+                )
+                .ok();
                 let theirs = vcpu.translate_gva(linear).unwrap();
                 assert_eq!(ours, theirs, "{mode} round {round}: linear {linear:#x}");
                 if theirs.is_some() {

@@ -2,6 +2,7 @@
 //! the VM's descriptor closes with the VM even while a device outlives it, and nothing is
 //! kicked once the vCPU threads are gone. Alone in its own test binary (process), and the
 //! tests take turns, so no other VM disturbs the counts.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))] // x86 guests on KVM
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! A hostile guest's LAPIC timer (`--irqchip userspace`): periodic, divide by 1, an initial
 //! count of 1. The VMM's timer thread must stay cheap while the guest still gets its
 //! interrupts. Alone in its own test binary so its timer thread is the only one.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))] // x86 guests on KVM
 
 mod common;
 

@@ -14,10 +14,17 @@
 //!   NEG and XCHG;
 //! - MOVS, STOS and LODS in every width, with or without REP, in either direction.
 //!
-//! Anything else is refused with its mnemonic ([`EmuError::Unsupported`]).
+//! Anything else is refused with its bytes ([`EmuError::Unsupported`]).
+//!
+//! A failure says what the guest is owed ([`EmuError::exception`]): #UD for what is not
+//! emulated, #PF, #GP or #SS for an access the CPU would fault; the VMM delivers it instead
+//! of stopping the VM. Page walks and page-crossing accesses are the bus's work
+//! ([`super::linear`] for a real vCPU).
 
-use hypervisor::x86_64::{Regs, SpecialRegs};
+use hypervisor::x86_64::{Exception, Regs, SpecialRegs};
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+
+use super::mmu::{self, WalkError};
 
 /// RFLAGS bits the emulated instructions read or write.
 pub const CF: u64 = 1;
@@ -45,6 +52,8 @@ pub struct CpuState {
     pub bitness: u32,
     /// Segment bases, ES, CS, SS, DS, FS, GS (only FS and GS count in 64-bit mode).
     pub seg_base: [u64; 6],
+    /// The current privilege level, which decides what the instruction's accesses may reach.
+    pub cpl: u8,
 }
 
 impl CpuState {
@@ -60,6 +69,7 @@ impl CpuState {
             seg_base: [
                 s.es.base, s.cs.base, s.ss.base, s.ds.base, s.fs.base, s.gs.base,
             ],
+            cpl: mmu::cpl(s, regs.rflags),
         }
     }
 
@@ -77,6 +87,12 @@ impl CpuState {
 pub trait GuestBus {
     fn read(&mut self, linear: u64, buf: &mut [u8]) -> Result<(), EmuError>;
     fn write(&mut self, linear: u64, data: &[u8]) -> Result<(), EmuError>;
+    /// Fails as a write to `len` bytes at `linear` would. Called before the read of a
+    /// read-modify-write, which the CPU makes with write intent: a read-only or absent page
+    /// faults as a write, before anything is read.
+    fn check_write(&mut self, _linear: u64, _len: usize) -> Result<(), EmuError> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,12 +103,48 @@ pub enum EmuError {
     /// thousands of start-up relocations to every vibe-vmm process.)
     #[error("the instruction [{0}] is not one vibe-vmm emulates on MMIO (it emulates MOV, MOVZX, MOVSX, MOVSXD, ADD, OR, ADC, SBB, AND, SUB, XOR, CMP, TEST, INC, DEC, NOT, NEG, XCHG, MOVS, STOS, LODS)")]
     Unsupported(String),
-    #[error("guest linear address {0:#x} is not mapped")]
-    Unmapped(u64),
-    /// For callers that complete MMIO reads asynchronously: the value of the read at this
-    /// linear address is not known yet; emulate again once it is.
-    #[error("the MMIO read at {0:#x} has not been answered yet")]
-    Pending(u64),
+    /// The bytes fetched end inside the instruction (the next page could not be fetched).
+    #[error(
+        "the instruction at RIP {rip:#x} runs past the bytes that could be fetched ({bytes:02x?})"
+    )]
+    Truncated { rip: u64, bytes: Vec<u8> },
+    #[error("page fault at linear address {linear:#x}, error code {code:#x} ({cause})")]
+    PageFault {
+        linear: u64,
+        code: u32,
+        cause: WalkError,
+    },
+    /// In 64-bit mode; a stack-segment access faults with #SS, any other with #GP.
+    #[error("linear address {linear:#x} is not canonical")]
+    NonCanonical { linear: u64, stack: bool },
+    /// Code in device memory: the VMM runs instructions from RAM only.
+    #[error("the instruction at linear address {0:#x} is not in RAM")]
+    FetchNotRam(u64),
+    /// The guest's paging is beyond the walker (5-level paging); no fault of the guest's.
+    #[error("cannot walk the guest's page tables: {0}")]
+    Paging(WalkError),
+}
+
+impl EmuError {
+    /// The exception the guest gets for this failure, as the CPU would raise it; `None` where
+    /// the failure is the VMM's limit, not something the guest did.
+    pub fn exception(&self) -> Option<Exception> {
+        Some(match self {
+            // The CPU would run what the emulator refuses; #UD is how KVM answers the same.
+            EmuError::Decode { .. }
+            | EmuError::Unsupported(_)
+            | EmuError::Truncated { .. }
+            | EmuError::FetchNotRam(_) => Exception::new(Exception::INVALID_OPCODE),
+            EmuError::PageFault { linear, code, .. } => Exception::page_fault(*linear, *code),
+            EmuError::NonCanonical { stack: false, .. } => {
+                Exception::with_error_code(Exception::GENERAL_PROTECTION, 0)
+            }
+            EmuError::NonCanonical { stack: true, .. } => {
+                Exception::with_error_code(Exception::STACK_FAULT, 0)
+            }
+            EmuError::Paging(_) => return None,
+        })
+    }
 }
 
 /// Decodes the instruction at `cpu.regs.rip` from `bytes` (up to 15 bytes fetched there).
@@ -102,10 +154,19 @@ pub fn decode(bytes: &[u8], cpu: &CpuState) -> Result<Instruction, EmuError> {
         _ => 64,
     };
     let bytes = &bytes[..bytes.len().min(MAX_INSN_LEN)];
-    let mut d = Decoder::with_ip(bitness, bytes, cpu.regs.rip, DecoderOptions::NONE);
+    // Padded, so that an instruction the bytes only begin is told from one that is invalid.
+    let mut padded = [0u8; MAX_INSN_LEN];
+    padded[..bytes.len()].copy_from_slice(bytes);
+    let mut d = Decoder::with_ip(bitness, &padded, cpu.regs.rip, DecoderOptions::NONE);
     let insn = d.decode();
     if insn.is_invalid() {
         return Err(EmuError::Decode {
+            rip: cpu.regs.rip,
+            bytes: bytes.to_vec(),
+        });
+    }
+    if insn.len() > bytes.len() {
+        return Err(EmuError::Truncated {
             rip: cpu.regs.rip,
             bytes: bytes.to_vec(),
         });
@@ -115,8 +176,9 @@ pub fn decode(bytes: &[u8], cpu: &CpuState) -> Result<Instruction, EmuError> {
 
 /// Decodes and executes the instruction at RIP (`bytes` fetched there), making its memory
 /// accesses through `bus`. On success `cpu` holds the state after the instruction (or, for a
-/// long REP, after [`MAX_REP_ITERATIONS`] of it, with RIP still on it); on error it is
-/// unchanged.
+/// long REP, after [`MAX_REP_ITERATIONS`] of it, with RIP still on it). On error it is
+/// unchanged, except that a string instruction keeps the iterations it finished (RIP still on
+/// it), as the CPU leaves a REP that faults part-way.
 pub fn emulate(bytes: &[u8], cpu: &mut CpuState, bus: &mut impl GuestBus) -> Result<(), EmuError> {
     let insn = decode(bytes, cpu)?;
     let mut next = *cpu;
@@ -127,7 +189,12 @@ pub fn emulate(bytes: &[u8], cpu: &mut CpuState, bus: &mut impl GuestBus) -> Res
         bus,
         done: true,
     };
-    exec.run()?;
+    if let Err(e) = exec.run() {
+        if exec.is_string() {
+            *cpu = next;
+        }
+        return Err(e);
+    }
     if !exec.done {
         *cpu = next;
         return Ok(());
@@ -327,14 +394,45 @@ impl<B: GuestBus> Exec<'_, B> {
         la.ok_or_else(|| self.unsupported())
     }
 
+    /// The segment of the memory operand a load (`write` false) or store uses: a string
+    /// instruction stores through ES whatever its prefix.
+    fn segment(&self, write: bool) -> Register {
+        if write && self.is_string() {
+            Register::ES
+        } else {
+            self.insn.memory_segment()
+        }
+    }
+
+    /// A non-canonical address faults with #SS through SS, with #GP otherwise.
+    fn on_segment(&self, e: EmuError, write: bool) -> EmuError {
+        match e {
+            EmuError::NonCanonical { linear, .. } => EmuError::NonCanonical {
+                linear,
+                stack: self.segment(write) == Register::SS,
+            },
+            e => e,
+        }
+    }
+
     fn load(&mut self, la: u64, size: usize) -> Result<u64, EmuError> {
         let mut buf = [0u8; 8];
-        self.bus.read(la, &mut buf[..size])?;
+        let size = size.min(8);
+        let read = self.bus.read(la, &mut buf[..size]);
+        read.map_err(|e| self.on_segment(e, false))?;
         Ok(u64::from_le_bytes(buf))
     }
 
+    /// The load of a read-modify-write: checked as the write it leads to.
+    fn load_for_write(&mut self, la: u64, size: usize) -> Result<u64, EmuError> {
+        let check = self.bus.check_write(la, size.min(8));
+        check.map_err(|e| self.on_segment(e, true))?;
+        self.load(la, size)
+    }
+
     fn store(&mut self, la: u64, size: usize, value: u64) -> Result<(), EmuError> {
-        self.bus.write(la, &value.to_le_bytes()[..size])
+        let write = self.bus.write(la, &value.to_le_bytes()[..size.min(8)]);
+        write.map_err(|e| self.on_segment(e, true))
     }
 
     /// The value of a non-memory operand: a register or an immediate.
@@ -424,7 +522,11 @@ impl<B: GuestBus> Exec<'_, B> {
             Some(0) => {
                 let la = self.address(0)?;
                 let b = self.operand(1)?;
-                let a = self.load(la, size)?;
+                let a = if write {
+                    self.load_for_write(la, size)?
+                } else {
+                    self.load(la, size)?
+                };
                 let (r, f) = alu(op, a, b, size, flags);
                 if write {
                     self.store(la, size, r)?;
@@ -453,7 +555,7 @@ impl<B: GuestBus> Exec<'_, B> {
         }
         let size = self.memory_size();
         let la = self.address(0)?;
-        let a = self.load(la, size)?;
+        let a = self.load_for_write(la, size)?;
         let flags = self.cpu.regs.rflags;
         let (r, f) = match self.insn.mnemonic() {
             // INC and DEC leave CF alone.
@@ -482,7 +584,7 @@ impl<B: GuestBus> Exec<'_, B> {
         let size = self.memory_size();
         let la = self.address(mem)?;
         let reg = self.insn.op_register(reg);
-        let old = self.load(la, size)?;
+        let old = self.load_for_write(la, size)?;
         let v = self.reg(reg)?;
         self.store(la, size, v)?;
         self.set_reg(reg, old)
@@ -615,6 +717,7 @@ mod tests {
             },
             bitness: 64,
             seg_base: [0; 6],
+            cpl: 0,
         }
     }
 
@@ -776,8 +879,11 @@ mod tests {
         let before = cpu;
         let e = emulate(&[0x0f, 0x28, 0x03], &mut cpu, &mut mem).unwrap_err(); // movaps
         assert_eq!(e, EmuError::Unsupported("0f 28 03".into()));
-        let e = emulate(&[0x0f, 0xff], &mut cpu, &mut mem).unwrap_err();
+        let e = emulate(&[0x06], &mut cpu, &mut mem).unwrap_err(); // no PUSH ES in 64-bit mode
         assert!(matches!(e, EmuError::Decode { .. }), "{e}");
+        // An instruction cut short by the end of the bytes: the caller knows why.
+        let e = emulate(&[0x0f, 0xff], &mut cpu, &mut mem).unwrap_err();
+        assert!(matches!(e, EmuError::Truncated { .. }), "{e}");
         assert!(emulate(&[], &mut cpu, &mut mem).is_err());
         // SSE movsd has the string instruction's mnemonic but is not one.
         let e = emulate(&[0xf2, 0x0f, 0x10, 0x03], &mut cpu, &mut mem).unwrap_err();

@@ -7,7 +7,7 @@
 //! else is left as the error it is. On hardware virtualization these never come up.
 
 /// RFLAGS.AC, which `clac` clears and `stac` sets.
-pub const RFLAGS_AC: u64 = 1 << 18;
+pub use super::regs::RFLAGS_AC;
 /// #BP.
 pub const VECTOR_BREAKPOINT: u8 = 3;
 

@@ -7,6 +7,7 @@ pub mod emulator;
 pub mod fixup;
 pub mod gdt;
 pub mod layout;
+pub mod linear;
 pub mod mmu;
 pub mod mptable;
 pub mod paging;

@@ -13,10 +13,16 @@ pub const CR0_PG: u64 = 1 << 31;
 pub const CR4_PSE: u64 = 1 << 4;
 pub const CR4_PAE: u64 = 1 << 5;
 pub const CR4_LA57: u64 = 1 << 12;
+pub const CR4_SMEP: u64 = 1 << 20;
+pub const CR4_SMAP: u64 = 1 << 21;
 pub const EFER_LME: u64 = 1 << 8;
 pub const EFER_LMA: u64 = 1 << 10;
 pub const EFER_NXE: u64 = 1 << 11;
 const RFLAGS_RESERVED: u64 = 1 << 1;
+/// Virtual-8086 mode (CPL 3).
+pub const RFLAGS_VM: u64 = 1 << 17;
+/// Alignment check; in supervisor mode it lets explicit accesses past SMAP.
+pub const RFLAGS_AC: u64 = 1 << 18;
 
 /// How the kernel is entered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -307,8 +307,8 @@ impl crate::x86_64::X86Vcpu for KvmVcpu {
         super::x86_64::setup_lapic_lints(self)
     }
 
-    fn inject_exception(&self, vector: u8) -> Result<()> {
-        super::x86_64::inject_exception(self, vector)
+    fn inject_exception(&self, e: &crate::x86_64::Exception) -> Result<()> {
+        super::x86_64::inject_exception(self, e)
     }
 
     fn interrupt_window_open(&mut self) -> bool {

@@ -6,7 +6,7 @@ use kvm_bindings::{
 };
 
 use super::KvmVcpu;
-use crate::x86_64::{CpuidEntry, DescriptorTable, MsrEntry, Regs, Segment, SpecialRegs};
+use crate::x86_64::{CpuidEntry, DescriptorTable, Exception, MsrEntry, Regs, Segment, SpecialRegs};
 use crate::{os_err, Error, Result};
 
 /// Builds a struct from one that mirrors it, field by field (KVM's and ours have the same
@@ -182,14 +182,21 @@ pub(super) fn setup_lapic_lints(v: &KvmVcpu) -> Result<()> {
     v.fd.set_lapic(&lapic).map_err(os_err("KVM_SET_LAPIC"))
 }
 
-pub(super) fn inject_exception(v: &KvmVcpu, vector: u8) -> Result<()> {
+/// KVM_SET_VCPU_EVENTS with the exception marked injected; CR2 goes in through the special
+/// registers first (KVM_CAP_EXCEPTION_PAYLOAD, which would carry it, is not enabled).
+pub(super) fn inject_exception(v: &KvmVcpu, e: &Exception) -> Result<()> {
+    if let Some(cr2) = e.cr2 {
+        let mut sregs = v.fd.get_sregs().map_err(os_err("KVM_GET_SREGS"))?;
+        sregs.cr2 = cr2;
+        v.fd.set_sregs(&sregs).map_err(os_err("KVM_SET_SREGS"))?;
+    }
     let mut events =
         v.fd.get_vcpu_events()
             .map_err(os_err("KVM_GET_VCPU_EVENTS"))?;
     events.exception.injected = 1;
-    events.exception.nr = vector;
-    events.exception.has_error_code = 0;
-    events.exception.error_code = 0;
+    events.exception.nr = e.vector;
+    events.exception.has_error_code = u8::from(e.error_code.is_some());
+    events.exception.error_code = e.error_code.unwrap_or(0);
     v.fd.set_vcpu_events(&events)
         .map_err(os_err("KVM_SET_VCPU_EVENTS"))
 }

@@ -20,6 +20,9 @@ pub struct Exit {
     pub gpa: u64,
     /// Registers as the guest left them.
     pub regs: Vec<(Reg, u64)>,
+    /// Guest-state VMCS fields as the guest left them (a segment's access rights after a
+    /// change of privilege, say).
+    pub vmcs: Vec<(u32, u64)>,
 }
 
 impl Exit {
@@ -58,18 +61,26 @@ impl Exit {
         self.regs.push((reg, value));
         self
     }
+
+    pub fn with_vmcs(mut self, field: u32, value: u64) -> Self {
+        self.vmcs.push((field, value));
+        self
+    }
 }
 
 /// What the backend did, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// A vCPU entered the guest: its RIP, RAX, RCX and the interruption info it carried.
+    /// A vCPU entered the guest: its RIP, RAX, RCX and CR2, and the interruption info it
+    /// carried with that event's error code (meaningful when the info asks to deliver one).
     Run {
         vcpu: VcpuHandle,
         rip: u64,
         rax: u64,
         rcx: u64,
+        cr2: u64,
         interruption: u64,
+        error_code: u64,
     },
 }
 
@@ -206,9 +217,15 @@ impl Api for FakeHvf {
             rip: reg(Reg::Rip),
             rax: reg(Reg::Gpr(0)),
             rcx: reg(Reg::Gpr(1)),
+            cr2: reg(Reg::Cr2),
             interruption: v
                 .vmcs
                 .get(&CTRL_ENTRY_INTERRUPTION_INFO)
+                .copied()
+                .unwrap_or(0),
+            error_code: v
+                .vmcs
+                .get(&CTRL_ENTRY_EXCEPTION_ERROR)
                 .copied()
                 .unwrap_or(0),
         };
@@ -228,6 +245,7 @@ impl Api for FakeHvf {
             if let Some(exit) = s.scripts.get_mut(&vcpu).and_then(VecDeque::pop_front) {
                 let v = s.vcpus.get_mut(&vcpu).expect("checked above");
                 v.regs.extend(exit.regs);
+                v.vmcs.extend(exit.vmcs);
                 v.vmcs.insert(RO_EXIT_REASON, u64::from(exit.reason));
                 v.vmcs.insert(RO_EXIT_QUALIFICATION, exit.qualification);
                 v.vmcs

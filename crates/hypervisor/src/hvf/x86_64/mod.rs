@@ -40,7 +40,7 @@ use api::{Api, Capability, Reg, VcpuHandle};
 use vmcs::*;
 
 use crate::exit::Data;
-use crate::x86_64::{CpuidEntry, MsrEntry, Regs, Segment, SpecialRegs, X86Vcpu, X86Vm};
+use crate::x86_64::{CpuidEntry, Exception, MsrEntry, Regs, Segment, SpecialRegs, X86Vcpu, X86Vm};
 use crate::{Error, Hypervisor, HypervisorInfo, IrqLine, Result, VcpuKicker, VmEntry, VmExit};
 
 /// KVM's "sub-leaf index is significant" flag, which the CPUID tables here use too.
@@ -49,6 +49,7 @@ const MSR_EFER: u32 = 0xc000_0080;
 const MSR_APIC_BASE: u32 = 0x1b;
 const EFER_LMA: u64 = 1 << 10;
 const RFLAGS_IF: u64 = 1 << 9;
+const CR0_PE: u64 = 1;
 const CR0_NE: u64 = 1 << 5;
 const CR4_VMXE: u64 = 1 << 13;
 /// The guest reads and writes these without exits.
@@ -290,11 +291,6 @@ impl<A: Api> VcpuKicker for Kicker<A> {
 /// Segment register order in the VMCS.
 const SEGMENTS: usize = 8;
 
-/// Exceptions that push an error code.
-fn has_error_code(vector: u8) -> bool {
-    matches!(vector, 8 | 10..=14 | 17)
-}
-
 impl<A: Api> HvfX86Vcpu<A> {
     fn vmcs(&self, field: u32) -> Result<u64> {
         self.api.read_vmcs(self.handle, field)
@@ -362,7 +358,10 @@ impl<A: Api> HvfX86Vcpu<A> {
         let Some(slot) = msrs.get_mut(&index) else {
             // Hardware without the MSR raises #GP; so does this vCPU.
             drop(msrs);
-            return self.inject_exception(13);
+            return self.inject_exception(&Exception::with_error_code(
+                Exception::GENERAL_PROTECTION,
+                0,
+            ));
         };
         if write {
             *slot = (self.reg(Reg::Gpr(2))? << 32) | (self.reg(Reg::Gpr(0))? & 0xffff_ffff);
@@ -606,11 +605,19 @@ impl<A: Api> X86Vcpu for HvfX86Vcpu<A> {
         Ok(())
     }
 
-    fn inject_exception(&self, vector: u8) -> Result<()> {
-        let mut info = u64::from(vector) | INTERRUPTION_HW_EXCEPTION | INTERRUPTION_VALID;
-        if has_error_code(vector) {
+    /// Through the VM-entry interruption-information field. VMX refuses the entry unless an
+    /// error code is delivered exactly for the vectors that have one, and (with unrestricted
+    /// guest) never in real mode, so that decides, not `e.error_code` (missing means 0).
+    fn inject_exception(&self, e: &Exception) -> Result<()> {
+        if let Some(cr2) = e.cr2 {
+            self.set_reg(Reg::Cr2, cr2)?;
+        }
+        let mut info = u64::from(e.vector) | INTERRUPTION_HW_EXCEPTION | INTERRUPTION_VALID;
+        let protected = self.vmcs(GUEST_CR0)? & CR0_PE != 0;
+        if protected && Exception::vector_has_error_code(e.vector) {
             info |= INTERRUPTION_ERROR_CODE;
-            self.set_vmcs(CTRL_ENTRY_EXCEPTION_ERROR, 0)?;
+            let code = e.error_code.unwrap_or(0);
+            self.set_vmcs(CTRL_ENTRY_EXCEPTION_ERROR, u64::from(code))?;
         }
         self.set_vmcs(CTRL_ENTRY_INTERRUPTION_INFO, info)
     }
@@ -729,6 +736,7 @@ mod tests {
         ];
         let (hv, vm) = vcpu(FakeHvf::default(), exits);
         let mut cpu = vm.create_vcpu(0).unwrap();
+        cpu.set_vmcs(GUEST_CR0, CR0_PE).unwrap(); // protected mode: #GP has an error code
         let leaf7 = CpuidEntry {
             function: 7,
             index: 0,
@@ -748,6 +756,35 @@ mod tests {
         // The unknown MSR raised #GP (error code 0) with RIP left on the RDMSR.
         let gp = 13 | INTERRUPTION_HW_EXCEPTION | INTERRUPTION_ERROR_CODE | INTERRUPTION_VALID;
         assert_eq!((r[4].0, r[4].3), (6, gp));
+    }
+
+    #[test]
+    fn exceptions_carry_their_error_code_and_cr2() {
+        let exits = vec![Exit::new(EXIT_HLT, 1), Exit::new(EXIT_HLT, 1)];
+        let (hv, vm) = vcpu(FakeHvf::default(), exits);
+        let mut cpu = vm.create_vcpu(0).unwrap();
+        cpu.set_vmcs(GUEST_CR0, CR0_PE).unwrap();
+        cpu.inject_exception(&Exception::page_fault(0xdead_b000, 0x7))
+            .unwrap();
+        assert_eq!(cpu.run(VmEntry::None).unwrap(), VmExit::Halt);
+        let pf = 14 | INTERRUPTION_HW_EXCEPTION | INTERRUPTION_ERROR_CODE | INTERRUPTION_VALID;
+        let Event::Run {
+            cr2,
+            interruption,
+            error_code,
+            ..
+        } = hv.api().log()[0];
+        assert_eq!((cr2, interruption, error_code), (0xdead_b000, pf, 7));
+        // In real mode VMX delivers no error code (and refuses entry if asked to).
+        cpu.set_vmcs(GUEST_CR0, 0).unwrap();
+        let gp = Exception::with_error_code(Exception::GENERAL_PROTECTION, 0);
+        cpu.inject_exception(&gp).unwrap();
+        assert_eq!(cpu.run(VmEntry::None).unwrap(), VmExit::Halt);
+        let Event::Run { interruption, .. } = hv.api().log()[1];
+        assert_eq!(
+            interruption,
+            13 | INTERRUPTION_HW_EXCEPTION | INTERRUPTION_VALID
+        );
     }
 
     #[test]
