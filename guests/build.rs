@@ -30,6 +30,13 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
     ("string_io", "string_io.S", &[]),
     ("timer_storm", "timer_storm.S", &[]),
     ("serial_irq", "serial_irq.S", &[]),
+    ("virtq_abuse", "virtq_abuse.S", &[]),
+    ("window_chaos", "window_chaos.S", &[]),
+    (
+        "window_chaos_userspace",
+        "window_chaos.S",
+        &["-DUSERSPACE_IRQCHIP"],
+    ),
 ];
 
 fn main() {

@@ -78,3 +78,17 @@ guest!(
     /// Routes the serial line (IOAPIC pin 4) to APIC 0, enables the received-data interrupt,
     /// exits 0.
     SERIAL_IRQ, "serial_irq.elf");
+guest!(
+    /// A hostile virtio-blk driver: runs the virtqueue-abuse scenarios named by the letters of
+    /// its command line against disk 0, then checks that disk 1 and disk 0 (reset) still
+    /// complete requests; exits 0 or the failed check's number (see `asm/virtq_abuse.S`).
+    VIRTQ_ABUSE, "virtq_abuse.elf");
+guest!(
+    /// Pseudo-random reads and writes over every device window (KVM's irqchip), then proves
+    /// the 16550, virtio-blk disk 0, the virtio-console and the MMIO console still work;
+    /// exits 42 (see `asm/window_chaos.S`).
+    WINDOW_CHAOS, "window_chaos.elf");
+guest!(
+    /// [`WINDOW_CHAOS`] that also hammers vibe-vmm's own IOAPIC and local APIC
+    /// (`--irqchip userspace`).
+    WINDOW_CHAOS_USERSPACE, "window_chaos_userspace.elf");

@@ -1,0 +1,228 @@
+//! Hostile guests on the real hypervisor: a virtio driver that breaks every rule of the ring
+//! (`asm/virtq_abuse.S`), and a guest that reads and writes pseudo-random values at
+//! pseudo-random offsets of every device window (`asm/window_chaos.S`). The VMM must survive
+//! each (no panic, no hang), answer the guest's errors where the device owes an answer, and
+//! keep the other devices working: afterwards the guest still prints through the serial port,
+//! a second virtio device still completes requests, and the guest ends through the debug-exit
+//! port with a known status.
+//!
+//! Defects these guests found in code that is being rewritten elsewhere are `#[ignore]`d
+//! tests named after what should hold; run them with `--ignored`.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))] // x86 guests on KVM
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+use vmm::{DiskConfig, IrqchipMode, Outcome, SerialOutput};
+
+/// Each run must end well inside this; a hang shows as the time-limit outcome.
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// A zeroed disk image, removed when dropped.
+struct Disk(PathBuf);
+
+impl Disk {
+    fn new(name: &str, sectors: usize) -> Self {
+        Disk(disk_image(&format!("adversarial-{name}"), sectors * 512))
+    }
+    fn sector(&self, n: usize) -> Vec<u8> {
+        std::fs::read(&self.0).expect("read back the disk image")[n * 512..(n + 1) * 512].to_vec()
+    }
+    fn config(&self) -> DiskConfig {
+        DiskConfig {
+            path: self.0.clone(),
+            read_only: false,
+        }
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Runs the virtqueue-abuse guest with the scenarios `letters` against disk 0 (16 sectors),
+/// disk 1 (8 sectors) being the bystander. Returns how it ended, its serial output and disk 1's
+/// sector 1.
+fn abuse(
+    name: &str,
+    letters: &str,
+    irqchip: IrqchipMode,
+    ioeventfd: bool,
+) -> Option<(Outcome, String, Vec<u8>)> {
+    let kvm = kvm()?;
+    let victim = Disk::new(&format!("{name}-victim.img"), 16);
+    let bystander = Disk::new(&format!("{name}-bystander.img"), 8);
+    let out = Capture::default();
+    let mut c = config(test_guests::VIRTQ_ABUSE, 1, &out);
+    c.cmdline = letters.into();
+    c.irqchip = irqchip;
+    c.ioeventfd = ioeventfd;
+    c.disks = vec![victim.config(), bystander.config()];
+    let t = Instant::now();
+    let outcome = run_with_limit(build(&kvm, c), LIMIT);
+    println!("{name}: {outcome:?} after {:?}", t.elapsed());
+    Some((outcome, out.text(), bystander.sector(1)))
+}
+
+/// Every scenario of `asm/virtq_abuse.S` that must already hold.
+const SCENARIOS: &str = "abcdefgh";
+
+fn virtqueue_abuse_is_survived(name: &str, irqchip: IrqchipMode, ioeventfd: bool) {
+    let Some((outcome, out, sector)) = abuse(name, SCENARIOS, irqchip, ioeventfd) else {
+        return;
+    };
+    assert_eq!(
+        outcome,
+        Outcome::DebugExit(0),
+        "the guest's status is the number of the failed check in asm/virtq_abuse.S; \
+         serial output:\n{out}"
+    );
+    for letter in SCENARIOS.chars() {
+        assert!(
+            out.contains(&format!("scenario {letter} ok")),
+            "scenario {letter} did not finish:\n{out}"
+        );
+    }
+    assert!(out.contains("bystander disk ok"), "{out}");
+    assert!(out.contains("virtqueue abuse survived"), "{out}");
+    let expected: Vec<u8> = (0..512u32).map(|i| (i * 5 + 7) as u8).collect();
+    assert_eq!(sector, expected, "the bystander's write reached its image");
+}
+
+#[test]
+fn virtqueue_abuse_is_survived_with_ioeventfd_and_kvms_irqchip() {
+    virtqueue_abuse_is_survived("kernel-ioeventfd", IrqchipMode::Kernel, true);
+}
+
+#[test]
+fn virtqueue_abuse_is_survived_with_notifies_through_the_bus_and_our_irqchip() {
+    virtqueue_abuse_is_survived("userspace-bus", IrqchipMode::Userspace, false);
+}
+
+/// A chain whose head index is out of range, made available in the same pass as a valid
+/// one: the device drops the bad chain (it has no used slot) but must still complete the
+/// valid one.
+#[test]
+#[ignore = "defect: virtio-blk process_queue breaks out of its completion loop when add_used \
+            fails (head out of range), losing the valid requests after it (issue 9, item 8)"]
+fn a_head_out_of_range_does_not_lose_the_valid_request_beside_it() {
+    let Some((outcome, out, _)) = abuse("lost", "x", IrqchipMode::Kernel, true) else {
+        return;
+    };
+    assert_eq!(
+        outcome,
+        Outcome::DebugExit(0),
+        "status 120: the valid request was never answered; serial output:\n{out}"
+    );
+}
+
+/// An available index more than the ring size ahead of the device is an error the device
+/// cannot recover from by itself: it must say so (DEVICE_NEEDS_RESET, virtio 1.2 section
+/// 2.1.2), not leave the driver waiting.
+#[test]
+#[ignore = "defect: an available index too far ahead is only logged (at every notify) by \
+            virtio-blk/net/console process_queue; the device never sets NEEDS_RESET"]
+fn an_available_index_far_ahead_sets_needs_reset() {
+    let Some((outcome, out, _)) = abuse("ahead", "y", IrqchipMode::Kernel, true) else {
+        return;
+    };
+    assert_eq!(
+        outcome,
+        Outcome::DebugExit(0),
+        "status 130: no NEEDS_RESET; serial output:\n{out}"
+    );
+}
+
+/// Runs the window-chaos guest (with `seed`, 16 hex digits, or its default) and checks that
+/// every device still works after it.
+fn window_chaos(irqchip: IrqchipMode, seed: Option<&str>) {
+    let Some(kvm) = kvm() else { return };
+    let guest = match irqchip {
+        IrqchipMode::Kernel => test_guests::WINDOW_CHAOS,
+        IrqchipMode::Userspace => test_guests::WINDOW_CHAOS_USERSPACE,
+    };
+    let disk = Disk::new(&format!("chaos-{irqchip:?}-{seed:?}.img"), 16);
+    let (serial, vcon, mcon) = (Capture::default(), Capture::default(), Capture::default());
+    let mut c = config(guest, 1, &serial);
+    c.cmdline = seed.unwrap_or("").into();
+    c.irqchip = irqchip;
+    c.disks = vec![disk.config()];
+    c.virtio_console = Some(SerialOutput::Writer(Box::new(vcon.clone())));
+    c.mmio_console = Some(SerialOutput::Writer(Box::new(mcon.clone())));
+    let t = Instant::now();
+    let outcome = run_with_limit(build(&kvm, c), LIMIT);
+    println!(
+        "window chaos, {irqchip:?} irqchip, seed {seed:?}: {outcome:?} after {:?}",
+        t.elapsed()
+    );
+    let out = serial.text();
+    assert_eq!(
+        outcome,
+        Outcome::DebugExit(42),
+        "42 is success, 77 an unexpected exception, others the failed check in \
+         asm/window_chaos.S; the end of the serial output:\n{}",
+        tail(&out)
+    );
+    // The chaos reached the devices: random bytes went out through the UART and the MMIO
+    // console before the guest's own lines.
+    let before = out.find("serial ok after the chaos").unwrap_or(0);
+    let mcon_before = mcon.text().find("mmio console ok").unwrap_or(0);
+    println!("  chaos bytes out: serial {before}, MMIO console {mcon_before}");
+    assert!(
+        before > 0 && mcon_before > 0,
+        "the chaos never reached the consoles"
+    );
+    for line in [
+        "serial ok after the chaos",
+        "virtio-blk ok after the chaos",
+        "window chaos survived",
+    ] {
+        assert!(out.contains(line), "no {line:?} on the serial port");
+    }
+    assert!(
+        vcon.text().contains("virtio-console ok after the chaos"),
+        "virtio-console output: {:?}",
+        vcon.text()
+    );
+    assert!(
+        mcon.text().contains("mmio console ok after the chaos"),
+        "MMIO console output: {:?}",
+        mcon.text()
+    );
+    let expected: Vec<u8> = (0..512u32).map(|i| (i * 3 + 5) as u8).collect();
+    assert_eq!(disk.sector(3), expected, "the disk write reached the image");
+}
+
+/// The last 40 lines of `out`: what the guest printed after the chaos's own bytes.
+fn tail(out: &str) -> String {
+    let lines: Vec<&str> = out.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// The seed from `VIBE_CHAOS_SEED` (16 hex digits) for reproducing or exploring, else the
+/// guest's default and one more.
+fn seeds() -> Vec<Option<String>> {
+    match std::env::var("VIBE_CHAOS_SEED") {
+        Ok(s) => vec![Some(s)],
+        Err(_) => vec![None, Some("0123456789abcdef".into())],
+    }
+}
+
+#[test]
+fn random_accesses_over_every_device_window_with_kvms_irqchip() {
+    for seed in seeds() {
+        window_chaos(IrqchipMode::Kernel, seed.as_deref());
+    }
+}
+
+#[test]
+fn random_accesses_over_every_device_window_and_our_ioapic_and_lapic() {
+    for seed in seeds() {
+        window_chaos(IrqchipMode::Userspace, seed.as_deref());
+    }
+}
