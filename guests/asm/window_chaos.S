@@ -13,6 +13,10 @@
  * STARTUP, NMI or SMI through the local APIC's ICR (the delivery mode is forced to fixed).
  * Interrupts stay disabled (IF = 0); an NMI would still reach its IDT handler.
  *
+ * With a second vCPU, that one hammers at the same time from 32-bit protected mode: random
+ * 32-bit writes and reads on the virtio windows' registers, the MMIO console, the 16550 and
+ * (-DUSERSPACE_IRQCHIP) the IOAPIC, until the first asks it to stop before its checks.
+ *
  * The command line may hold a seed: 16 hex digits; otherwise a fixed one.
  */
 #include "common.S"
@@ -29,6 +33,11 @@
 #define READBUF     0x62000
 #define DEFAULT_SEED 0x9e3779b97f4a7c15
 #define S_VCON_LEN  35
+#define TRAMPOLINE  0x10000
+#define FLAG        0x11000                     /* vCPU 1: 1 hammering, 2 stopped */
+#define STOP        0x11004                     /* vCPU 0 -> 1: stop */
+#define COUNT       0x11008                     /* vCPU 1's accesses */
+#define STACK1      0x78000                     /* vCPU 1's stack top */
 
 /* Window table entries: base, size, accesses, kind (0 port, 1 MMIO), hot (favour offsets
  * below this half of the time; 0: never). */
@@ -60,12 +69,16 @@ main:
     cmp edi, 32
     jb 1b
     call read_seed
+    call start_hammer
 
     lea rbx, [rip + windows]
 next_window:
-    mov rcx, [rbx + 16]
-    test ecx, ecx
+    mov eax, [rbx + 16]
+    test eax, eax
     jz chaos_done
+    mov ecx, r13d                                   /* half as many with vCPU 1 busy too */
+    shr eax, cl
+    mov ecx, eax
 3:  call one_access
     dec ecx
     jnz 3b
@@ -73,6 +86,7 @@ next_window:
     jmp next_window
 
 chaos_done:
+    call stop_hammer
     /* The UART as a driver would set it up again: 8N1, no loopback, no interrupts. */
     mov dx, 0x3fb
     mov al, 0x03
@@ -88,6 +102,15 @@ chaos_done:
     out dx, al
     lea rsi, [rip + s_serial]
     call puts
+    cmp byte ptr [FLAG], 2
+    jne 1f
+    lea rsi, [rip + s_hammered]
+    call puts
+    mov eax, [COUNT]
+    call putdec
+    lea rsi, [rip + s_accesses]
+    call puts
+1:
 
     /* Disk 0: write sector 3, read it back. */
     mov rdi, DISK0
@@ -170,6 +193,153 @@ chaos_done:
     call puts
     mov eax, 42
     ret
+
+/* Starts vCPU 1 (if there is one) at the real-mode trampoline, which enters 32-bit
+ * protected mode and hammers. */
+start_hammer:
+    xor r13d, r13d                                  /* R13 = 1 once vCPU 1 hammers */
+    mov dword ptr [FLAG], 0
+    mov dword ptr [STOP], 0
+    mov dword ptr [COUNT], 0
+    mov eax, 1
+    cpuid
+    shr ebx, 16
+    cmp bl, 2
+    jb 9f
+    lea rsi, [rip + tramp]
+    mov rdi, TRAMPOLINE
+    mov ecx, tramp_end - tramp
+    rep movsb
+    mov rdi, LAPIC
+    mov dword ptr [rdi + 0xf0], 0x1ff
+    mov dword ptr [rdi + 0x310], 1 << 24            /* APIC ID 1 */
+    mov dword ptr [rdi + 0x300], 0x4500             /* INIT */
+    mov dword ptr [rdi + 0x310], 1 << 24
+    mov dword ptr [rdi + 0x300], 0x4600 | (TRAMPOLINE >> 12)   /* STARTUP */
+    mov ecx, 2000000
+1:  cmp byte ptr [FLAG], 1
+    je 2f
+    pause
+    loop 1b
+    mov al, 20
+    jmp fail
+2:  mov r13d, 1
+    lea rsi, [rip + s_hammer]
+    call puts
+9:  ret
+
+/* Stops vCPU 1's hammering. */
+stop_hammer:
+    cmp byte ptr [FLAG], 0
+    je 9f
+    mov byte ptr [STOP], 1
+    mov ecx, 2000000
+1:  cmp byte ptr [FLAG], 2
+    je 2f
+    pause
+    loop 1b
+    mov al, 21
+    jmp fail
+2:
+9:  ret
+
+    .code16
+tramp:
+    cli
+    lgdt cs:[tramp_gdt_desc - tramp]
+    mov eax, cr0
+    or eax, 1
+    mov cr0, eax
+    .byte 0x66, 0xea                                /* ljmp 0x08:hammer32 */
+    .long hammer32
+    .word 0x08
+    .align 8
+tramp_gdt_desc:
+    .word hammer_gdt_end - hammer_gdt - 1
+    .long hammer_gdt
+tramp_end:
+
+    .code32
+hammer32:
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov esp, STACK1
+    mov esi, 0x2545f491                             /* xorshift32 state */
+    mov byte ptr [FLAG], 1
+1:  cmp byte ptr [STOP], 0
+    jne 8f
+    inc dword ptr [COUNT]
+    call xorshift32
+    mov ebx, eax
+    call xorshift32
+    mov ecx, eax                                    /* the value */
+    mov eax, ebx
+    shr eax, 4
+    and eax, 0xffc                                  /* an aligned offset */
+    mov edx, ebx
+    shr edx, 28
+    and edx, 7
+    cmp edx, 0
+    je 2f
+    cmp edx, 1
+    je 3f
+    cmp edx, 2
+    je 4f
+    cmp edx, 3
+    je 5f
+    cmp edx, 4
+    je 6f
+    cmp edx, 5
+    je 7f
+#ifdef USERSPACE_IRQCHIP
+    and eax, 0x3c                                   /* IOAPIC: IOREGSEL, IOWIN, EOI */
+    mov [eax + 0xfec00000], ecx
+    jmp 1b
+#else
+    mov eax, [eax + VCON]                           /* read anywhere in the console's window */
+    jmp 1b
+#endif
+2:  and eax, 0xfc                                   /* disk 0's registers */
+    mov [eax + DISK0], ecx
+    jmp 1b
+3:  mov eax, [eax + DISK0]                          /* read anywhere in disk 0's window */
+    jmp 1b
+4:  and eax, 0xfc                                   /* the virtio-console's registers */
+    mov [eax + VCON], ecx
+    jmp 1b
+5:  mov [eax + DISK0], ecx                          /* anywhere in disk 0's window */
+    jmp 1b
+6:  and eax, 0xc                                    /* the MMIO console */
+    mov [eax + MCON], ecx
+    jmp 1b
+7:  mov edx, ebx                                    /* the 16550 */
+    and edx, 7
+    add edx, 0x3f8
+    mov eax, ecx
+    out dx, al
+    in al, dx
+    jmp 1b
+8:  mov byte ptr [FLAG], 2
+9:  cli
+    hlt
+    jmp 9b
+
+/* ESI = state; returns EAX. */
+xorshift32:
+    mov eax, esi
+    shl eax, 13
+    xor esi, eax
+    mov eax, esi
+    shr eax, 17
+    xor esi, eax
+    mov eax, esi
+    shl eax, 5
+    xor esi, eax
+    mov eax, esi
+    ret
+    .code64
 
 /* RSI = ring memory of one queue: zeroes its 0x3000 bytes. */
 clear_rings:
@@ -404,6 +574,15 @@ windows:
     WINDOW 0xc0000000, 0x40000000, 1000, 1, 0       /* the MMIO hole below 4 GiB */
     .quad 0, 0, 0, 0
 
+    .align 8
+hammer_gdt:
+    .quad 0
+    .quad 0x00cf9b000000ffff                        /* 0x08: 32-bit code, flat */
+    .quad 0x00cf93000000ffff                        /* 0x10: data, flat */
+hammer_gdt_end:
+s_hammer:   .asciz "vCPU 1 hammering\r\n"
+s_hammered: .asciz "vCPU 1 stopped after "
+s_accesses: .asciz " accesses\r\n"
 s_serial:   .asciz "serial ok after the chaos\r\n"
 s_disk:     .asciz "virtio-blk ok after the chaos\r\n"
 s_vcon:     .ascii "virtio-console ok after the chaos\r\n"  /* S_VCON_LEN bytes */
