@@ -18,6 +18,8 @@
  *   h  a flood of notifications, valid and invalid
  *   x  a head out of range and a valid request in the same pass: the valid one must complete
  *   y  available index far ahead: the device must report NEEDS_RESET
+ *   z  errors a host could be asked to log at exit speed: 1000 notifies of an available
+ *      index far ahead, 1000 invalid queue sizes and misaligned descriptor tables
  */
 #include "common.S"
 #include "virtio.S"
@@ -620,6 +622,26 @@ scen_y:
     jmp fail
 2:  ret
 
+/* z: the same guest error, over and over. */
+scen_z:
+    call fresh
+    movzx r14d, word ptr [rsi + 0x1002]
+    lea eax, [r14 + 1000]
+    mov [rsi + 0x1002], ax
+    mov ecx, 1000
+1:  mov dword ptr [rdi + VREG_NOTIFY], 0
+    loop 1b
+    call settle
+    mov [rsi + 0x1002], r14w
+    call negotiate
+    mov ecx, 1000
+2:  mov dword ptr [rdi + VREG_QNUM], 3
+    mov dword ptr [rdi + VREG_QDESC], RING0 + 1
+    loop 2b
+    call fresh
+    call good_flush
+    ret
+
 /* Disk 1, which nobody abused, writes and reads back sector 1. */
 bystander:
     mov rdi, DISK1
@@ -691,6 +713,8 @@ scenarios:
     .quad scen_x
     .byte 'y'
     .quad scen_y
+    .byte 'z'
+    .quad scen_z
     .byte 0
 s_scen:     .asciz "scenario "
 s_ok:       .asciz " ok\r\n"
