@@ -18,6 +18,10 @@
  *   h  a flood of notifications, valid and invalid
  *   x  a head out of range and a valid request in the same pass: the valid one must complete
  *   y  available index far ahead: the device must report NEEDS_RESET
+ *   k  the virtio-console (window 2, after the two disks): transmit chains outside RAM, empty,
+ *      of 4 GiB - 1 bytes, looping, with a head out of range or a hostile indirect table, then
+ *      a line that must reach the host; receive buffers outside RAM or read-only, then one
+ *      that must get the host's input ("ping")
  *   z  errors a host could be asked to log at exit speed: 1000 notifies of an available
  *      index far ahead, 1000 invalid queue sizes and misaligned descriptor tables
  */
@@ -35,6 +39,9 @@
 #define DATA        0x61000
 #define READBUF     0x62000
 #define ITABLE      0x64000
+#define VCON        0xd0002000
+#define RINGC       0x70000                 /* receive queue; transmit at + 0x4000 */
+#define CONBUF      0x7c000
 #define RAM_END     0x2000000               /* the tests give the guest 32 MiB */
 #define STRADDLE    0x1ffff00               /* 256 bytes before the end of RAM */
 #define OUTSIDE     0x80000000              /* in the hole below 3 GiB: no RAM, no device */
@@ -44,6 +51,7 @@
 #define T_IN        0
 #define T_OUT       1
 #define T_FLUSH     4
+#define S_CON_LEN   37
 #define VREG_INT_STATUS 0x060
 #define VREG_INT_ACK    0x064
 #define S_NEEDS_RESET   0x40
@@ -622,6 +630,67 @@ scen_y:
     jmp fail
 2:  ret
 
+/* k: the virtio-console's queues. */
+scen_k:
+    mov rdi, VCON
+    cmp dword ptr [rdi + VREG_DEVICE_ID], 3
+    CHECK e, 150
+    push rdi
+    mov rdi, RINGC                                  /* both queues' rings */
+    mov ecx, 0x7000 / 8
+    xor eax, eax
+    rep stosq
+    pop rdi
+    mov rsi, RINGC
+    mov edx, 2
+    call virtio_init
+    test eax, 4
+    CHECK nz, 151
+    /* Transmit (queue 1): each must come back. */
+    mov r8d, 1
+    mov rsi, RINGC + 0x4000
+    DESC rsi, 0, OUTSIDE, 16, 0, 0
+    MUST_USE 152
+    DESC rsi, 0, CONBUF, 0, 0, 0
+    MUST_USE 153
+    DESC rsi, 0, 0, 0xffffffff, 0, 0                /* cut short at the device's limit */
+    MUST_USE 154
+    DESC rsi, 0, CONBUF, 1, F_NEXT, 0               /* loops */
+    MUST_USE 155
+    DESC rsi, 0, CONBUF, 1, F_NEXT, 200
+    MUST_USE 156
+    mov eax, 200                                    /* a head out of range: never used */
+    mov edx, SHORT
+    call submit_wait
+    test eax, eax
+    CHECK nz, 157
+    DESC rsi, 0, OUTSIDE, 64, F_INDIRECT, 0
+    MUST_USE 158
+    DESC rsi, 0, ITABLE, 0xfffffff0, F_INDIRECT, 0
+    MUST_USE 159
+    lea rax, [rip + s_con]
+    DESC rsi, 0, rax, S_CON_LEN, 0, 0
+    MUST_USE 160
+    /* Receive (queue 0): the host's input waits for a buffer the device can fill. */
+    xor r8d, r8d
+    mov rsi, RINGC
+    DESC rsi, 0, OUTSIDE, 64, F_WRITE, 0
+    MUST_USE 161
+    mov dword ptr [CONBUF], 0
+    DESC rsi, 0, CONBUF, 64, 0, 0                   /* read-only */
+    MUST_USE 162
+    test ebx, ebx
+    CHECK z, 163
+    DESC rsi, 0, CONBUF, 64, F_WRITE, 0
+    MUST_USE 164
+    cmp ebx, 4
+    CHECK e, 165
+    cmp dword ptr [CONBUF], 0x676e6970              /* "ping" */
+    CHECK e, 166
+    mov rdi, DISK0
+    mov rsi, RING0
+    ret
+
 /* z: the same guest error, over and over. */
 scen_z:
     call fresh
@@ -715,7 +784,11 @@ scenarios:
     .quad scen_y
     .byte 'z'
     .quad scen_z
+    .byte 'k'
+    .quad scen_k
     .byte 0
+s_con:      .ascii "virtio-console still carries output\r\n"
+    /* S_CON_LEN bytes */
 s_scen:     .asciz "scenario "
 s_ok:       .asciz " ok\r\n"
 s_fail:     .asciz "FAIL "
