@@ -78,3 +78,6 @@ guest!(
     /// Routes the serial line (IOAPIC pin 4) to APIC 0, enables the received-data interrupt,
     /// exits 0.
     SERIAL_IRQ, "serial_irq.elf");
+guest!(
+    /// Writes to COM1 for ever, with and without waiting for LSR.THRE.
+    SERIAL_FLOOD, "serial_flood.elf");

@@ -251,12 +251,14 @@ impl Shared {
 }
 
 impl Write for ConsoleOutput {
-    /// Never blocks: a full buffer is `WouldBlock`.
+    /// Never blocks and never fails: what does not fit is counted as lost (for callers, like
+    /// a logger, that cannot wait; the devices use [`ConsoleOutput::try_write`]).
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        match self.try_write(bytes) {
-            0 if !bytes.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
-            n => Ok(n),
+        let n = self.try_write(bytes);
+        if n < bytes.len() {
+            lock(&self.shared.state).lost += (bytes.len() - n) as u64;
         }
+        Ok(bytes.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
