@@ -124,6 +124,13 @@ impl ConsoleOutput {
         lock(&self.shared.state).on_room = Some(f);
     }
 
+    /// Arms the [`ConsoleOutput::on_room`] callback without a write: for a device that
+    /// stalled before the buffer was quite full (the 16550 holds back its THR-empty interrupt
+    /// once it cannot take a FIFO's worth).
+    pub fn want_room(&self) {
+        lock(&self.shared.state).waiting = true;
+    }
+
     /// Free space in the buffer (unbounded once nothing will be written any more).
     pub fn room(&self) -> usize {
         let s = lock(&self.shared.state);
