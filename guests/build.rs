@@ -12,6 +12,7 @@ use std::process::Command;
 const GUESTS: &[(&str, &str, &[&str])] = &[
     ("demo", "demo.S", &[]),
     ("serial_echo", "serial_echo.S", &[]),
+    ("serial_flood", "serial_flood.S", &[]),
     ("io", "io.S", &[]),
     ("irq", "irq.S", &[]),
     ("smp", "smp.S", &[]),

@@ -6,9 +6,12 @@ mod console;
 mod signals;
 
 use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use devices::console_output::ConsoleOutput;
 use hypervisor::Hypervisor;
 use vmm::{ConsoleKind, KernelImage, Outcome, SerialOutput, Vm, VmConfig};
 
@@ -19,20 +22,63 @@ const EXIT_VMM_ERROR: u8 = 1;
 /// Exit status when the guest crashed (triple fault, unrunnable instruction).
 const EXIT_GUEST_CRASH: u8 = 3;
 
+/// The VMM's own messages (log lines, how the guest ended) go to stderr through a buffer with
+/// a writer thread of its own, as the guest's console output does: a vCPU thread that logs,
+/// or the exit itself, never waits for a terminal that stopped reading.
+static MESSAGES: OnceLock<ConsoleOutput> = OnceLock::new();
+/// How long the exit waits for stderr to take the last messages.
+const MESSAGES_GRACE: Duration = Duration::from_millis(200);
+
+/// Prints one line of the VMM's own on stderr, without blocking.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        say(format!($($arg)*))
+    };
+}
+
+fn say(mut line: String) {
+    line.push('\n');
+    match MESSAGES.get() {
+        Some(out) => {
+            out.try_write(line.as_bytes());
+        }
+        None => eprint!("{line}"),
+    }
+}
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // Signals are taken by one thread; block them before any other thread exists.
+    let signals = signals::SignalThread::block();
+    if let Ok(out) = ConsoleOutput::spawn(Box::new(std::io::stderr()), "messages") {
+        let _ = MESSAGES.set(out);
+    }
+    // virtio-queue logs what the guest got wrong in its rings; the devices answer that
+    // themselves (DEVICE_NEEDS_RESET), and a guest must not be able to flood stderr.
+    let mut logger = env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,virtio_queue=off"),
+    );
+    if let Some(out) = MESSAGES.get() {
+        logger.target(env_logger::Target::Pipe(Box::new(out.clone())));
+    }
+    logger.init();
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or_default() {
-        Command::Run(args) => run(args),
+        Command::Run(args) => signals
+            .context("cannot block signals")
+            .and_then(|signals| run(args, signals)),
         Command::Info => info().map(|_| 0),
     };
-    match result {
-        Ok(code) => ExitCode::from(code),
+    let code = match result {
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("vibe-vmm: error: {e:#}");
-            ExitCode::from(EXIT_VMM_ERROR)
+            say!("vibe-vmm: error: {e:#}");
+            EXIT_VMM_ERROR
         }
+    };
+    if let Some(out) = MESSAGES.get() {
+        out.finish(Instant::now() + MESSAGES_GRACE);
     }
+    ExitCode::from(code)
 }
 
 fn info() -> anyhow::Result<()> {
@@ -53,7 +99,7 @@ fn info() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(args: RunArgs) -> anyhow::Result<u8> {
+fn run(args: RunArgs, signals: signals::SignalThread) -> anyhow::Result<u8> {
     let kernel = match &args.kernel {
         Some(path) => KernelImage::Path(path.clone()),
         None => demo_guest()?,
@@ -103,8 +149,6 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         ConsoleKind::Mmio => config.mmio_console = Some(SerialOutput::Stdout),
     }
 
-    // Signals are taken by one thread; block them before any other thread exists.
-    let signals = signals::SignalThread::block()?;
     let hv = hypervisor::default_hypervisor().context("no usable hypervisor")?;
     let mut vm = create_vm(&hv, config).context("cannot create the VM")?;
     let stop = vm.stop_handle();
@@ -175,15 +219,15 @@ fn report(outcome: &Outcome, signal: Option<i32>) -> u8 {
         Outcome::DebugExit(code) => *code,
         Outcome::PowerOff => 0,
         Outcome::Reset => {
-            eprintln!("vibe-vmm: {outcome}; stopping (reboot is not supported)");
+            say!("vibe-vmm: {outcome}; stopping (reboot is not supported)");
             0
         }
         Outcome::Crash { .. } => {
-            eprintln!("vibe-vmm: {outcome}");
+            say!("vibe-vmm: {outcome}");
             EXIT_GUEST_CRASH
         }
         Outcome::Stopped(_) => {
-            eprintln!("vibe-vmm: {outcome}");
+            say!("vibe-vmm: {outcome}");
             signal.map_or(130, |s| 128 + s as u8)
         }
     }

@@ -351,6 +351,76 @@ extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
 }
 
+/// Waits for `child` to exit after a stop request sent at `since`; the VMM must be gone
+/// within a second, whatever its guest and its output are doing.
+fn exits_within_a_second(child: &mut std::process::Child, since: Instant) -> i32 {
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            let took = since.elapsed();
+            assert!(took < Duration::from_secs(1), "took {took:?} to stop");
+            return s.code().unwrap_or(-1);
+        }
+        if since.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            panic!("the VMM did not stop");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A guest floods the serial port into a pipe that nobody reads (the pipe fills, then the
+/// VMM's buffer): SIGTERM, SIGINT and SIGHUP each still stop the VM within a second.
+#[test]
+fn a_console_flood_into_a_pipe_nobody_reads_does_not_delay_a_stop() {
+    if !kvm_usable() {
+        return;
+    }
+    let guest = temp_file("flood.elf", test_guests::SERIAL_FLOOD);
+    for sig in [15, 2, 1] {
+        let mut child = bin()
+            .args(["run", "--kernel", guest.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped()) // never read
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The smallest pipe, and wait until it is full: the VMM's writes to it now block.
+        use std::os::fd::AsRawFd;
+        let fd = child.stdout.as_ref().unwrap().as_raw_fd();
+        // SAFETY: fcntl and ioctl on our own pipe descriptor with the right argument types.
+        let capacity = unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, 4096) };
+        assert!(
+            capacity > 0,
+            "F_SETPIPE_SZ: {}",
+            std::io::Error::last_os_error()
+        );
+        let t = Instant::now();
+        loop {
+            let mut queued: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int.
+            unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) };
+            // Within a write of full (a write that does not fit whole waits for room).
+            if queued >= capacity - 1024 {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the guest does not write: {queued} of {capacity}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the guest is still running"
+        );
+        let t = Instant::now();
+        // SAFETY: signalling our own child.
+        unsafe { kill(child.id() as i32, sig) };
+        assert_eq!(exits_within_a_second(&mut child, t), 128 + sig);
+    }
+}
+
 /// A minimal x86_64 ELF with one PT_LOAD of `size` bytes at `paddr`, entry at `paddr`.
 fn elf_with_segment(paddr: u64, size: usize) -> Vec<u8> {
     let mut e = vec![0u8; 64 + 56];
@@ -507,6 +577,24 @@ fn terminal_input_reaches_the_guest_and_the_terminal_is_restored() {
     pty.master.write_all(b"z").unwrap();
     pty.read_until("got z");
     assert_eq!(pty.wait(), 0);
+    assert_eq!(pty.lflag(), before, "terminal settings restored");
+}
+
+/// A guest floods the serial port onto a terminal that nobody reads (its output buffer is
+/// full, stderr too): Ctrl-A x still stops the VM within a second and restores the terminal.
+#[test]
+fn ctrl_a_x_stops_a_flood_on_a_terminal_nobody_reads() {
+    if !kvm_usable() {
+        return;
+    }
+    let guest = temp_file("flood.elf", test_guests::SERIAL_FLOOD);
+    let mut pty = Pty::spawn(&["run", "--kernel", guest.to_str().unwrap()]);
+    let before = pty.initial_lflag;
+    std::thread::sleep(Duration::from_millis(700));
+    use std::io::Write;
+    let t = Instant::now();
+    pty.master.write_all(b"\x01x").unwrap();
+    assert_eq!(exits_within_a_second(&mut pty.child, t), 130);
     assert_eq!(pty.lflag(), before, "terminal settings restored");
 }
 

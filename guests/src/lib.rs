@@ -79,9 +79,13 @@ guest!(
     /// exits 0.
     SERIAL_IRQ, "serial_irq.elf");
 guest!(
-    /// A hostile virtio-blk driver: runs the virtqueue-abuse scenarios named by the letters of
-    /// its command line against disk 0, then checks that disk 1 and disk 0 (reset) still
-    /// complete requests; exits 0 or the failed check's number (see `asm/virtq_abuse.S`).
+    /// Writes to COM1 for ever, with and without waiting for LSR.THRE.
+    SERIAL_FLOOD, "serial_flood.elf");
+guest!(
+    /// A hostile virtio driver: runs the virtqueue-abuse scenarios named by the letters of its
+    /// command line against disk 0 (and the virtio-console), then checks that disk 1 and
+    /// disk 0 (reset) still complete requests; exits 0 or the failed check's number (see
+    /// `asm/virtq_abuse.S`).
     VIRTQ_ABUSE, "virtq_abuse.elf");
 guest!(
     /// Pseudo-random reads and writes over every device window (KVM's irqchip), then proves

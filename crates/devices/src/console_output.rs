@@ -124,6 +124,13 @@ impl ConsoleOutput {
         lock(&self.shared.state).on_room = Some(f);
     }
 
+    /// Arms the [`ConsoleOutput::on_room`] callback without a write: for a device that
+    /// stalled before the buffer was quite full (the 16550 holds back its THR-empty interrupt
+    /// once it cannot take a FIFO's worth).
+    pub fn want_room(&self) {
+        lock(&self.shared.state).waiting = true;
+    }
+
     /// Free space in the buffer (unbounded once nothing will be written any more).
     pub fn room(&self) -> usize {
         let s = lock(&self.shared.state);
@@ -251,12 +258,14 @@ impl Shared {
 }
 
 impl Write for ConsoleOutput {
-    /// Never blocks: a full buffer is `WouldBlock`.
+    /// Never blocks and never fails: what does not fit is counted as lost (for callers, like
+    /// a logger, that cannot wait; the devices use [`ConsoleOutput::try_write`]).
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        match self.try_write(bytes) {
-            0 if !bytes.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
-            n => Ok(n),
+        let n = self.try_write(bytes);
+        if n < bytes.len() {
+            lock(&self.shared.state).lost += (bytes.len() - n) as u64;
         }
+        Ok(bytes.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -48,7 +48,12 @@ impl Trigger for SerialIrq {
     fn trigger(&self) -> io::Result<()> {
         if self.transmit.load(Ordering::Relaxed) && self.out.room() < FIFO_SIZE {
             self.held.store(true, Ordering::Release);
-            return Ok(());
+            self.out.want_room();
+            // The writer may have made room between the check and `want_room`: then nobody
+            // else will release the interrupt.
+            if self.out.room() < FIFO_SIZE || !self.held.swap(false, Ordering::AcqRel) {
+                return Ok(());
+            }
         }
         self.line.trigger()
     }
@@ -141,5 +146,83 @@ impl BusDevice for Serial {
             .interrupt_evt()
             .transmit
             .store(false, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::{Condvar, Mutex};
+    use std::time::{Duration, Instant};
+
+    struct Count(Arc<AtomicUsize>);
+    impl IrqLine for Count {
+        fn trigger(&self) -> io::Result<()> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    /// A host side that takes nothing until opened.
+    struct Gate(Arc<(Mutex<bool>, Condvar)>);
+    impl Write for Gate {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let (m, c) = &*self.0;
+            let mut open = m.lock().unwrap();
+            while !*open {
+                open = c.wait(open).unwrap();
+            }
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn lsr(s: &mut Serial) -> u8 {
+        let mut b = [0u8];
+        s.read(u64::from(LSR), &mut b);
+        b[0]
+    }
+
+    /// With the host not reading, the transmitter reports busy and the THR-empty interrupt is
+    /// held back; once the host reads again, the interrupt comes and nothing was lost.
+    #[test]
+    fn a_host_that_does_not_read_stalls_the_transmitter() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let out = ConsoleOutput::spawn(Box::new(Gate(gate.clone())), "test-serial").unwrap();
+        let irqs = Arc::new(AtomicUsize::new(0));
+        let mut s = Serial::new(Box::new(Count(irqs.clone())), out.clone());
+        s.write(1, &[0x02]); // IER: THR empty
+        let t = Instant::now();
+        let mut sent = 0;
+        // Like an interrupt-driven driver: read IIR (which clears THR-empty), then write.
+        let iir = |s: &mut Serial| s.read(2, &mut [0u8]);
+        while lsr(&mut s) & LSR_THRE != 0 {
+            iir(&mut s);
+            s.write(u64::from(THR), b"x");
+            sent += 1;
+            assert!(t.elapsed() < Duration::from_secs(5), "never stalled");
+        }
+        assert_eq!(lsr(&mut s) & LSR_TEMT, 0);
+        let before = irqs.load(Ordering::SeqCst);
+        iir(&mut s);
+        s.write(u64::from(THR), b"y"); // a driver that ignores LSR while there is still room
+        assert_eq!(irqs.load(Ordering::SeqCst), before, "THR-empty held back");
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        while irqs.load(Ordering::SeqCst) == before {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "the held interrupt never came"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_ne!(lsr(&mut s) & LSR_THRE, 0);
+        assert!(sent > 1000);
+        out.finish(Instant::now() + Duration::from_secs(5));
+        assert_eq!(out.lost(), 0);
     }
 }

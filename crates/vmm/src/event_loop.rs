@@ -9,8 +9,10 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
+use devices::lock;
 use hypervisor::Event;
 
 /// What a handler tells the loop about its descriptor after it ran.
@@ -33,8 +35,45 @@ pub(crate) struct EventLoopBuilder {
 }
 
 pub(crate) struct EventLoop {
-    stop: Event,
+    control: Arc<Control>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// How the owner stops or pauses the loop thread: set the request, then signal `wake`.
+struct Control {
+    wake: Event,
+    state: Mutex<ControlState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct ControlState {
+    stop: bool,
+    pause: bool,
+    /// The loop thread is parked: no handler runs until the pause is lifted.
+    parked: bool,
+    /// The loop thread has ended.
+    ended: bool,
+}
+
+impl Control {
+    /// On the loop thread, after `wake` fired: false if it must end; parks while paused.
+    fn check(&self) -> bool {
+        let _ = self.wake.drain();
+        let mut s = lock(&self.state);
+        while s.pause && !s.stop {
+            s.parked = true;
+            self.changed.notify_all();
+            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.parked = false;
+        !s.stop
+    }
+
+    fn end(&self) {
+        lock(&self.state).ended = true;
+        self.changed.notify_all();
+    }
 }
 
 impl EventLoopBuilder {
@@ -50,8 +89,12 @@ impl EventLoopBuilder {
 
     /// Starts the loop thread.
     pub fn start(self) -> io::Result<EventLoop> {
-        let stop = Event::new()?;
-        let mut fds: Vec<libc::pollfd> = std::iter::once(stop.as_raw_fd())
+        let control = Arc::new(Control {
+            wake: Event::new()?,
+            state: Mutex::default(),
+            changed: Condvar::new(),
+        });
+        let mut fds: Vec<libc::pollfd> = std::iter::once(control.wake.as_raw_fd())
             .chain(self.handlers.iter().map(|(fd, _)| *fd))
             .map(|fd| libc::pollfd {
                 fd,
@@ -60,18 +103,22 @@ impl EventLoopBuilder {
             })
             .collect();
         let mut handlers: Vec<Handler> = self.handlers.into_iter().map(|(_, h)| h).collect();
+        let c = control.clone();
         let thread = std::thread::Builder::new()
             .name("devices".into())
-            .spawn(move || run(&mut fds, &mut handlers))?;
+            .spawn(move || {
+                run(&mut fds, &mut handlers, &c);
+                c.end();
+            })?;
         Ok(EventLoop {
-            stop,
+            control,
             thread: Some(thread),
         })
     }
 }
 
-/// `fds[0]` is the stop event, `fds[i + 1]` belongs to `handlers[i]`.
-fn run(fds: &mut [libc::pollfd], handlers: &mut [Handler]) {
+/// `fds[0]` is the control event, `fds[i + 1]` belongs to `handlers[i]`.
+fn run(fds: &mut [libc::pollfd], handlers: &mut [Handler], control: &Control) {
     loop {
         // SAFETY: `fds` is a valid array of `fds.len()` pollfd structures.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
@@ -83,7 +130,7 @@ fn run(fds: &mut [libc::pollfd], handlers: &mut [Handler]) {
             log::error!("device event loop stopped: {e}");
             return;
         }
-        if fds[0].revents != 0 {
+        if fds[0].revents != 0 && !control.check() {
             return;
         }
         for i in 0..handlers.len() {
@@ -111,9 +158,29 @@ impl EventLoop {
     /// Stops the thread and waits for it.
     pub fn stop(&mut self) {
         if let Some(t) = self.thread.take() {
-            let _ = self.stop.signal();
+            lock(&self.control.state).stop = true;
+            self.control.changed.notify_all();
+            let _ = self.control.wake.signal();
             let _ = t.join();
         }
+    }
+
+    /// Returns once no handler runs and none will until [`EventLoop::resume`]: no device
+    /// touches guest memory or raises an interrupt in between. Notifications that arrive
+    /// meanwhile wait in their events.
+    pub fn pause(&self) {
+        let c = &self.control;
+        let mut s = lock(&c.state);
+        s.pause = true;
+        let _ = c.wake.signal();
+        while !s.parked && !s.ended && !s.stop {
+            s = c.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    pub fn resume(&self) {
+        lock(&self.control.state).pause = false;
+        self.control.changed.notify_all();
     }
 }
 

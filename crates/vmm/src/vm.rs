@@ -197,12 +197,19 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
         }
     }
 
-    /// Pauses every vCPU (each leaves the guest and waits).
+    /// Pauses the VM: every vCPU leaves the guest and waits, then the device thread parks, so
+    /// nothing changes guest memory or raises an interrupt until [`Vm::resume`].
     pub fn pause(&self) {
         self.state.pause(self.threads.len());
+        if let Some(l) = &self.event_loop {
+            l.pause();
+        }
     }
 
     pub fn resume(&self) {
+        if let Some(l) = &self.event_loop {
+            l.resume();
+        }
         self.state.resume();
     }
 

@@ -339,3 +339,44 @@ fn virtio_interrupt_reaches_the_guest_through_irqfd_and_the_ioapic() {
 fn virtio_interrupt_without_ioeventfd_or_irqfd() {
     virtio_interrupt(IrqchipMode::Kernel, false, false);
 }
+
+/// While paused, no device writes guest memory: host input for the virtio-console waits in
+/// the device until resume, then reaches the guest's posted buffer.
+#[test]
+fn pause_quiesces_the_devices() {
+    use vm_memory::{Bytes, GuestAddress};
+    let Some(kvm) = kvm() else { return };
+    let out = Capture::default();
+    let serial = Capture::default();
+    let mut c = config(test_guests::VIRTIO_CONSOLE, 1, &serial);
+    c.virtio_console = Some(vmm::SerialOutput::Writer(Box::new(out.clone())));
+    let mut vm = build(&kvm, c);
+    let console = vm.console_input(vmm::ConsoleKind::Virtio).unwrap();
+    vm.start().unwrap();
+    let t0 = Instant::now();
+    while !out.text().contains("hello from virtio-console") {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no greeting");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The guest's rings and buffers (see guests/asm/virtio_console.S).
+    let snapshot = |vm: &vmm::Vm<_>| {
+        let mut m = vec![0u8; 0x22000];
+        vm.memory()
+            .read_slice(&mut m, GuestAddress(0x40000))
+            .unwrap();
+        m
+    };
+    vm.pause();
+    let before = snapshot(&vm);
+    assert_eq!(console.lock().unwrap().queue_input(b"ping"), 4);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(snapshot(&vm) == before, "guest memory changed while paused");
+    vm.resume();
+    let stop = vm.stop_handle();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(30));
+        stop.stop(Outcome::Stopped("test time limit".into()));
+    });
+    assert_eq!(vm.wait(), Outcome::DebugExit(0), "{}", out.text());
+    assert!(out.text().ends_with("got: ping\r\n"), "{:?}", out.text());
+}

@@ -10,10 +10,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use hypervisor::Event;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::{VirtioDevice, TYPE_CONSOLE};
+use super::{complete, next_chain, Broken, Pass, VirtioDevice, PASS_CHAINS, TYPE_CONSOLE};
 use crate::console_output::ConsoleOutput;
 use crate::{lock, ConsoleInput};
 
@@ -69,23 +69,33 @@ impl Console {
 
     /// Moves guest output from each TX chain to the host output; stops at the first chain the
     /// output cannot take whole, and goes on from there when it is notified again.
-    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        let mut used = false;
-        loop {
+    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Pass {
+        let mut pass = Pass::default();
+        for _ in 0..PASS_CHAINS {
             if let Some((head, sent)) = self.tx_pending {
                 let sent = sent + self.out.try_write(&self.tx_data[sent..]);
                 if sent < self.tx_data.len() {
                     self.tx_pending = Some((head, sent));
-                    return used; // stalled: the output's room callback notifies us again
+                    return pass; // stalled: the output's room callback notifies us again
                 }
                 self.tx_pending = None;
-                if queue.add_used(mem, head, 0).is_err() {
-                    return used;
+                if complete(queue, mem, head, 0).is_err() {
+                    return Pass {
+                        broken: true,
+                        ..pass
+                    };
                 }
-                used = true;
+                pass.used = true;
             }
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                return used;
+            let chain = match next_chain(queue, mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => return pass,
+                Err(Broken) => {
+                    return Pass {
+                        broken: true,
+                        ..pass
+                    }
+                }
             };
             let head = chain.head_index();
             self.tx_data.clear();
@@ -103,15 +113,27 @@ impl Console {
             }
             self.tx_pending = Some((head, 0));
         }
+        pass.more = true;
+        pass
     }
 
     /// Fills the guest's receive buffers with pending input.
-    fn receive(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        let mut used = false;
+    fn receive(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Pass {
+        let mut pass = Pass::default();
         let mut input = lock(&self.input);
-        while !input.is_empty() {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                break;
+        for _ in 0..PASS_CHAINS {
+            if input.is_empty() {
+                return pass;
+            }
+            let chain = match next_chain(queue, mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => return pass,
+                Err(Broken) => {
+                    return Pass {
+                        broken: true,
+                        ..pass
+                    }
+                }
             };
             let head = chain.head_index();
             let mut written = 0u32;
@@ -129,12 +151,16 @@ impl Console {
                     break;
                 }
             }
-            if queue.add_used(mem, head, written).is_err() {
-                break;
+            if complete(queue, mem, head, written).is_err() {
+                return Pass {
+                    broken: true,
+                    ..pass
+                };
             }
-            used = true;
+            pass.used = true;
         }
-        used
+        pass.more = true;
+        pass
     }
 }
 
@@ -178,11 +204,11 @@ impl VirtioDevice for Console {
         data.fill(0);
     }
 
-    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> Pass {
         match index {
             RX_QUEUE => self.receive(queue, mem),
             TX_QUEUE => self.transmit(queue, mem),
-            _ => false,
+            _ => Pass::default(),
         }
     }
 

@@ -10,7 +10,7 @@
 use hypervisor::Event;
 use hypervisor::IrqLine;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::{VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::BusDevice;
@@ -135,11 +135,20 @@ impl MmioTransport {
         if !queue.ready() {
             return;
         }
-        if self.device.process_queue(index, queue, &self.mem) {
-            // Without VIRTIO_RING_F_EVENT_IDX this is "unless the driver asked for no
-            // interrupts"; a ring that cannot be read counts as "interrupt".
-            if queue.needs_notification(&self.mem).unwrap_or(true) {
-                self.raise(INT_VRING);
+        let pass = self.device.process_queue(index, queue, &self.mem);
+        // Without VIRTIO_RING_F_EVENT_IDX this is "unless the driver asked for no
+        // interrupts"; a ring that cannot be read counts as "interrupt".
+        if pass.used && queue.needs_notification(&self.mem).unwrap_or(true) {
+            self.raise(INT_VRING);
+        }
+        if pass.broken {
+            // Virtio 1.x 2.1.2: the device is in an error state the driver must reset.
+            self.status |= STATUS_NEEDS_RESET;
+            self.raise(INT_CONFIG);
+        } else if pass.more {
+            // Yield to the other queues and devices; this one runs again after them.
+            if let Some(evt) = self.notify.get(index) {
+                let _ = evt.signal();
             }
         }
     }
@@ -289,16 +298,20 @@ impl MmioTransport {
                 if q.ready() {
                     return;
                 }
-                match offset {
-                    REG_QUEUE_NUM => q.set_size(u16::try_from(value).unwrap_or(0)),
-                    REG_QUEUE_DESC_LOW => q.set_desc_table_address(Some(value), None),
-                    REG_QUEUE_DESC_HIGH => q.set_desc_table_address(None, Some(value)),
-                    REG_QUEUE_DRIVER_LOW => q.set_avail_ring_address(Some(value), None),
-                    REG_QUEUE_DRIVER_HIGH => q.set_avail_ring_address(None, Some(value)),
-                    REG_QUEUE_DEVICE_LOW => q.set_used_ring_address(Some(value), None),
-                    REG_QUEUE_DEVICE_HIGH => q.set_used_ring_address(None, Some(value)),
-                    _ => {}
-                }
+                // The `try_` setters: a bad size or alignment is the guest's to fix (the queue
+                // then fails validation at DRIVER_OK), not something to log on its behalf.
+                let low = |old: u64| GuestAddress((old & !0xffff_ffff) | u64::from(value));
+                let high = |old: u64| GuestAddress((old & 0xffff_ffff) | u64::from(value) << 32);
+                let _ = match offset {
+                    REG_QUEUE_NUM => q.try_set_size(u16::try_from(value).unwrap_or(0)),
+                    REG_QUEUE_DESC_LOW => q.try_set_desc_table_address(low(q.desc_table())),
+                    REG_QUEUE_DESC_HIGH => q.try_set_desc_table_address(high(q.desc_table())),
+                    REG_QUEUE_DRIVER_LOW => q.try_set_avail_ring_address(low(q.avail_ring())),
+                    REG_QUEUE_DRIVER_HIGH => q.try_set_avail_ring_address(high(q.avail_ring())),
+                    REG_QUEUE_DEVICE_LOW => q.try_set_used_ring_address(low(q.used_ring())),
+                    REG_QUEUE_DEVICE_HIGH => q.try_set_used_ring_address(high(q.used_ring())),
+                    _ => Ok(()),
+                };
             }
             _ => {}
         }
@@ -334,6 +347,7 @@ impl BusDevice for MmioTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::Pass;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use vm_memory::GuestAddress;
@@ -349,6 +363,8 @@ mod tests {
 
     struct Dummy {
         processed: Arc<AtomicUsize>,
+        /// What each pass reports.
+        pass: Arc<std::sync::Mutex<Pass>>,
     }
     impl VirtioDevice for Dummy {
         fn device_type(&self) -> u32 {
@@ -363,25 +379,68 @@ mod tests {
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             super::super::read_config_bytes(&[1, 2, 3, 4], offset, data);
         }
-        fn process_queue(&mut self, _: usize, _: &mut Queue, _: &GuestMemoryMmap) -> bool {
+        fn process_queue(&mut self, _: usize, _: &mut Queue, _: &GuestMemoryMmap) -> Pass {
             self.processed.fetch_add(1, Ordering::SeqCst);
-            true
+            *self.pass.lock().unwrap()
         }
     }
 
     fn transport() -> (MmioTransport, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let (t, irqs, processed, _) = transport_reporting(Pass::used(true));
+        (t, irqs, processed)
+    }
+
+    type Reported = Arc<std::sync::Mutex<Pass>>;
+
+    fn transport_reporting(
+        pass: Pass,
+    ) -> (MmioTransport, Arc<AtomicUsize>, Arc<AtomicUsize>, Reported) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         let irqs = Arc::new(AtomicUsize::new(0));
         let processed = Arc::new(AtomicUsize::new(0));
+        let pass = Arc::new(std::sync::Mutex::new(pass));
         let t = MmioTransport::new(
             Box::new(Dummy {
                 processed: processed.clone(),
+                pass: pass.clone(),
             }),
             mem,
             Box::new(Count(irqs.clone())),
         )
         .unwrap();
-        (t, irqs, processed)
+        (t, irqs, processed, pass)
+    }
+
+    #[test]
+    fn a_pass_with_work_left_runs_again_and_a_broken_queue_needs_a_reset() {
+        let more = Pass {
+            used: true,
+            more: true,
+            broken: false,
+        };
+        let (mut t, irqs, _, pass) = transport_reporting(more);
+        bring_up(&mut t, 1 << 32, 0x1000);
+        let _ = t.notify_events()[0].drain();
+        t.process_queue(0);
+        assert!(
+            t.notify_events()[0].drain().unwrap(),
+            "re-notified to run again"
+        );
+        assert_eq!(irqs.load(Ordering::SeqCst), 1);
+
+        *pass.lock().unwrap() = Pass {
+            broken: true,
+            ..Pass::default()
+        };
+        t.process_queue(0);
+        assert_ne!(r(&mut t, REG_STATUS) & STATUS_NEEDS_RESET, 0);
+        assert_ne!(r(&mut t, REG_INTERRUPT_STATUS) & INT_CONFIG, 0);
+        assert_eq!(irqs.load(Ordering::SeqCst), 2, "a configuration interrupt");
+        // A device that needs a reset runs no more queues until the driver resets it.
+        t.process_queue(0);
+        assert_eq!(irqs.load(Ordering::SeqCst), 2);
+        w(&mut t, REG_STATUS, 0);
+        assert_eq!(r(&mut t, REG_STATUS), 0);
     }
 
     fn r(t: &mut MmioTransport, off: u64) -> u32 {

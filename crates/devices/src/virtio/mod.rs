@@ -11,7 +11,7 @@ pub mod console;
 pub mod mmio;
 pub mod net;
 
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 pub use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -34,10 +34,10 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// The driver set DRIVER_OK with these negotiated features.
     fn activate(&mut self, _features: u64) {}
-    /// Processes what the driver made available on queue `index`; returns whether any buffer
-    /// was used (so the driver must be interrupted). Bad requests are answered with an error
-    /// status or skipped, never trusted.
-    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
+    /// Processes what the driver made available on queue `index`, at most [`PASS_CHAINS`]
+    /// chains (and whatever other budget the device has) in one pass. Bad requests are
+    /// answered with an error status or skipped, never trusted.
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> Pass;
     /// The driver reset the device.
     fn reset(&mut self) {}
     /// The device holds input from its host side (a frame from the TAP) that no guest buffer
@@ -45,6 +45,61 @@ pub trait VirtioDevice: Send {
     fn input_blocked(&self) -> bool {
         false
     }
+}
+
+/// The most chains a device takes from a queue in one pass, so one busy queue cannot keep the
+/// device thread from the others (or from stopping).
+pub const PASS_CHAINS: usize = 128;
+
+/// What one pass over a queue did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Buffers went back to the driver: it may need an interrupt.
+    pub used: bool,
+    /// The pass stopped at its budget with work left: run the queue again after the others.
+    pub more: bool,
+    /// The rings cannot be used (an available index running ahead of the ring, a head
+    /// index out of range, a used ring that cannot be written): the device needs a reset.
+    pub broken: bool,
+}
+
+impl Pass {
+    pub fn used(used: bool) -> Self {
+        Pass {
+            used,
+            ..Default::default()
+        }
+    }
+}
+
+/// The rings of a queue are unusable; see [`Pass::broken`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Broken;
+
+/// Takes the next chain the driver made available, if any. Unlike
+/// `QueueT::pop_descriptor_chain`, a broken available ring is an error, not "nothing there"
+/// (and is not logged: the guest controls it).
+pub fn next_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, Broken> {
+    let mut chains = queue.iter(mem).map_err(|_| Broken)?;
+    Ok(chains.next())
+}
+
+/// Returns a chain to the driver; a head out of range or an unwritable used ring is
+/// [`Broken`].
+pub fn complete(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    head: u16,
+    len: u32,
+) -> Result<(), Broken> {
+    // Checked here too: virtio-queue logs an out-of-range head, and the guest chooses it.
+    if head >= queue.size() {
+        return Err(Broken);
+    }
+    queue.add_used(mem, head, len).map_err(|_| Broken)
 }
 
 /// Reads `data.len()` bytes at `offset` of a little-endian config space; out of range reads 0.

@@ -18,14 +18,17 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
     VIRTIO_BLK_S_UNSUPP,
 };
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use self::io::{Io, Segment};
 use self::request::{Desc, Kind, Request, SECTOR_SIZE};
-use super::{read_config_bytes, VirtioDevice, TYPE_BLOCK};
+use super::{complete, read_config_bytes, Pass, VirtioDevice, PASS_CHAINS, TYPE_BLOCK};
 
 pub const QUEUE_SIZE: u16 = 256;
+/// Data a pass moves at most before it yields (a request carries at most 16 MiB, so a pass
+/// always makes progress), so 256 huge requests cannot hold the device thread for seconds.
+const PASS_BYTES: u64 = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -245,11 +248,13 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        // One pass over everything available: parse each chain, batch the data transfers,
-        // then write the statuses and return the chains in order.
+    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> Pass {
+        // One pass over what is available, up to the budget: parse each chain, batch the data
+        // transfers, then write the statuses and return the chains in order.
+        let mut pass = Pass::default();
         let mut descs = std::mem::take(&mut self.descs);
         self.completions.clear();
+        let mut bytes = 0u64;
         match queue.iter(mem) {
             Ok(chains) => {
                 for chain in chains {
@@ -261,11 +266,17 @@ impl VirtioDevice for Block {
                         len: d.len(),
                         write_only: d.is_write_only(),
                     }));
+                    bytes += descs.iter().map(|d| u64::from(d.len)).sum::<u64>();
                     let c = self.prepare(&descs, mem);
                     self.completions.push(Completion { head, ..c });
+                    if self.completions.len() >= PASS_CHAINS || bytes >= PASS_BYTES {
+                        pass.more = true;
+                        break;
+                    }
                 }
             }
-            Err(e) => log::warn!("virtio-blk: bad available ring: {e}"),
+            // The available index runs more than a ring ahead: the driver is broken.
+            Err(_) => pass.broken = true,
         }
         self.descs = descs;
         self.run_segments();
@@ -274,11 +285,13 @@ impl VirtioDevice for Block {
                 Some(addr) if write_status(mem, addr, c.status as u8) => c.written + 1,
                 _ => c.written,
             };
-            if queue.add_used(mem, c.head, len).is_err() {
+            if complete(queue, mem, c.head, len).is_err() {
+                pass.broken = true;
                 break;
             }
+            pass.used = true;
         }
-        !self.completions.is_empty()
+        pass
     }
 }
 
@@ -338,7 +351,7 @@ mod tests {
         let vq = MockSplitQueue::new(mem, 16);
         vq.add_desc_chains(&raw, 0).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
-        assert!(blk.process_queue(0, &mut q, mem));
+        assert!(blk.process_queue(0, &mut q, mem).used);
         let used_len = vq.used().ring().ref_at(0).unwrap().load().len();
         (mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), used_len)
     }
@@ -434,5 +447,63 @@ mod tests {
             Err(Error::Open { .. })
         ));
         let _ = std::fs::remove_file(p);
+    }
+
+    /// Chains of header + 16 MiB of data + status each, `n` of them, in a 256-entry queue.
+    fn flood(mem: &GuestMemoryMmap, n: u16) -> (MockSplitQueue<'_, GuestMemoryMmap>, Queue) {
+        let mut h = [0u8; 16];
+        h[..4].copy_from_slice(&1u32.to_le_bytes()); // OUT, sector 0
+        mem.write_slice(&h, GuestAddress(HDR)).unwrap();
+        let raw: Vec<RawDescriptor> = (0..n)
+            .flat_map(|i| {
+                let base = i * 3;
+                let next = VRING_DESC_F_NEXT as u16;
+                [
+                    SplitDescriptor::new(HDR, 16, next, base + 1),
+                    SplitDescriptor::new(DATA, 16 << 20, next, base + 2),
+                    SplitDescriptor::new(STATUS, 1, VRING_DESC_F_WRITE as u16, 0),
+                ]
+            })
+            .map(RawDescriptor::from)
+            .collect();
+        let vq = MockSplitQueue::new(mem, 1024);
+        vq.add_desc_chains(&raw, 0).unwrap();
+        let q = vq.create_queue().unwrap();
+        (vq, q)
+    }
+
+    #[test]
+    fn a_pass_stops_at_its_budget_and_asks_to_run_again() {
+        let path = image(8);
+        let mem = memory();
+        let mut blk = Block::open(&path, true).unwrap();
+        // 200 requests of 16 MiB each (refused: read-only, but parsed and answered).
+        let (vq, mut q) = flood(&mem, 200);
+        let pass = blk.process_queue(0, &mut q, &mem);
+        assert!(pass.used && pass.more && !pass.broken, "{pass:?}");
+        let first = vq.used().idx().load();
+        assert!(
+            first > 0 && first <= 1,
+            "8 MiB budget: one 16 MiB request, got {first}"
+        );
+        while blk.process_queue(0, &mut q, &mem).more {}
+        assert_eq!(
+            vq.used().idx().load(),
+            200,
+            "every request answered in the end"
+        );
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn an_available_index_running_ahead_breaks_the_queue() {
+        let path = image(8);
+        let mem = memory();
+        let mut blk = Block::open(&path, false).unwrap();
+        let (vq, mut q) = flood(&mem, 1);
+        vq.avail().idx().store(5000); // more than a ring's worth ahead
+        let pass = blk.process_queue(0, &mut q, &mem);
+        assert!(pass.broken && !pass.used, "{pass:?}");
+        let _ = std::fs::remove_file(path);
     }
 }

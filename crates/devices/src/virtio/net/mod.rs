@@ -14,12 +14,13 @@ pub mod tap;
 use std::os::fd::{AsRawFd, RawFd};
 
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 pub use self::socket::{SocketNet, SocketNetError};
 pub use self::tap::{Tap, TapError, VNET_HDR_LEN};
-use super::{read_config_bytes, VirtioDevice, TYPE_NET};
+use super::TYPE_NET;
+use super::{complete, next_chain, read_config_bytes, Broken, Pass, VirtioDevice, PASS_CHAINS};
 
 pub const QUEUE_SIZE: u16 = 256;
 pub const RX_QUEUE: usize = 0;
@@ -83,25 +84,32 @@ impl Net {
         self.tap.raw_fd()
     }
 
-    fn receive(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        let mut used = false;
+    fn receive(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Pass {
+        let mut pass = Pass::default();
         self.rx_failed = false;
-        loop {
+        for _ in 0..PASS_CHAINS {
             let len = match self.rx_pending {
                 Some(len) => len,
                 None => match self.tap.read_frame(&mut self.rx_frame) {
                     Ok(Some(len)) => len,
-                    Ok(None) => break,
+                    Ok(None) => return pass,
                     Err(e) => {
                         log::warn!("virtio-net: reading {}: {e}", self.tap.name());
                         self.rx_failed = true;
-                        break;
+                        return pass;
                     }
                 },
             };
             self.rx_pending = Some(len);
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                break; // keep the frame until the guest posts a buffer
+            let chain = match next_chain(queue, mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => return pass, // keep the frame until the guest posts a buffer
+                Err(Broken) => {
+                    return Pass {
+                        broken: true,
+                        ..pass
+                    }
+                }
             };
             let head = chain.head_index();
             let mut written = 0usize;
@@ -120,17 +128,31 @@ impl Net {
             }
             // A frame longer than the guest's buffers is cut short, as a NIC would drop it.
             self.rx_pending = None;
-            if queue.add_used(mem, head, written as u32).is_err() {
-                break;
+            if complete(queue, mem, head, written as u32).is_err() {
+                return Pass {
+                    broken: true,
+                    ..pass
+                };
             }
-            used = true;
+            pass.used = true;
         }
-        used
+        pass.more = true;
+        pass
     }
 
-    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Pass {
+        let mut pass = Pass::default();
+        for _ in 0..PASS_CHAINS {
+            let chain = match next_chain(queue, mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => return pass,
+                Err(Broken) => {
+                    return Pass {
+                        broken: true,
+                        ..pass
+                    }
+                }
+            };
             let head = chain.head_index();
             self.tx_frame.clear();
             let mut ok = true;
@@ -149,15 +171,19 @@ impl Net {
             // Anything shorter than a header plus an Ethernet header is not a frame.
             if ok && self.tx_frame.len() >= VNET_HDR_LEN + 14 {
                 if let Err(e) = self.tap.write_frame(&self.tx_frame) {
-                    log::debug!("virtio-net: writing TAP {}: {e}", self.tap.name());
+                    log::debug!("virtio-net: writing {}: {e}", self.tap.name());
                 }
             }
-            if queue.add_used(mem, head, 0).is_err() {
-                break;
+            if complete(queue, mem, head, 0).is_err() {
+                return Pass {
+                    broken: true,
+                    ..pass
+                };
             }
-            used = true;
+            pass.used = true;
         }
-        used
+        pass.more = true;
+        pass
     }
 }
 
@@ -178,11 +204,11 @@ impl VirtioDevice for Net {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> Pass {
         match index {
             RX_QUEUE => self.receive(queue, mem),
             TX_QUEUE => self.transmit(queue, mem),
-            _ => false,
+            _ => Pass::default(),
         }
     }
 
