@@ -69,6 +69,17 @@ fn settled(baseline: Usage) -> Usage {
     }
 }
 
+/// An error and its sources, for a message that says why.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text += &format!(": {s}");
+        source = s.source();
+    }
+    text
+}
+
 /// One full life: a 2-vCPU VM with a disk, a virtio-console and the MMIO console is created
 /// and started; on even cycles it is stopped once the guest runs (it waits for serial input
 /// for ever, its second vCPU for a start-up IPI), on odd ones at once; then it is destroyed.
@@ -82,9 +93,9 @@ fn one_cycle(kvm: &Kvm, irqchip: IrqchipMode, disk: &std::path::Path, n: usize) 
     }];
     c.virtio_console = Some(SerialOutput::None);
     c.mmio_console = Some(SerialOutput::None);
-    let mut vm = Vm::new(kvm, c).unwrap_or_else(|e| panic!("cycle {n}: create: {e}"));
+    let mut vm = Vm::new(kvm, c).unwrap_or_else(|e| panic!("cycle {n}: create: {}", chain(&e)));
     vm.start()
-        .unwrap_or_else(|e| panic!("cycle {n}: start: {e}"));
+        .unwrap_or_else(|e| panic!("cycle {n}: start: {}", chain(&e)));
     if n.is_multiple_of(2) {
         let t = Instant::now();
         while !out.text().contains("ready") {
