@@ -427,7 +427,11 @@ mod tests {
         dev.write(ioapic::REG_WINDOW, &(1u32 << 24).to_le_bytes());
         chip.line(5).trigger().unwrap();
         assert_eq!(kicks.load(Ordering::SeqCst), 1);
-        assert_eq!(chip.take_interrupt(0, || false), (None, false), "not for vCPU 0");
+        assert_eq!(
+            chip.take_interrupt(0, || false),
+            (None, false),
+            "not for vCPU 0"
+        );
         assert_eq!(
             chip.take_interrupt(1, || false),
             (None, true),
