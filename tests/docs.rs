@@ -1,27 +1,31 @@
 //! The docs say what the code does: every code reference in README.md and docs/*.md names
-//! something that exists, so a learner who follows one lands on real code.
+//! something that exists, so a learner who follows one lands on real code. A failure lists
+//! each stale reference as `page:line: `reference`: why`.
 //!
-//! What counts as a reference (in prose, inside `backticks`, unless said otherwise):
+//! What counts as a reference (in prose, inside backticks, unless said otherwise):
 //! - a path: a span with a `/` or a file extension (`crates/vmm/src/vcpu.rs`, `guests/asm/`,
 //!   `hvf/arm64/mod.rs`, `vcpu.rs`). One that starts at a top-level entry of the repo must
 //!   exist as written (`*` matches any one folder); a shorter one must be the tail of some
-//!   file or folder. Links to local files (`[memory](memory.md)`) must resolve from the page.
+//!   file or folder. In fenced code blocks, words that look like such paths are checked too.
+//!   Links to local files (`[memory](memory.md)`) must resolve from the page.
 //! - a script: `scripts/...` must be an executable file, also in fenced code blocks.
 //! - a Rust item: `Type::method`, `VmExit::Variant`, `a::b::c`, `name()`, a snake_case name
-//!   with an underscore, a CamelCase name, a SCREAMING_CASE constant. Every segment (crate
-//!   names aside) must be declared in a .rs file under crates/, src/, fuzz/, guests/, tests/
-//!   or benches/ (see `declared_names`). `VIBE_*` names are environment variables: they must
-//!   appear in a .rs or .sh file.
+//!   with an underscore, a CamelCase name, a SCREAMING_CASE name with an underscore. Every
+//!   segment (crate names aside) must be declared in a .rs file under `SOURCE_DIRS` (see
+//!   `declared_names` for what counts). `VIBE_*` names are environment variables: they must
+//!   appear in a .rs or .sh file. Plain words in code font (`vmm`, `pread`) are not checked.
 //! - a flag: in a span that starts with `--` or `vibe-vmm`, and on the `vibe-vmm` command
 //!   lines of fenced blocks, each `--flag` must be listed by `vibe-vmm run --help` or
-//!   `vibe-vmm --help`, and a word after `vibe-vmm` must be one of its commands.
+//!   `vibe-vmm --help`, and a word after `vibe-vmm` must be one of its commands. Other tools'
+//!   flags stay in spans that start with the tool (`cargo test -- --ignored`).
 //!
 //! Not ours: a name from another project, a spec or the kernel (`kvm_run`, `hv_vcpu_run`,
 //! `GuestMemoryMmap`) is marked as such on its page, and then skipped:
-//! - inside a markdown link's text (`[`kvm_run`](https://...)`), or
-//! - listed in an `<!-- external: kvm_run hv_vcpu_run ... -->` comment at the top of the page
-//!   (the comment may span lines; it names what the page borrows from elsewhere).
-//!   Man pages (`poll(2)`) are external by their form.
+//! - listed in an `<!-- external: kvm_run hv_vcpu_run ... -->` comment under the page's title
+//!   (it may span lines; it names what the page borrows from elsewhere), or
+//! - written as a markdown link's text, code font and all, pointing at its own documentation.
+//!
+//! Man pages (`poll(2)`) are external by their form.
 //!
 //! Every docs/*.md page also starts (its first paragraph after the title) by naming a file or
 //! folder of the repo it describes, so a reader goes from the page to the code in one step.
