@@ -721,4 +721,11 @@ fn the_checker_finds_what_drifted() {
         );
     }
     assert_eq!(found, expected);
+    // A page that never says which code it describes.
+    let found = check_page("docs/test.md", "# A page\n\nAbout things.\n", repo());
+    assert_eq!(
+        found,
+        ["docs/test.md:3: `first paragraph`: names no file or folder of the repo: start the page \
+          with what it covers and which files it describes (e.g. `crates/vmm/src/vcpu.rs`)"]
+    );
 }
