@@ -590,7 +590,13 @@ fn ctrl_a_x_stops_a_flood_on_a_terminal_nobody_reads() {
     let guest = temp_file("flood.elf", test_guests::SERIAL_FLOOD);
     let mut pty = Pty::spawn(&["run", "--kernel", guest.to_str().unwrap()]);
     let before = pty.initial_lflag;
-    std::thread::sleep(Duration::from_millis(700));
+    // Ctrl-A x reaches the VMM only once its terminal is raw (a loaded machine may be slow).
+    let t = Instant::now();
+    while pty.lflag() & libc::ICANON != 0 {
+        assert!(t.elapsed() < Duration::from_secs(20), "the terminal never went raw");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(700)); // the flood fills the terminal
     use std::io::Write;
     let t = Instant::now();
     pty.master.write_all(b"\x01x").unwrap();

@@ -172,7 +172,9 @@ pub trait Vcpu: Send {
     /// Call once, on the vCPU's own thread, before the first `run`.
     fn kicker(&mut self) -> Result<Box<dyn VcpuKicker>>;
 
-    /// Translates a guest virtual address with the vCPU's current page tables.
+    /// Translates a guest virtual address with the vCPU's current page tables. The core walks
+    /// the tables itself (`arch::x86_64::mmu`); this is the hypervisor's own answer, which
+    /// `crates/vmm/tests/mmu.rs` checks that walker against (KVM on x86 only).
     fn translate_gva(&self, gva: u64) -> Result<Option<u64>>;
 
     /// The elements of the string port I/O the last exit reported

@@ -234,14 +234,6 @@ impl Irqchip {
         self.wake(inner, &others);
     }
 
-    /// Whether vCPU `id` has an interrupt to take.
-    pub fn has_interrupt(&self, id: u32) -> bool {
-        self.lock()
-            .lapics
-            .get(id as usize)
-            .is_some_and(|a| a.pending().is_some())
-    }
-
     /// Before vCPU `id` enters the guest: if it has an interrupt and `can_take()` says the
     /// guest can take one, moves it to in-service and returns it; also says whether one is
     /// (still) waiting. One lock for what the vCPU loop asks on every entry.
@@ -435,7 +427,11 @@ mod tests {
         dev.write(ioapic::REG_WINDOW, &(1u32 << 24).to_le_bytes());
         chip.line(5).trigger().unwrap();
         assert_eq!(kicks.load(Ordering::SeqCst), 1);
-        assert!(chip.has_interrupt(1) && !chip.has_interrupt(0));
+        assert_eq!(
+            chip.take_interrupt(0, || false),
+            (None, false),
+            "not for vCPU 0"
+        );
         assert_eq!(
             chip.take_interrupt(1, || false),
             (None, true),
@@ -478,8 +474,9 @@ mod tests {
         w(&chip, 0, lapic::REG_TIMER_INITIAL, 2_000_000); // 2 ms
         let t = Instant::now();
         chip.wait_for_interrupt(0, || t.elapsed() > Duration::from_secs(5));
-        assert!(
-            chip.has_interrupt(0),
+        assert_eq!(
+            chip.take_interrupt(0, || false),
+            (None, true),
             "woken by the timer, not the 5 s limit"
         );
         assert!(t.elapsed() >= Duration::from_millis(1));

@@ -508,7 +508,8 @@ impl<A: Api> crate::Vcpu for HvfVcpu<A> {
         }))
     }
 
-    /// The core uses this only for x86 error reports; arm64 reports carry the PC instead.
+    /// Only `crates/vmm/tests/mmu.rs` calls this (to check the x86 page walker against KVM);
+    /// the core never translates an arm64 address.
     fn translate_gva(&self, _gva: u64) -> Result<Option<u64>> {
         Err(Error::Unsupported)
     }

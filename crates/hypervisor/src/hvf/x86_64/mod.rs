@@ -103,8 +103,10 @@ impl<A: Api> Hypervisor for HvfX86<A> {
     }
 
     fn max_vcpus(&self) -> u32 {
-        // The framework documents no limit below the host's CPU count; the MP table's is 64.
-        64
+        // The framework documents no limit below the host's CPU count; the x86 machine's is
+        // 254 (`arch::x86_64::mptable::MAX_CPUS`: 8-bit APIC IDs, 0xff broadcast, one for the
+        // IOAPIC), and the core takes the smaller of the two.
+        254
     }
 
     fn create_vm(&self) -> Result<HvfX86Vm<A>> {
@@ -465,7 +467,8 @@ impl<A: Api> crate::Vcpu for HvfX86Vcpu<A> {
         }))
     }
 
-    /// The VMM walks the guest's page tables itself (`arch::x86_64::mmu`).
+    /// The VMM walks the guest's page tables itself (`arch::x86_64::mmu`); only
+    /// `crates/vmm/tests/mmu.rs` calls this, to check that walker against KVM's.
     fn translate_gva(&self, _gva: u64) -> Result<Option<u64>> {
         Err(Error::Unsupported)
     }
