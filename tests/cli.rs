@@ -593,7 +593,10 @@ fn ctrl_a_x_stops_a_flood_on_a_terminal_nobody_reads() {
     // Ctrl-A x reaches the VMM only once its terminal is raw (a loaded machine may be slow).
     let t = Instant::now();
     while pty.lflag() & libc::ICANON != 0 {
-        assert!(t.elapsed() < Duration::from_secs(20), "the terminal never went raw");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the terminal never went raw"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(700)); // the flood fills the terminal
