@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use hypervisor::Hypervisor;
+use vmm::seccomp::ThreadKind;
 use vmm::{ConsoleKind, KernelImage, Outcome, SerialOutput, Vm, VmConfig};
 
 use args::{Cli, Command, RunArgs, SerialArg};
@@ -80,6 +81,11 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
     {
         config.irqchip = args.irqchip;
     }
+    #[cfg(target_os = "linux")]
+    {
+        config.seccomp = args.seccomp;
+    }
+    let seccomp = config.seccomp;
     // The terminal belongs to one console device; COM1 goes elsewhere unless it is that one.
     let serial = match (&args.serial, args.console) {
         (Some(SerialArg::Stdio), ConsoleKind::Virtio | ConsoleKind::Mmio) => {
@@ -108,13 +114,24 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
     let hv = hypervisor::default_hypervisor().context("no usable hypervisor")?;
     let mut vm = create_vm(&hv, config).context("cannot create the VM")?;
     let stop = vm.stop_handle();
-    let signals = signals.spawn(stop.clone())?;
+    let signals = signals.spawn(stop.clone(), seccomp)?;
     let terminal = matches!(serial, SerialArg::Stdio) || args.console != ConsoleKind::Serial;
     let console = match vm.console_input(args.console) {
-        Some(input) if terminal => Some(console::Console::attach(input, stop)?),
+        Some(input) if terminal => Some(console::Console::attach(input, stop.clone(), seccomp)?),
         _ => None,
     };
-    let outcome = vm.start().map(|_| vm.wait());
+    let outcome = vm.start().and_then(|()| {
+        // Every other thread is confined by now; this one only waits and tears down. It
+        // handles nothing from the guest, so the moments the guest runs before this are safe.
+        if let Err(e) = vmm::seccomp::confine(ThreadKind::Main, seccomp) {
+            stop.stop(Outcome::Stopped(
+                "the main thread could not be confined".into(),
+            ));
+            drop(vm.wait());
+            return Err(e.into());
+        }
+        Ok(vm.wait())
+    });
     // Restore the terminal and stop helper threads before reporting anything.
     drop(console);
     let signal = signals.finish();

@@ -13,6 +13,8 @@ use std::thread::JoinHandle;
 
 use hypervisor::Event;
 
+use crate::seccomp::{self, SeccompMode, ThreadKind};
+
 /// What a handler tells the loop about its descriptor after it ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Interest {
@@ -48,8 +50,8 @@ impl EventLoopBuilder {
         self.handlers.is_empty()
     }
 
-    /// Starts the loop thread.
-    pub fn start(self) -> io::Result<EventLoop> {
+    /// Starts the loop thread, confined as a device thread.
+    pub fn start(self, seccomp: SeccompMode) -> io::Result<EventLoop> {
         let stop = Event::new()?;
         let mut fds: Vec<libc::pollfd> = std::iter::once(stop.as_raw_fd())
             .chain(self.handlers.iter().map(|(fd, _)| *fd))
@@ -60,9 +62,9 @@ impl EventLoopBuilder {
             })
             .collect();
         let mut handlers: Vec<Handler> = self.handlers.into_iter().map(|(_, h)| h).collect();
-        let thread = std::thread::Builder::new()
-            .name("devices".into())
-            .spawn(move || run(&mut fds, &mut handlers))?;
+        let thread = seccomp::spawn("devices", ThreadKind::Devices, seccomp, move || {
+            run(&mut fds, &mut handlers)
+        })?;
         Ok(EventLoop {
             stop,
             thread: Some(thread),
@@ -155,7 +157,7 @@ mod tests {
                 Interest::Readable
             }),
         );
-        let mut l = b.start().unwrap();
+        let mut l = b.start(SeccompMode::Off).unwrap();
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(
             stuck_runs.load(Ordering::SeqCst),
