@@ -94,6 +94,23 @@ fn the_userspace_interrupt_controller_is_selectable() {
 }
 
 #[test]
+fn seccomp_modes_are_selectable() {
+    if !kvm_usable() {
+        return;
+    }
+    // The default (kill) is what every other test here runs under.
+    for mode in ["off", "log", "kill"] {
+        let out = run(&["run", "--seccomp", mode]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "--seccomp {mode}: {stdout}");
+        assert!(stdout.contains("vCPUs: 1"), "{stdout}");
+    }
+    let bad = run(&["run", "--seccomp", "on"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not off, log or kill"));
+}
+
+#[test]
 fn run_options_reach_the_guest() {
     if !kvm_usable() {
         return;

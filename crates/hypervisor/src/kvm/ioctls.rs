@@ -45,3 +45,29 @@ pub fn vcpu_run() -> Vec<(u64, &'static str)> {
 pub fn irq_line() -> u64 {
     KVM_IRQ_LINE() as u64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The numbers as `<linux/kvm.h>` defines them on x86_64 (the sizes are the structs').
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn numbers_match_the_kernel_headers() {
+        let got: Vec<u64> = vcpu_run().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            got,
+            [
+                0xae80,
+                0x8090_ae81,
+                0x4090_ae82,
+                0x8138_ae83,
+                0x4138_ae84,
+                0x4004_ae86,
+                0x8040_ae9f,
+                0x4040_aea0
+            ]
+        );
+        assert_eq!(irq_line(), 0x4008_ae61);
+    }
+}
