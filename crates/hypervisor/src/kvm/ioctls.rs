@@ -1,6 +1,7 @@
 //! The KVM ioctls issued once a VM runs, by number, so that a seccomp filter can allow
 //! exactly these (set-up ioctls such as KVM_CREATE_VCPU happen before threads are confined).
-//! kvm-ioctls keeps its numbers private; these are the same `_IO*` encodings.
+//! kvm-ioctls keeps its numbers private; these are the same `_IO*` encodings (an `unsigned
+//! long`, which is `u64` on every 64-bit Linux vibe-vmm runs on).
 
 use kvm_bindings::KVMIO;
 use vmm_sys_util::{ioctl_io_nr, ioctl_iow_nr};
@@ -37,13 +38,13 @@ pub fn vcpu_run() -> Vec<(u64, &'static str)> {
         (x86::KVM_GET_VCPU_EVENTS(), "KVM_GET_VCPU_EVENTS"),
         (x86::KVM_SET_VCPU_EVENTS(), "KVM_SET_VCPU_EVENTS"),
     ]);
-    v.into_iter().map(|(n, name)| (n as u64, name)).collect()
+    v
 }
 
 /// KVM_IRQ_LINE on the VM: how a device raises an interrupt without irqfd, from whichever
 /// thread runs it (a vCPU, the device thread, the console input thread).
 pub fn irq_line() -> u64 {
-    KVM_IRQ_LINE() as u64
+    KVM_IRQ_LINE()
 }
 
 #[cfg(test)]

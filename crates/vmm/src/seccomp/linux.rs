@@ -126,10 +126,12 @@ fn ioctl_rules(kind: ThreadKind) -> Result<Vec<SeccompRule>, BackendError> {
     }
     // The CLI's panic hook and its exit path put the terminal (stdin) back as it was;
     // `tcsetattr` reads it back to check.
-    for request in [libc::TCSETS, libc::TCGETS] {
+    // `libc::Ioctl` is a u64 here but not in every libc.
+    #[allow(clippy::unnecessary_cast)]
+    for request in [libc::TCSETS as u64, libc::TCGETS as u64] {
         rules.push(rule(vec![
             cond(0, Op::Eq, libc::STDIN_FILENO as u64)?,
-            cond(1, Op::Eq, request as u64)?,
+            cond(1, Op::Eq, request)?,
         ])?);
     }
     Ok(rules)
