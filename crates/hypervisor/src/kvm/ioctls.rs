@@ -27,9 +27,10 @@ mod x86 {
 /// event injection that exits need (error reports, instructions finished in userspace,
 /// interrupts from the userspace irqchip).
 pub fn vcpu_run() -> Vec<(u64, &'static str)> {
-    let mut v = vec![(KVM_RUN(), "KVM_RUN")];
+    let run = (KVM_RUN(), "KVM_RUN");
     #[cfg(target_arch = "x86_64")]
-    v.extend([
+    return vec![
+        run,
         (x86::KVM_GET_REGS(), "KVM_GET_REGS"),
         (x86::KVM_SET_REGS(), "KVM_SET_REGS"),
         (x86::KVM_GET_SREGS(), "KVM_GET_SREGS"),
@@ -37,8 +38,10 @@ pub fn vcpu_run() -> Vec<(u64, &'static str)> {
         (x86::KVM_INTERRUPT(), "KVM_INTERRUPT"),
         (x86::KVM_GET_VCPU_EVENTS(), "KVM_GET_VCPU_EVENTS"),
         (x86::KVM_SET_VCPU_EVENTS(), "KVM_SET_VCPU_EVENTS"),
-    ]);
-    v
+    ];
+    // arm64 Linux boots no guests yet: only the run loop itself.
+    #[cfg(not(target_arch = "x86_64"))]
+    vec![run]
 }
 
 /// KVM_IRQ_LINE on the VM: how a device raises an interrupt without irqfd, from whichever
@@ -47,12 +50,11 @@ pub fn irq_line() -> u64 {
     KVM_IRQ_LINE()
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
 
     /// The numbers as `<linux/kvm.h>` defines them on x86_64 (the sizes are the structs').
-    #[cfg(target_arch = "x86_64")]
     #[test]
     fn numbers_match_the_kernel_headers() {
         let got: Vec<u64> = vcpu_run().into_iter().map(|(n, _)| n).collect();
