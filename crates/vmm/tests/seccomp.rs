@@ -143,3 +143,31 @@ fn without_filters_or_in_log_mode_the_same_calls_go_through() {
     assert_allowed("open", "off");
     assert_allowed("open", "log");
 }
+
+/// docs/security.md's table gives the size of each allow-list (on x86_64): keep it true.
+#[test]
+fn the_documented_list_sizes_are_the_real_ones() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/security.md"
+    ))
+    .unwrap();
+    for kind in vmm::seccomp::ThreadKind::ALL {
+        let cell = format!("| `{kind:?}` |");
+        let row = doc
+            .lines()
+            .find(|l| l.contains(&cell))
+            .unwrap_or_else(|| panic!("no row for {kind:?} in docs/security.md"));
+        let documented: usize = row
+            .trim_end_matches('|')
+            .rsplit('|')
+            .next()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no count in {row:?}"));
+        assert_eq!(
+            documented,
+            vmm::seccomp::allowed_calls(kind),
+            "{kind:?} in docs/security.md"
+        );
+    }
+}
