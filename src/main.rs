@@ -139,8 +139,9 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         _ => None,
     };
     let outcome = vm.start().and_then(|()| {
-        // Every other thread is confined by now; this one only waits and tears down. It
-        // handles nothing from the guest, so the moments the guest runs before this are safe.
+        // Every other thread is confined by now. This one only waits and tears down and
+        // handles nothing from the guest, which is why it may be confined a moment after the
+        // guest starts (before, the vCPU threads it starts would inherit its filter).
         if let Err(e) = vmm::seccomp::confine(ThreadKind::Main, seccomp) {
             stop.stop(Outcome::Stopped(
                 "the main thread could not be confined".into(),

@@ -1,11 +1,12 @@
 //! The allow-lists, one per [`ThreadKind`], and their installation with `seccompiler`.
 //!
 //! Generated from what the threads really call: every guest test and CLI test run under
-//! `strace -f`, calls grouped by thread name, then the same suites run with `--seccomp log` and
-//! the kernel's log checked for misses. Arguments are checked where that is cheap and closes
-//! a door: ioctls (only the KVM requests a running VM needs, and restoring the terminal),
-//! signals (only to this process, only the kick, abort and wake-up signals), and memory (no
-//! file mappings, nothing made executable).
+//! `strace -f`, calls grouped by thread name; then the same suites run again with the filters
+//! in log mode, each thread's calls after its `seccomp()` compared with its list, and finally
+//! in the default kill mode (docs/security.md says how). Arguments are checked where that is
+//! cheap and closes a door: ioctls (only the KVM requests a running VM needs, and restoring the
+//! terminal), signals (only to this process, only the kick, abort and wake-up signals), and
+//! memory (no file mappings, nothing made executable).
 
 use std::collections::BTreeMap;
 use std::io;
