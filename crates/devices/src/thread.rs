@@ -3,8 +3,11 @@
 //! the thread touches anything a guest controls. The devices never learn what the hook does.
 
 use std::io;
-use std::sync::mpsc;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+
+use crate::lock;
 
 /// Runs first on a new thread; an error ends the thread before its work starts.
 pub type OnStart = Box<dyn FnOnce() -> io::Result<()> + Send>;
@@ -20,27 +23,43 @@ pub fn spawn<F>(name: &str, on_start: OnStart, work: F) -> io::Result<JoinHandle
 where
     F: FnOnce() + Send + 'static,
 {
-    let (started_tx, started_rx) = mpsc::sync_channel(1);
+    spawn_boxed(name, on_start, Box::new(work))
+}
+
+/// Not generic, so that the callers share one copy (the VMM's memory target counts code).
+fn spawn_boxed(
+    name: &str,
+    on_start: OnStart,
+    work: Box<dyn FnOnce() + Send>,
+) -> io::Result<JoinHandle<()>> {
+    // The hook's result, handed back from the new thread.
+    let started: Arc<(Mutex<Option<io::Result<()>>>, Condvar)> = Arc::default();
+    let slot = started.clone();
     let handle = std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
-            let started = on_start();
-            let ok = started.is_ok();
-            let _ = started_tx.send(started);
+            let result = panic::catch_unwind(AssertUnwindSafe(on_start))
+                .unwrap_or_else(|_| Err(io::Error::other("the thread's start-up hook panicked")));
+            let ok = result.is_ok();
+            *lock(&slot.0) = Some(result);
+            slot.1.notify_one();
             if ok {
                 work();
             }
         })?;
-    match started_rx.recv() {
-        Ok(Ok(())) => Ok(handle),
-        Ok(Err(e)) => {
+    let mut guard = lock(&started.0);
+    let result = loop {
+        match guard.take() {
+            Some(r) => break r,
+            None => guard = started.1.wait(guard).unwrap_or_else(|e| e.into_inner()),
+        }
+    };
+    drop(guard);
+    match result {
+        Ok(()) => Ok(handle),
+        Err(e) => {
             let _ = handle.join();
             Err(e)
-        }
-        // The hook panicked.
-        Err(_) => {
-            let _ = handle.join();
-            Err(io::Error::other(format!("thread {name} failed to start")))
         }
     }
 }
@@ -51,6 +70,7 @@ mod tests {
 
     #[test]
     fn a_failing_hook_stops_the_thread_before_its_work() {
+        use std::sync::mpsc;
         let (tx, rx) = mpsc::channel();
         let err = spawn(
             "t",
@@ -69,5 +89,8 @@ mod tests {
             .join()
             .unwrap();
         assert!(rx.recv().is_ok());
+
+        let err = spawn("t", Box::new(|| panic!("hook")), || {}).unwrap_err();
+        assert!(err.to_string().contains("panicked"), "{err}");
     }
 }
