@@ -92,6 +92,11 @@ pub struct RunArgs {
     #[cfg(target_arch = "x86_64")]
     #[arg(long, value_name = "LIST", default_value = "", value_parser = parse_hide)]
     pub cpuid_hide: FeatureList,
+    /// Confine each vibe-vmm thread with a seccomp filter of the calls it needs: kill (a call
+    /// outside it kills vibe-vmm), log (the kernel logs it and lets it run) or off.
+    #[cfg(target_os = "linux")]
+    #[arg(long, value_name = "MODE", default_value = "kill", value_parser = parse_seccomp)]
+    pub seccomp: vmm::SeccompMode,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -175,6 +180,16 @@ fn parse_irqchip(s: &str) -> Result<vmm::IrqchipMode, String> {
         "kernel" => Ok(vmm::IrqchipMode::Kernel),
         "userspace" => Ok(vmm::IrqchipMode::Userspace),
         _ => Err(format!("{s:?} is not kernel or userspace")),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn parse_seccomp(s: &str) -> Result<vmm::SeccompMode, String> {
+    match s {
+        "off" => Ok(vmm::SeccompMode::Off),
+        "log" => Ok(vmm::SeccompMode::Log),
+        "kill" => Ok(vmm::SeccompMode::Kill),
+        _ => Err(format!("{s:?} is not off, log or kill")),
     }
 }
 
@@ -282,6 +297,16 @@ mod tests {
         assert!(!parse_disk("x.img").unwrap().read_only);
         assert!(parse_disk("x.img,fast").is_err());
         assert!(parse_disk(",readonly").is_err());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn seccomp_modes() {
+        assert_eq!(parse_seccomp("log"), Ok(vmm::SeccompMode::Log));
+        assert_eq!(parse_seccomp("off"), Ok(vmm::SeccompMode::Off));
+        assert!(parse_seccomp("on").is_err());
+        let args = RunArgs::parse_from(["run"]);
+        assert_eq!(args.seccomp, vmm::SeccompMode::Kill, "on by default");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use devices::ConsoleInput;
 use hypervisor::Event;
+use vmm::seccomp::{self, SeccompMode, ThreadKind};
 use vmm::{Outcome, StopHandle};
 
 const CTRL_A: u8 = 0x01;
@@ -61,13 +62,27 @@ pub struct Console {
 
 impl Console {
     /// Puts the terminal in raw mode and forwards stdin to `input` (a console device).
-    pub fn attach(input: Arc<Mutex<dyn ConsoleInput>>, stop: StopHandle) -> anyhow::Result<Self> {
+    /// The thread is confined as `seccomp` says.
+    pub fn attach(
+        input: Arc<Mutex<dyn ConsoleInput>>,
+        stop: StopHandle,
+        seccomp: SeccompMode,
+    ) -> anyhow::Result<Self> {
         let raw = enter_raw_mode()?;
         let done = Arc::new(Event::new()?);
         let d = done.clone();
-        let thread = std::thread::Builder::new()
-            .name("console".into())
-            .spawn(move || forward_stdin(&*input, &stop, &d))?;
+        let thread = seccomp::spawn("console", ThreadKind::ConsoleInput, seccomp, move || {
+            forward_stdin(&*input, &stop, &d)
+        });
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                if raw {
+                    restore_terminal();
+                }
+                return Err(e.into());
+            }
+        };
         Ok(Console {
             raw,
             done,

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use vmm::seccomp::{self, SeccompMode, ThreadKind};
 use vmm::{Outcome, StopHandle};
 
 /// Sent by `finish` to end the signal thread.
@@ -44,21 +45,20 @@ impl SignalThread {
         Ok(SignalThread)
     }
 
-    pub fn spawn(self, stop: StopHandle) -> io::Result<RunningSignals> {
+    /// Starts the thread that takes the signals, confined as `seccomp` says.
+    pub fn spawn(self, stop: StopHandle, seccomp: SeccompMode) -> io::Result<RunningSignals> {
         let received = Arc::new(AtomicI32::new(0));
         let r = received.clone();
-        let thread = std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || loop {
-                let set = signal_set();
-                let mut sig = 0;
-                // SAFETY: waits for one of the blocked signals.
-                if unsafe { libc::sigwait(&set, &mut sig) } != 0 || sig == WAKE {
-                    return;
-                }
-                r.store(sig, Ordering::SeqCst);
-                stop.stop(Outcome::Stopped(format!("received signal {sig}")));
-            })?;
+        let thread = seccomp::spawn("signals", ThreadKind::Signals, seccomp, move || loop {
+            let set = signal_set();
+            let mut sig = 0;
+            // SAFETY: waits for one of the blocked signals.
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 || sig == WAKE {
+                return;
+            }
+            r.store(sig, Ordering::SeqCst);
+            stop.stop(Outcome::Stopped(format!("received signal {sig}")));
+        })?;
         use std::os::unix::thread::JoinHandleExt;
         let pthread = thread.as_pthread_t();
         Ok(RunningSignals {

@@ -94,6 +94,23 @@ fn the_userspace_interrupt_controller_is_selectable() {
 }
 
 #[test]
+fn seccomp_modes_are_selectable() {
+    if !kvm_usable() {
+        return;
+    }
+    // The default (kill) is what every other test here runs under.
+    for mode in ["off", "log", "kill"] {
+        let out = run(&["run", "--seccomp", mode]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "--seccomp {mode}: {stdout}");
+        assert!(stdout.contains("vCPUs: 1"), "{stdout}");
+    }
+    let bad = run(&["run", "--seccomp", "on"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not off, log or kill"));
+}
+
+#[test]
 fn run_options_reach_the_guest() {
     if !kvm_usable() {
         return;
@@ -419,6 +436,46 @@ fn a_console_flood_into_a_pipe_nobody_reads_does_not_delay_a_stop() {
         unsafe { kill(child.id() as i32, sig) };
         assert_eq!(exits_within_a_second(&mut child, t), 128 + sig);
     }
+}
+
+#[test]
+fn inherited_descriptors_are_closed() {
+    use std::os::unix::process::CommandExt;
+    if !kvm_usable() {
+        return;
+    }
+    let guest = temp_file("echo.elf", test_guests::SERIAL_ECHO);
+    let leaked = temp_file("leaked.txt", b"not for the VMM");
+    let leak = std::fs::File::open(&leaked).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&leak);
+    let mut cmd = bin();
+    cmd.args([
+        "run",
+        "--kernel",
+        guest.to_str().unwrap(),
+        "--serial",
+        "none",
+    ])
+    .stdin(Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; it gives the child descriptor 7 without CLOEXEC.
+    unsafe {
+        cmd.pre_exec(move || match libc::dup2(fd, 7) {
+            7 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Descriptor 7 itself may have been reused by then: look for the file.
+    let open: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .collect();
+    let running = child.try_wait().unwrap().is_none();
+    unsafe { kill(child.id() as i32, 15) };
+    let _ = child.wait();
+    assert!(running, "the guest should still be running");
+    assert!(!open.contains(&leaked), "{leaked:?} still open: {open:?}");
 }
 
 /// A minimal x86_64 ELF with one PT_LOAD of `size` bytes at `paddr`, entry at `paddr`.

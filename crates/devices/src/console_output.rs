@@ -20,7 +20,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::lock;
+use crate::{lock, thread};
 
 /// What the buffer holds at most.
 pub const CAPACITY: usize = 64 * 1024;
@@ -71,6 +71,16 @@ struct State {
 impl ConsoleOutput {
     /// Starts a writer thread named `name` that moves buffered bytes to `dest`.
     pub fn spawn(dest: Box<dyn Write + Send>, name: &str) -> io::Result<Self> {
+        Self::spawn_with(dest, name, thread::no_hook())
+    }
+
+    /// [`ConsoleOutput::spawn`], with `on_start` run first on the writer thread (where the
+    /// VMM confines it).
+    pub fn spawn_with(
+        dest: Box<dyn Write + Send>,
+        name: &str,
+        on_start: thread::OnStart,
+    ) -> io::Result<Self> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 discard: false,
@@ -86,9 +96,7 @@ impl ConsoleOutput {
             changed: Condvar::new(),
         });
         let s = shared.clone();
-        let handle = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || s.write_out(dest))?;
+        let handle = thread::spawn(name, on_start, move || s.write_out(dest))?;
         lock(&shared.state).writer = Some(handle);
         Ok(ConsoleOutput {
             _close: Arc::new(CloseOnDrop(shared.clone())),

@@ -10,6 +10,7 @@ pub mod i8042;
 pub mod irqchip;
 pub mod mmio_console;
 pub mod serial;
+pub mod thread;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};

@@ -34,6 +34,7 @@ where
     V: Arm64Vm + 'static,
 {
     check_cpus(config.cpus, hv.max_vcpus(), layout::MAX_CPUS)?;
+    crate::seccomp::check(config.seccomp)?;
     let mem = memory::allocate_ranges(config.memory, MIN_RAM, |size| {
         vec![(layout::RAM_START, size)]
     })?;
@@ -74,7 +75,15 @@ where
         entry: placed.kernel,
         fdt: placed.fdt,
     });
-    Ok(Vm::assemble(vm, mem, state, devices, setup, config.cpus))
+    Ok(Vm::assemble(
+        vm,
+        mem,
+        state,
+        devices,
+        setup,
+        config.cpus,
+        config.seccomp,
+    ))
 }
 
 /// Where the boot vCPU starts; the others wait for the guest's PSCI CPU_ON.

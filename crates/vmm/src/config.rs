@@ -6,6 +6,8 @@ use std::path::PathBuf;
 #[cfg(target_arch = "x86_64")]
 use arch::x86_64::cpuid::Feature;
 
+use crate::seccomp::SeccompMode;
+
 /// The kernel to boot: a file, or an image already in memory (the built-in demo guest).
 pub enum KernelImage {
     Path(PathBuf),
@@ -98,6 +100,8 @@ pub struct VmConfig {
     /// CPUID features hidden from the guest.
     #[cfg(target_arch = "x86_64")]
     pub cpuid_hide: Vec<Feature>,
+    /// How the VM's threads are confined (seccomp filters on Linux; nothing elsewhere).
+    pub seccomp: SeccompMode,
 }
 
 impl VmConfig {
@@ -120,6 +124,7 @@ impl VmConfig {
             irqfd: true,
             #[cfg(target_arch = "x86_64")]
             cpuid_hide: Vec::new(),
+            seccomp: SeccompMode::default(),
         }
     }
 }

@@ -26,6 +26,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::config::{NetBackendConfig, SerialOutput};
 use crate::event_loop::{EventLoopBuilder, Interest};
+use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::state::VmState;
 use crate::{Error, Result, VmConfig};
 
@@ -99,8 +100,12 @@ pub(crate) struct Devices {
 }
 
 /// The host side of a console: a writer thread named `name` in front of the destination, so
-/// the device never waits for it.
-pub(crate) fn console_output(out: SerialOutput, name: &str) -> Result<ConsoleOutput> {
+/// the device never waits for it. The thread is confined as `seccomp` says.
+pub(crate) fn console_output(
+    out: SerialOutput,
+    name: &str,
+    seccomp: SeccompMode,
+) -> Result<ConsoleOutput> {
     let dest: Box<dyn Write + Send> = match out {
         SerialOutput::Stdout => Box::new(io::stdout()),
         SerialOutput::File(path) => {
@@ -109,7 +114,8 @@ pub(crate) fn console_output(out: SerialOutput, name: &str) -> Result<ConsoleOut
         SerialOutput::Writer(w) => w,
         SerialOutput::None => return Ok(ConsoleOutput::discard()),
     };
-    ConsoleOutput::spawn(dest, name).map_err(Error::SpawnThread)
+    let confine = seccomp::on_start(ThreadKind::ConsoleOutput, seccomp);
+    ConsoleOutput::spawn_with(dest, name, confine).map_err(Error::SpawnThread)
 }
 
 /// Opens the disks and TAPs and creates the virtio devices: disks, network devices, then the
@@ -159,7 +165,7 @@ pub(crate) fn plan_virtio(config: &mut VmConfig, platform: &Platform) -> Result<
     }
     let mut console = None;
     if let Some(out) = config.virtio_console.take() {
-        let output = console_output(out, "virtio-console-out")?;
+        let output = console_output(out, "virtio-console-out", config.seccomp)?;
         let dev = VirtioConsole::new(output.clone());
         console = Some((devices.len(), dev.input_handle(), output));
         devices.push(Box::new(dev));
@@ -200,7 +206,7 @@ pub(crate) fn build<V: hypervisor::Vm>(
 ) -> Result<Devices> {
     let serial_out = std::mem::replace(&mut config.serial, SerialOutput::None);
     let (serial_on_ports, serial_base, serial_irq) = platform.serial;
-    let serial_output = console_output(serial_out, "serial-out")?;
+    let serial_output = console_output(serial_out, "serial-out", config.seccomp)?;
     let mut outputs = vec![serial_output.clone()];
     let serial = Arc::new(Mutex::new(Serial::new(irq(serial_irq)?, serial_output)));
     let mut pio = Bus::new();
@@ -275,7 +281,7 @@ pub(crate) fn build<V: hypervisor::Vm>(
     }
     let mut mmio_console: Option<Arc<Mutex<dyn ConsoleInput>>> = None;
     if let Some(out) = config.mmio_console.take() {
-        let output = console_output(out, "mmio-console-out")?;
+        let output = console_output(out, "mmio-console-out", config.seccomp)?;
         outputs.push(output.clone());
         let dev = Arc::new(Mutex::new(MmioConsole::new(output)));
         insert(

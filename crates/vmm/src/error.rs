@@ -55,7 +55,7 @@ pub enum Error {
         #[source]
         source: devices::BusError,
     },
-    #[error("cannot start a vCPU thread")]
+    #[error("cannot start a VMM thread")]
     SpawnThread(#[source] io::Error),
     #[error("{op} failed")]
     Os {
@@ -73,6 +73,8 @@ pub enum Error {
     DuplicateMac(String),
     #[error("{count} virtio devices requested; at most {max} fit (one interrupt line each)")]
     TooManyDevices { count: usize, max: u32 },
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::Error),
     #[error("the VM was already started")]
     AlreadyStarted,
 }

@@ -15,6 +15,8 @@ use std::thread::JoinHandle;
 use devices::lock;
 use hypervisor::Event;
 
+use crate::seccomp::{self, SeccompMode, ThreadKind};
+
 /// What a handler tells the loop about its descriptor after it ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Interest {
@@ -87,8 +89,8 @@ impl EventLoopBuilder {
         self.handlers.is_empty()
     }
 
-    /// Starts the loop thread.
-    pub fn start(self) -> io::Result<EventLoop> {
+    /// Starts the loop thread, confined as a device thread.
+    pub fn start(self, seccomp: SeccompMode) -> io::Result<EventLoop> {
         let control = Arc::new(Control {
             wake: Event::new()?,
             state: Mutex::default(),
@@ -104,12 +106,10 @@ impl EventLoopBuilder {
             .collect();
         let mut handlers: Vec<Handler> = self.handlers.into_iter().map(|(_, h)| h).collect();
         let c = control.clone();
-        let thread = std::thread::Builder::new()
-            .name("devices".into())
-            .spawn(move || {
-                run(&mut fds, &mut handlers, &c);
-                c.end();
-            })?;
+        let thread = seccomp::spawn("devices", ThreadKind::Devices, seccomp, move || {
+            run(&mut fds, &mut handlers, &c);
+            c.end();
+        })?;
         Ok(EventLoop {
             control,
             thread: Some(thread),
@@ -222,7 +222,7 @@ mod tests {
                 Interest::Readable
             }),
         );
-        let mut l = b.start().unwrap();
+        let mut l = b.start(SeccompMode::Off).unwrap();
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(
             stuck_runs.load(Ordering::SeqCst),

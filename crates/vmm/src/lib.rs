@@ -16,6 +16,7 @@ mod error;
 mod event_loop;
 mod image_file;
 pub mod memory;
+pub mod seccomp;
 mod state;
 mod vcpu;
 mod vm;
@@ -30,6 +31,7 @@ pub use config::{
     VmConfig,
 };
 pub use error::{Error, Result};
+pub use seccomp::SeccompMode;
 pub use state::{Outcome, StopHandle};
 pub use vm::Vm;
 #[cfg(target_arch = "x86_64")]

@@ -10,6 +10,7 @@ use hypervisor::exit::{Data, SystemEvent};
 use hypervisor::{Vcpu, VcpuKicker, VmEntry, VmExit};
 use vm_memory::GuestMemoryMmap;
 
+use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::state::{Outcome, VmState};
 use crate::Result;
 
@@ -98,6 +99,7 @@ pub(crate) struct VcpuContext<V: hypervisor::Vm> {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub mem: Arc<GuestMemoryMmap>,
+    pub seccomp: SeccompMode,
 }
 
 /// What an unbacked read returns: all ones, as an open bus does.
@@ -109,7 +111,12 @@ impl<V: hypervisor::Vm> VcpuContext<V> {
     pub(crate) fn thread_main(self, ready: Sender<Result<()>>, go: Receiver<bool>) {
         // Dropped last: after the vCPU, on every way out of this function.
         let _registration = Registration(&self);
-        let vcpu = match self.create() {
+        // Confined once the vCPU exists (creating it needs calls a running vCPU does not) and
+        // before the guest runs.
+        let vcpu = match self.create().and_then(|v| {
+            seccomp::confine(ThreadKind::Vcpu, self.seccomp)?;
+            Ok(v)
+        }) {
             Ok(v) => v,
             Err(e) => {
                 let _ = ready.send(Err(e));

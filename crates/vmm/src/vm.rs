@@ -13,6 +13,7 @@ use vm_memory::GuestMemoryMmap;
 use crate::config::ConsoleKind;
 use crate::device_manager::Devices;
 use crate::event_loop::{EventLoop, EventLoopBuilder};
+use crate::seccomp::SeccompMode;
 use crate::state::{Outcome, StopHandle, VmState};
 use crate::vcpu::{VcpuContext, VcpuSetup};
 use crate::{Error, Result};
@@ -29,6 +30,9 @@ pub struct Vm<V: hypervisor::Vm + 'static> {
     /// The buses are filled before `start` and shared read-only after it.
     pio: Option<Bus>,
     mmio: Option<Bus>,
+    /// The started buses, kept so that the devices on them are dropped here, by the owner,
+    /// and not on a confined vCPU thread that happens to end last.
+    started_buses: Option<(Arc<Bus>, Arc<Bus>)>,
     serial: Arc<Mutex<Serial>>,
     virtio_console: Option<Arc<Mutex<dyn ConsoleInput>>>,
     mmio_console: Option<Arc<Mutex<dyn ConsoleInput>>>,
@@ -37,6 +41,7 @@ pub struct Vm<V: hypervisor::Vm + 'static> {
     /// How each vCPU is created and set up for the guest architecture.
     setup: Arc<dyn VcpuSetup<V>>,
     cpus: u32,
+    seccomp: SeccompMode,
     threads: Vec<JoinHandle<()>>,
     /// Device handlers, until `start` runs them on the event-loop thread.
     events: Option<EventLoopBuilder>,
@@ -61,6 +66,7 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
         devices: Devices,
         setup: Arc<dyn VcpuSetup<V>>,
         cpus: u32,
+        seccomp: SeccompMode,
     ) -> Self {
         Vm {
             vm: Arc::new(vm),
@@ -68,12 +74,14 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
             state,
             pio: Some(devices.pio),
             mmio: Some(devices.mmio),
+            started_buses: None,
             serial: devices.serial,
             virtio_console: devices.virtio_console,
             mmio_console: devices.mmio_console,
             outputs: devices.outputs,
             setup,
             cpus,
+            seccomp,
             threads: Vec::new(),
             events: Some(devices.events),
             event_loop: None,
@@ -137,8 +145,9 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
             return Err(Error::AlreadyStarted);
         };
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+        self.started_buses = Some((pio.clone(), mmio.clone()));
         if let Some(events) = self.events.take().filter(|e| !e.is_empty()) {
-            self.event_loop = Some(events.start().map_err(|source| Error::Os {
+            self.event_loop = Some(events.start(self.seccomp).map_err(|source| Error::Os {
                 op: "start the device event loop",
                 source,
             })?);
@@ -156,6 +165,7 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
                 pio: pio.clone(),
                 mmio: mmio.clone(),
                 mem: self.mem.clone(),
+                seccomp: self.seccomp,
             };
             let ready = ready_tx.clone();
             let handle = std::thread::Builder::new()

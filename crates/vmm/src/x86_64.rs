@@ -19,6 +19,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use self::boot::BootPlan;
 use crate::config::IrqchipMode;
 use crate::device_manager::{self, Platform};
+use crate::seccomp::{self, ThreadKind};
 use crate::state::VmState;
 use crate::vcpu::VcpuSetup;
 use crate::vm::check_cpus;
@@ -33,6 +34,7 @@ impl<V: X86Vm + 'static> Vm<V> {
     /// [`Vm::start`].
     pub fn new<H: Hypervisor<Vm = V>>(hv: &H, mut config: VmConfig) -> Result<Self> {
         check_cpus(config.cpus, hv.max_vcpus(), MAX_VCPUS)?;
+        seccomp::check(config.seccomp)?;
         let mem = memory::allocate(config.memory)?;
         let vm = hv.create_vm()?;
         memory::register(&vm, &mem)?;
@@ -54,10 +56,13 @@ impl<V: X86Vm + 'static> Vm<V> {
             config
                 .cpuid_hide
                 .extend(cpuid::hidden_with_userspace_apic());
-            Some(Irqchip::start(config.cpus).map_err(|source| Error::Os {
-                op: "start the APIC timer thread",
-                source,
-            })?)
+            let confine = seccomp::on_start(ThreadKind::ApicTimer, config.seccomp);
+            Some(
+                Irqchip::start_with(config.cpus, confine).map_err(|source| Error::Os {
+                    op: "start the APIC timer thread",
+                    source,
+                })?,
+            )
         };
         let state = Arc::new(VmState::new().map_err(|source| Error::Os {
             op: "eventfd",
@@ -93,7 +98,15 @@ impl<V: X86Vm + 'static> Vm<V> {
             num_cpus: config.cpus,
             irqchip: chip,
         });
-        Ok(Vm::assemble(vm, mem, state, devices, setup, config.cpus))
+        Ok(Vm::assemble(
+            vm,
+            mem,
+            state,
+            devices,
+            setup,
+            config.cpus,
+            config.seccomp,
+        ))
     }
 }
 

@@ -56,6 +56,15 @@ impl Irqchip {
     /// A controller for `cpus` vCPUs (APIC IDs 0..cpus; vCPU 0 runs, the others wait for
     /// STARTUP), with its timer thread running until the returned owner is dropped.
     pub fn start(cpus: u32) -> std::io::Result<OwnedIrqchip> {
+        Self::start_with(cpus, crate::thread::no_hook())
+    }
+
+    /// [`Irqchip::start`], with `on_start` run first on the timer thread (where the VMM
+    /// confines it).
+    pub fn start_with(
+        cpus: u32,
+        on_start: crate::thread::OnStart,
+    ) -> std::io::Result<OwnedIrqchip> {
         let n = cpus as usize;
         let chip = Arc::new(Irqchip {
             inner: Mutex::new(Inner {
@@ -80,9 +89,7 @@ impl Irqchip {
             timer: Mutex::new(None),
         });
         let c = chip.clone();
-        let handle = std::thread::Builder::new()
-            .name("apic-timer".into())
-            .spawn(move || c.timer_thread())?;
+        let handle = crate::thread::spawn("apic-timer", on_start, move || c.timer_thread())?;
         *lock(&chip.timer) = Some(handle);
         Ok(OwnedIrqchip(chip))
     }

@@ -4,6 +4,7 @@
 //! PIT, interrupt lines are irqfds, and a vCPU is kicked out of `KVM_RUN` by a real-time signal
 //! whose handler sets `immediate_exit` (so a kick that lands just before entry is not lost).
 
+pub mod ioctls;
 mod vcpu;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
@@ -19,7 +20,7 @@ use kvm_ioctls::{Cap, IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::{os_err, Error, HypervisorInfo, IrqLine, Result};
-pub use vcpu::KvmVcpu;
+pub use vcpu::{kick_signal, KvmVcpu};
 
 pub const KVM_PATH: &str = "/dev/kvm";
 const KVM_API_VERSION: i32 = 12;

@@ -22,7 +22,7 @@ thread_local! {
 }
 
 /// The real-time signal that kicks a vCPU thread out of `KVM_RUN`.
-fn kick_signal() -> libc::c_int {
+pub fn kick_signal() -> libc::c_int {
     libc::SIGRTMIN()
 }
 
