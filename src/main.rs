@@ -28,7 +28,7 @@ const EXIT_GUEST_CRASH: u8 = 3;
 /// or the exit itself, never waits for a terminal that stopped reading.
 static MESSAGES: OnceLock<ConsoleOutput> = OnceLock::new();
 /// How long the exit waits for stderr to take the last messages.
-const MESSAGES_GRACE: Duration = Duration::from_millis(200);
+const MESSAGES_GRACE: Duration = Duration::from_millis(150);
 
 /// Prints one line of the VMM's own on stderr, without blocking.
 macro_rules! say {

@@ -25,7 +25,7 @@ use crate::{lock, thread};
 /// What the buffer holds at most.
 pub const CAPACITY: usize = 64 * 1024;
 /// How long stopping waits for the writer threads to hand the last bytes to the host.
-pub const FLUSH_GRACE: Duration = Duration::from_millis(500);
+pub const FLUSH_GRACE: Duration = Duration::from_millis(300);
 /// The most the writer thread hands to the host in one write.
 const CHUNK: usize = 16 * 1024;
 
