@@ -13,7 +13,7 @@ use hypervisor::Event;
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::{complete, next_chain, Broken, Pass, VirtioDevice, PASS_CHAINS, TYPE_CONSOLE};
+use super::{Pass, VirtioDevice, PASS_CHAINS, TYPE_CONSOLE};
 use crate::console_output::ConsoleOutput;
 use crate::{lock, ConsoleInput};
 
@@ -79,23 +79,12 @@ impl Console {
                     return pass; // stalled: the output's room callback notifies us again
                 }
                 self.tx_pending = None;
-                if complete(queue, mem, head, 0).is_err() {
-                    return Pass {
-                        broken: true,
-                        ..pass
-                    };
+                if !pass.complete(queue, mem, head, 0) {
+                    return pass;
                 }
-                pass.used = true;
             }
-            let chain = match next_chain(queue, mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => return pass,
-                Err(Broken) => {
-                    return Pass {
-                        broken: true,
-                        ..pass
-                    }
-                }
+            let Some(chain) = pass.next_chain(queue, mem) else {
+                return pass;
             };
             let head = chain.head_index();
             self.tx_data.clear();
@@ -125,15 +114,8 @@ impl Console {
             if input.is_empty() {
                 return pass;
             }
-            let chain = match next_chain(queue, mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => return pass,
-                Err(Broken) => {
-                    return Pass {
-                        broken: true,
-                        ..pass
-                    }
-                }
+            let Some(chain) = pass.next_chain(queue, mem) else {
+                return pass;
             };
             let head = chain.head_index();
             let mut written = 0u32;
@@ -151,13 +133,9 @@ impl Console {
                     break;
                 }
             }
-            if complete(queue, mem, head, written).is_err() {
-                return Pass {
-                    broken: true,
-                    ..pass
-                };
+            if !pass.complete(queue, mem, head, written) {
+                return pass;
             }
-            pass.used = true;
         }
         pass.more = true;
         pass

@@ -70,36 +70,41 @@ impl Pass {
             ..Default::default()
         }
     }
-}
 
-/// The rings of a queue are unusable; see [`Pass::broken`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Broken;
-
-/// Takes the next chain the driver made available, if any. Unlike
-/// `QueueT::pop_descriptor_chain`, a broken available ring is an error, not "nothing there"
-/// (and is not logged: the guest controls it).
-pub fn next_chain<'m>(
-    queue: &mut Queue,
-    mem: &'m GuestMemoryMmap,
-) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, Broken> {
-    let mut chains = queue.iter(mem).map_err(|_| Broken)?;
-    Ok(chains.next())
-}
-
-/// Returns a chain to the driver; a head out of range or an unwritable used ring is
-/// [`Broken`].
-pub fn complete(
-    queue: &mut Queue,
-    mem: &GuestMemoryMmap,
-    head: u16,
-    len: u32,
-) -> Result<(), Broken> {
-    // Checked here too: virtio-queue logs an out-of-range head, and the guest chooses it.
-    if head >= queue.size() {
-        return Err(Broken);
+    /// Takes the next chain the driver made available, if any. Unlike
+    /// `QueueT::pop_descriptor_chain`, a broken available ring sets [`Pass::broken`] rather
+    /// than looking empty (and is not logged: the guest controls it).
+    pub fn next_chain<'m>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &'m GuestMemoryMmap,
+    ) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
+        match queue.iter(mem) {
+            Ok(mut chains) => chains.next(),
+            Err(_) => {
+                self.broken = true;
+                None
+            }
+        }
     }
-    queue.add_used(mem, head, len).map_err(|_| Broken)
+
+    /// Returns a chain to the driver and notes it in [`Pass::used`]; false (and
+    /// [`Pass::broken`]) for a head out of range or a used ring that cannot be written.
+    pub fn complete(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        head: u16,
+        len: u32,
+    ) -> bool {
+        // Checked here too: virtio-queue logs an out-of-range head, and the guest chooses it.
+        if head >= queue.size() || queue.add_used(mem, head, len).is_err() {
+            self.broken = true;
+            return false;
+        }
+        self.used = true;
+        true
+    }
 }
 
 /// Reads `data.len()` bytes at `offset` of a little-endian config space; out of range reads 0.

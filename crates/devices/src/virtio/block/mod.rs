@@ -23,7 +23,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use self::io::{Io, Segment};
 use self::request::{Desc, Kind, Request, SECTOR_SIZE};
-use super::{complete, read_config_bytes, Pass, VirtioDevice, PASS_CHAINS, TYPE_BLOCK};
+use super::{read_config_bytes, Pass, VirtioDevice, PASS_CHAINS, TYPE_BLOCK};
 
 pub const QUEUE_SIZE: u16 = 256;
 /// Data a pass moves at most before it yields (a request carries at most 16 MiB, so a pass
@@ -285,11 +285,9 @@ impl VirtioDevice for Block {
                 Some(addr) if write_status(mem, addr, c.status as u8) => c.written + 1,
                 _ => c.written,
             };
-            if complete(queue, mem, c.head, len).is_err() {
-                pass.broken = true;
+            if !pass.complete(queue, mem, c.head, len) {
                 break;
             }
-            pass.used = true;
         }
         pass
     }

@@ -20,7 +20,7 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 pub use self::socket::{SocketNet, SocketNetError};
 pub use self::tap::{Tap, TapError, VNET_HDR_LEN};
 use super::TYPE_NET;
-use super::{complete, next_chain, read_config_bytes, Broken, Pass, VirtioDevice, PASS_CHAINS};
+use super::{read_config_bytes, Pass, VirtioDevice, PASS_CHAINS};
 
 pub const QUEUE_SIZE: u16 = 256;
 pub const RX_QUEUE: usize = 0;
@@ -101,15 +101,8 @@ impl Net {
                 },
             };
             self.rx_pending = Some(len);
-            let chain = match next_chain(queue, mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => return pass, // keep the frame until the guest posts a buffer
-                Err(Broken) => {
-                    return Pass {
-                        broken: true,
-                        ..pass
-                    }
-                }
+            let Some(chain) = pass.next_chain(queue, mem) else {
+                return pass; // the frame waits for a buffer
             };
             let head = chain.head_index();
             let mut written = 0usize;
@@ -128,13 +121,9 @@ impl Net {
             }
             // A frame longer than the guest's buffers is cut short, as a NIC would drop it.
             self.rx_pending = None;
-            if complete(queue, mem, head, written as u32).is_err() {
-                return Pass {
-                    broken: true,
-                    ..pass
-                };
+            if !pass.complete(queue, mem, head, written as u32) {
+                return pass;
             }
-            pass.used = true;
         }
         pass.more = true;
         pass
@@ -143,15 +132,8 @@ impl Net {
     fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Pass {
         let mut pass = Pass::default();
         for _ in 0..PASS_CHAINS {
-            let chain = match next_chain(queue, mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => return pass,
-                Err(Broken) => {
-                    return Pass {
-                        broken: true,
-                        ..pass
-                    }
-                }
+            let Some(chain) = pass.next_chain(queue, mem) else {
+                return pass;
             };
             let head = chain.head_index();
             self.tx_frame.clear();
@@ -174,13 +156,9 @@ impl Net {
                     log::debug!("virtio-net: writing {}: {e}", self.tap.name());
                 }
             }
-            if complete(queue, mem, head, 0).is_err() {
-                return Pass {
-                    broken: true,
-                    ..pass
-                };
+            if !pass.complete(queue, mem, head, 0) {
+                return pass;
             }
-            pass.used = true;
         }
         pass.more = true;
         pass
