@@ -34,3 +34,7 @@ pub use state::{Outcome, StopHandle};
 pub use vm::Vm;
 #[cfg(target_arch = "x86_64")]
 pub use x86_64::MAX_VCPUS;
+/// Public for the fuzzer only (fuzz/fuzz_targets/x86_kernel_loader.rs).
+#[cfg(target_arch = "x86_64")]
+#[doc(hidden)]
+pub use x86_64::boot::load_kernel_bytes;
