@@ -85,7 +85,10 @@ pub struct Placement {
 /// device tree, in `ram_size` bytes of RAM from [`RAM_START`].
 pub fn plan(header: &Header, ram_size: u64, initrd_size: Option<u64>) -> Result<Placement, Error> {
     let base = RAM_START.next_multiple_of(BASE_ALIGN);
-    let kernel = base + header.text_offset;
+    // text_offset comes from the file: it may be anything.
+    let kernel = base
+        .checked_add(header.text_offset)
+        .ok_or(Error::BadHeader("text_offset beyond the address space"))?;
     let ram_end = RAM_START + ram_size;
     let kernel_end = kernel
         .checked_add(header.image_size)
@@ -206,5 +209,24 @@ mod tests {
             plan(&huge, 64 * MIB, None),
             Err(Error::TooBig { .. })
         ));
+    }
+
+    /// Found by fuzz/fuzz_targets/arm64_image.rs: a text_offset near 2^64 overflowed the load
+    /// address (a panic in debug builds, a wrapped address in release builds).
+    #[test]
+    fn fuzz_regression_text_offset_overflow() {
+        let image: [u8; 80] = [
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x60, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0x2d, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0x41, 0x52, 0x4d, 0x64, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0a,
+        ];
+        let h = Header::parse(&image).unwrap();
+        assert_eq!(h.text_offset, u64::MAX);
+        assert!(matches!(plan(&h, 64 * MIB, None), Err(Error::BadHeader(_))));
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM_START), 32 << 20)]).unwrap();
+        assert!(load(&mem, &image, None, 32 << 20).is_err());
     }
 }
