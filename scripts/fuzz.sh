@@ -5,6 +5,7 @@
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     (default 60 s each, all targets)
 #   FUZZ_RUNS=10000000 scripts/fuzz.sh 3600   (stop each target at N executions, or SECONDS)
+#   FUZZ_ARGS=-max_len=256 scripts/fuzz.sh    (more libFuzzer flags for every target)
 #
 # Needs the nightly toolchain; installs cargo-fuzz if it is missing. One libFuzzer worker
 # only: the machines this project is built on have 2 cores.
@@ -28,6 +29,7 @@ logs=target/fuzz-logs
 mkdir -p "$logs"
 runs=()
 [ -n "${FUZZ_RUNS:-}" ] && runs=("-runs=$FUZZ_RUNS")
+read -ra extra <<<"${FUZZ_ARGS:-}"
 failed=0
 rows=()
 for t in "${targets[@]}"; do
@@ -37,7 +39,7 @@ for t in "${targets[@]}"; do
     status=ok
     # -timeout: an input that takes 10 s is a hang, and a hang in a device is a bug.
     cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -timeout=10 \
-        -print_final_stats=1 "${runs[@]}" >"$logs/$t.log" 2>&1 || status=FAILED
+        -print_final_stats=1 "${runs[@]}" "${extra[@]}" >"$logs/$t.log" 2>&1 || status=FAILED
     crashes=$(($(find "artifacts/$t" -type f | wc -l) - before))
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$logs/$t.log" | tail -1)
     # A crash skips the final stats: fall back to the last progress line ("#12345 ...").
