@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh checkout: the README's test command and what CI runs.
 #   1. cargo test: unit tests, and the tiny test guests booted on this machine's /dev/kvm
-#   2. scripts/check-targets.sh: clippy and code generation for both Macs and arm64 Linux
+#   2. scripts/check-targets.sh: clippy and code generation for both Macs and arm64 Linux;
+#      scripts/check-fuzz.sh: the fuzz targets still type-check
 #   3. the slow tier: Debian's Linux kernel booted under vibe-vmm (about a minute and a half
 #      on this project's nested KVM); skip it with VIBE_SKIP_LINUX=1
 # Under CI=true a missing /dev/kvm fails the KVM tests instead of skipping them.
@@ -22,6 +23,7 @@ fi
 
 cargo test --workspace
 scripts/check-targets.sh
+scripts/check-fuzz.sh
 if [ "${VIBE_SKIP_LINUX:-0}" != 1 ]; then
     scripts/linux-guest.sh build/linux
     timeout 600 cargo test --release --test linux_boot -- --ignored --nocapture

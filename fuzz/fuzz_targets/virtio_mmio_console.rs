@@ -8,7 +8,8 @@ use devices::ConsoleInput;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let console = devices::virtio::console::Console::new(devices::console_output::ConsoleOutput::discard());
+    let console =
+        devices::virtio::console::Console::new(devices::console_output::ConsoleOutput::discard());
     let mut input = console.input_handle();
     input.queue_input(b"host input for the receive queue");
     harness::run(Box::new(console), data);

@@ -171,6 +171,12 @@ impl ConsoleOutput {
         n
     }
 
+    /// Bytes taken but not yet handed to the host side (buffered or being written).
+    pub fn pending(&self) -> usize {
+        let s = lock(&self.shared.state);
+        s.buf.len() + s.in_flight
+    }
+
     /// Counts bytes a guest wrote into a full transmitter; logs the first.
     pub fn lose(&self, n: usize) {
         let mut s = lock(&self.shared.state);

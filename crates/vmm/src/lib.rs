@@ -34,5 +34,9 @@ pub use error::{Error, Result};
 pub use seccomp::SeccompMode;
 pub use state::{Outcome, StopHandle};
 pub use vm::Vm;
+/// Public for the fuzzer only (fuzz/fuzz_targets/x86_kernel_loader.rs).
+#[cfg(target_arch = "x86_64")]
+#[doc(hidden)]
+pub use x86_64::boot::load_kernel_bytes;
 #[cfg(target_arch = "x86_64")]
 pub use x86_64::MAX_VCPUS;

@@ -2,7 +2,7 @@
 //! interrupt controllers, PC devices, the kernel and its boot structures ([`boot`]),
 //! and each vCPU's CPUID, MSRs and boot registers.
 
-mod boot;
+pub(crate) mod boot;
 
 use std::sync::Arc;
 

@@ -108,6 +108,17 @@ fn load_kernel<F: KernelFile>(
     Ok((result, format))
 }
 
+/// Loads an ELF or bzImage kernel held in `bytes` into `mem` (`memory` bytes of RAM), as
+/// [`load`] does a kernel file. Public for the fuzzer, which feeds it hostile images; the VMM
+/// itself goes through [`load`].
+pub fn load_kernel_bytes(
+    mem: &GuestMemoryMmap,
+    bytes: &[u8],
+    memory: u64,
+) -> Result<KernelLoaderResult> {
+    load_kernel(mem, &mut Cursor::new(bytes), "kernel image", memory).map(|(r, _)| r)
+}
+
 /// Loads the kernel, initrd and command line of `config` and writes the boot structures,
 /// describing the virtio-mmio devices in `virtio` (in ACPI, or on the command line without it).
 pub fn load(
