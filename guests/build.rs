@@ -31,6 +31,7 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
     ("string_io", "string_io.S", &[]),
     ("timer_storm", "timer_storm.S", &[]),
     ("serial_irq", "serial_irq.S", &[]),
+    ("acpi_poweroff", "acpi_poweroff.S", &[]),
 ];
 
 fn main() {

@@ -121,6 +121,21 @@ fn run_options_reach_the_guest() {
     assert!(text.contains("command line: \"hello there\""), "{text}");
 }
 
+/// An ACPI power-off (the guest writes S5 to the FADT's sleep control register) ends
+/// vibe-vmm with status 0.
+#[test]
+fn acpi_power_off_exits_zero() {
+    if !kvm_usable() {
+        return;
+    }
+    let guest = temp_file("poweroff.elf", test_guests::ACPI_POWEROFF);
+    let out = run(&["run", "--kernel", guest.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("ACPI S5: SLP_TYP 5"), "{stdout}");
+}
+
 #[test]
 fn info_reports_the_hypervisor() {
     if !kvm_usable() {
