@@ -38,6 +38,7 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
         "window_chaos.S",
         &["-DUSERSPACE_IRQCHIP"],
     ),
+    ("acpi_poweroff", "acpi_poweroff.S", &[]),
 ];
 
 fn main() {

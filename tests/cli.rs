@@ -138,6 +138,21 @@ fn run_options_reach_the_guest() {
     assert!(text.contains("command line: \"hello there\""), "{text}");
 }
 
+/// An ACPI power-off (the guest writes S5 to the FADT's sleep control register) ends
+/// vibe-vmm with status 0.
+#[test]
+fn acpi_power_off_exits_zero() {
+    if !kvm_usable() {
+        return;
+    }
+    let guest = temp_file("poweroff.elf", test_guests::ACPI_POWEROFF);
+    let out = run(&["run", "--kernel", guest.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("ACPI S5: SLP_TYP 5"), "{stdout}");
+}
+
 #[test]
 fn info_reports_the_hypervisor() {
     if !kvm_usable() {
@@ -393,14 +408,25 @@ fn a_console_flood_into_a_pipe_nobody_reads_does_not_delay_a_stop() {
         return;
     }
     let guest = temp_file("flood.elf", test_guests::SERIAL_FLOOD);
+    /// Kills the VMM if the test fails before it stops it.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     for sig in [15, 2, 1] {
-        let mut child = bin()
-            .args(["run", "--kernel", guest.to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped()) // never read
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut reap = Reap(
+            bin()
+                .args(["run", "--kernel", guest.to_str().unwrap()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped()) // never read
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let child = &mut reap.0;
         // The smallest pipe, and wait until it is full: the VMM's writes to it now block.
         use std::os::fd::AsRawFd;
         let fd = child.stdout.as_ref().unwrap().as_raw_fd();
@@ -434,7 +460,7 @@ fn a_console_flood_into_a_pipe_nobody_reads_does_not_delay_a_stop() {
         let t = Instant::now();
         // SAFETY: signalling our own child.
         unsafe { kill(child.id() as i32, sig) };
-        assert_eq!(exits_within_a_second(&mut child, t), 128 + sig);
+        assert_eq!(exits_within_a_second(child, t), 128 + sig);
     }
 }
 

@@ -25,7 +25,7 @@ const MEMORY_MIB: u64 = 512;
 const TIME_LIMIT: Duration = Duration::from_secs(240);
 /// `noxsave clearcpuid=...` keeps the kernel off instructions this project's nested KVM cannot
 /// emulate (DESIGN.md); hardware does not need them.
-const CMDLINE: &str = "console=ttyS0 earlyprintk=ttyS0 noxsave clearcpuid=cx16,ssse3,sse4_1,sse4_2,avx,avx2,aes,pclmulqdq,popcnt reboot=k panic=-1 nowatchdog vibe.test=\"quoted words\"";
+const CMDLINE: &str = "console=ttyS0 earlyprintk=ttyS0 noxsave clearcpuid=cx16,ssse3,sse4_1,sse4_2,avx,avx2,aes,pclmulqdq,popcnt,smap reboot=k panic=-1 nowatchdog vibe.test=\"quoted words\"";
 /// Once the kernel prints this, it has brought every vCPU up: enough for this tier.
 const SMP_DONE: &str = "smpboot: Total of";
 

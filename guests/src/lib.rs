@@ -50,6 +50,10 @@ guest!(
     /// Resets the machine through the i8042 controller.
     RESET, "reset.elf");
 guest!(
+    /// Powers off through ACPI as Linux does: FADT sleep control register and the DSDT's
+    /// `_S5_` value; exits 1 if the machine stays on, 2 and up if a table is missing.
+    ACPI_POWEROFF, "acpi_poweroff.elf");
+guest!(
     /// Faults with no IDT: a triple fault.
     TRIPLE_FAULT, "triple_fault.elf");
 guest!(

@@ -3,6 +3,7 @@
 //! A device implements [`BusDevice`] and never learns which hypervisor runs the guest: it gets
 //! an offset into its own window and raises interrupts through [`hypervisor::IrqLine`].
 
+pub mod acpi_pm;
 pub mod bus;
 pub mod console_output;
 pub mod debug_exit;
@@ -28,6 +29,8 @@ pub enum StopReason {
     Reset,
     /// The guest wrote its exit status to the debug-exit port.
     DebugExit(u8),
+    /// The guest powered the machine off (ACPI S5).
+    PowerOff,
 }
 
 /// A console device that takes host keyboard input.

@@ -1,4 +1,4 @@
-//! The 16550A UART (COM1 at port 0x3f8, IRQ 4), on `vm-superio`.
+//! The 16550A UART (on a PC, COM1: `arch::x86_64::layout::COM1_PORT`), on `vm-superio`.
 //!
 //! Output goes through a [`ConsoleOutput`], so a vCPU writing THR never waits for the host.
 //! When that buffer cannot take a FIFO's worth, the transmitter stalls as a real one does:
@@ -18,8 +18,6 @@ use vm_superio::Trigger;
 use crate::console_output::ConsoleOutput;
 use crate::BusDevice;
 
-pub const COM1_PORT: u64 = 0x3f8;
-pub const COM1_IRQ: u32 = 4;
 /// Eight registers.
 pub const PORT_RANGE: u64 = 8;
 /// The 16550A's transmit FIFO: THRE means a driver may write this many bytes.

@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use arch::VirtioMmioSlot;
+use devices::acpi_pm::{self, AcpiPm};
 use devices::console_output::ConsoleOutput;
 use devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT};
 use devices::i8042::{self, I8042};
@@ -42,8 +43,9 @@ pub(crate) struct Platform {
     /// The 16550: (on the port bus rather than in MMIO space, base, interrupt line).
     serial: (bool, u64, u32),
     mmio_console: u64,
-    /// The PC's i8042 reset line and the debug-exit port.
-    pc_ports: bool,
+    /// The PC's i8042 reset line, the debug-exit port and the ACPI power-management ports
+    /// (base).
+    pc_ports: Option<u64>,
 }
 
 impl Platform {
@@ -53,9 +55,9 @@ impl Platform {
         Platform {
             virtio_slot: layout::virtio_slot,
             max_virtio: layout::MAX_VIRTIO_DEVICES,
-            serial: (true, serial::COM1_PORT, serial::COM1_IRQ),
+            serial: (true, layout::COM1_PORT, layout::COM1_IRQ),
             mmio_console: layout::platform_mmio_window(0),
-            pc_ports: true,
+            pc_ports: Some(layout::ACPI_PM_PORT),
         }
     }
 
@@ -71,10 +73,21 @@ impl Platform {
                 layout::SPI_BASE + layout::UART_SPI,
             ),
             mmio_console: layout::MMIO_CONSOLE_START,
-            pc_ports: false,
+            pc_ports: None,
         }
     }
 }
+
+// The FADT and DSDT describe exactly the registers devices::acpi_pm implements.
+#[cfg(target_arch = "x86_64")]
+const _: () = {
+    use arch::x86_64::{acpi, layout};
+    assert!(acpi::SLEEP_CONTROL_PORT == layout::ACPI_PM_PORT + acpi_pm::SLEEP_CONTROL);
+    assert!(acpi::SLEEP_STATUS_PORT == layout::ACPI_PM_PORT + acpi_pm::SLEEP_STATUS);
+    assert!(acpi::RESET_PORT == layout::ACPI_PM_PORT + acpi_pm::RESET);
+    assert!(acpi::RESET_VALUE == acpi_pm::RESET_VALUE);
+    assert!(acpi::S5_SLEEP_TYPE == acpi_pm::S5_SLEEP_TYPE);
+};
 
 /// The virtio devices a config asks for, in window order, not yet wired.
 pub(crate) struct VirtioPlan {
@@ -213,7 +226,7 @@ pub(crate) fn build<V: hypervisor::Vm>(
     let mut mmio = Bus::new();
     let serial_bus = if serial_on_ports { &mut pio } else { &mut mmio };
     insert(serial_bus, serial.clone(), serial_base, serial::PORT_RANGE)?;
-    if platform.pc_ports {
+    if let Some(acpi_pm_port) = platform.pc_ports {
         let control: Arc<dyn VmControl> = state.clone();
         let keyboard = Arc::new(Mutex::new(I8042::new(control.clone())));
         insert(
@@ -222,8 +235,10 @@ pub(crate) fn build<V: hypervisor::Vm>(
             i8042::I8042_DATA_PORT,
             i8042::PORT_RANGE,
         )?;
-        let debug_exit = Arc::new(Mutex::new(DebugExit::new(control)));
+        let debug_exit = Arc::new(Mutex::new(DebugExit::new(control.clone())));
         insert(&mut pio, debug_exit, DEBUG_EXIT_PORT, 1)?;
+        let pm = Arc::new(Mutex::new(AcpiPm::new(control)));
+        insert(&mut pio, pm, acpi_pm_port, acpi_pm::PORT_RANGE)?;
     }
 
     let mut events = EventLoopBuilder::default();

@@ -166,6 +166,7 @@ impl VmControl for VmState {
             match reason {
                 StopReason::Reset => Outcome::Reset,
                 StopReason::DebugExit(code) => Outcome::DebugExit(code),
+                StopReason::PowerOff => Outcome::PowerOff,
             },
         );
     }

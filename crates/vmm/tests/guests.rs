@@ -131,6 +131,24 @@ fn i8042_reset_ends_the_vm() {
     assert_eq!(outcome, Outcome::Reset, "{out}");
 }
 
+/// The guest finds the sleep control register and `_S5_` in the tables as Linux does and
+/// writes them: the VM powers off, on either interrupt controller.
+#[test]
+fn acpi_s5_sleep_powers_the_machine_off() {
+    for irqchip in [IrqchipMode::Kernel, IrqchipMode::Userspace] {
+        let Some((outcome, out)) = boot_on(irqchip, test_guests::ACPI_POWEROFF, 1) else {
+            return;
+        };
+        assert_eq!(outcome, Outcome::PowerOff, "{irqchip:?}: {out}");
+        let expected = format!(
+            "ACPI S5: SLP_TYP {}, sleep control port 0x{:08x}",
+            arch::x86_64::acpi::S5_SLEEP_TYPE,
+            arch::x86_64::acpi::SLEEP_CONTROL_PORT
+        );
+        assert!(out.contains(&expected), "want {expected:?} in {out}");
+    }
+}
+
 #[test]
 fn triple_fault_is_reported_as_a_crash() {
     let Some((outcome, _)) = boot(test_guests::TRIPLE_FAULT, 1) else {

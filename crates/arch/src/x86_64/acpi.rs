@@ -4,8 +4,15 @@
 //! IOAPIC only from the MADT. The platform is "hardware-reduced" ACPI: no PM timer, no SCI, no
 //! legacy PIC, as in other microVMs. The RSDP sits at `layout::ACPI_START`, inside the BIOS
 //! area a legacy kernel scans; PVH and zero-page boots also pass its address directly.
+//!
+//! The DSDT describes every device a guest must be told about: COM1 (`PNP0501`, so that the
+//! kernel routes its IRQ 4 through the IOAPIC; a hardware-reduced platform has no legacy IRQs
+//! otherwise), the virtio-mmio devices, and the `_S5_` sleep type that, written with SLP_EN
+//! to the FADT's sleep control register, powers the machine off. The i8042 is not described:
+//! it has no keyboard behind it, only the reset line, which Linux pulses without a driver.
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{
     EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
 };
@@ -15,17 +22,35 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::{aml, Aml};
 use vm_memory::GuestMemoryMmap;
 
-use super::layout::{VirtioMmioSlot, ACPI_START, APIC_START, IOAPIC_START};
+use super::layout::{
+    VirtioMmioSlot, ACPI_PM_PORT, ACPI_START, APIC_START, COM1_IRQ, COM1_PORT, IOAPIC_START,
+};
 use super::mptable::MAX_CPUS;
 use super::{write_bytes, Error, Result};
 
 const OEM_ID: [u8; 6] = *b"VIBEVM";
 const OEM_TABLE_ID: [u8; 8] = *b"VIBEVMM ";
 const OEM_REVISION: u32 = 1;
-/// IAPC_BOOT_ARCH: no VGA, no MSI (no PCI yet), ASPM not to be touched.
+/// IAPC_BOOT_ARCH: ISA-style devices present (COM1), no 8042 described (see the module
+/// comment), no VGA, no MSI (no PCI yet), ASPM not to be touched, no CMOS RTC.
+const IAPC_LEGACY_DEVICES: u16 = 1 << 0;
 const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
 const IAPC_MSI_NOT_PRESENT: u16 = 1 << 3;
 const IAPC_PCIE_ASPM_CONTROLS: u16 = 1 << 4;
+const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
+pub const IAPC_BOOT_ARCH: u16 = IAPC_LEGACY_DEVICES
+    | IAPC_VGA_NOT_PRESENT
+    | IAPC_MSI_NOT_PRESENT
+    | IAPC_PCIE_ASPM_CONTROLS
+    | IAPC_CMOS_RTC_NOT_PRESENT;
+
+/// The power-management registers at `ACPI_PM_PORT` (devices::acpi_pm implements them).
+pub const SLEEP_CONTROL_PORT: u64 = ACPI_PM_PORT;
+pub const SLEEP_STATUS_PORT: u64 = ACPI_PM_PORT + 1;
+pub const RESET_PORT: u64 = ACPI_PM_PORT + 2;
+pub const RESET_VALUE: u8 = 1;
+/// SLP_TYP for S5 (soft off), the first element of the DSDT's `_S5_` package.
+pub const S5_SLEEP_TYPE: u8 = 5;
 
 fn bytes(table: &dyn Aml) -> Vec<u8> {
     let mut v = Vec::new();
@@ -33,9 +58,32 @@ fn bytes(table: &dyn Aml) -> Vec<u8> {
     v
 }
 
-/// The DSDT: one `LNRO0005` (virtio-mmio) device per slot, with its window and interrupt, the
-/// way a stock kernel without command-line virtio devices finds them.
+/// One byte-wide register in I/O space, as the FADT points at it.
+fn io_register(port: u64) -> GAS {
+    GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, port)
+}
+
+/// The DSDT: `_S5_`; COM1; one `LNRO0005` (virtio-mmio) device per slot, with its window and
+/// interrupt, the way a stock kernel without command-line virtio devices finds them.
 pub fn dsdt(virtio: &[VirtioMmioSlot]) -> Vec<u8> {
+    // SLP_TYP for the sleep control register; the second value (SLP_TYPb) is unused there.
+    let s5 = aml::Package::new(vec![&S5_SLEEP_TYPE, &0u8]);
+    let s5 = aml::Name::new("_S5_".into(), &s5);
+    // COM1: its eight ports and ISA IRQ 4 (edge, active high, as an ISA interrupt is).
+    let com1_io = aml::IO::new(COM1_PORT as u16, COM1_PORT as u16, 1, 8);
+    let com1_irq = aml::Interrupt::new(true, true, false, false, COM1_IRQ);
+    let com1_crs = aml::ResourceTemplate::new(vec![&com1_io, &com1_irq]);
+    let com1_hid = aml::EISAName::new("PNP0501");
+    let com1_fields = [
+        aml::Name::new("_HID".into(), &com1_hid),
+        aml::Name::new("_UID".into(), &0u8),
+        aml::Name::new("_CRS".into(), &com1_crs),
+    ];
+    let com1 = aml::Device::new(
+        "COM1".into(),
+        com1_fields.iter().map(|x| x as &dyn Aml).collect(),
+    );
+
     let crs: Vec<(aml::Memory32Fixed, aml::Interrupt)> = virtio
         .iter()
         .map(|s| {
@@ -70,12 +118,12 @@ pub fn dsdt(virtio: &[VirtioMmioSlot]) -> Vec<u8> {
             aml::Device::new(p.as_str().into(), n.iter().map(|x| x as &dyn Aml).collect())
         })
         .collect();
-    let scope = aml::Scope::new(
-        "\\_SB_".into(),
-        devices.iter().map(|d| d as &dyn Aml).collect(),
-    );
+    let mut children: Vec<&dyn Aml> = vec![&com1];
+    children.extend(devices.iter().map(|d| d as &dyn Aml));
+    let scope = aml::Scope::new("\\_SB_".into(), children);
     let mut table = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     let mut body = Vec::new();
+    s5.to_aml_bytes(&mut body);
     scope.to_aml_bytes(&mut body);
     table.append_slice(&body);
     table.as_slice().to_vec()
@@ -102,9 +150,14 @@ pub fn build(num_cpus: u32, virtio: &[VirtioMmioSlot]) -> Result<Vec<(u64, Vec<u
         .dsdt_64(dsdt_addr)
         .flag(Flags::HwReducedAcpi)
         .flag(Flags::PwrButton)
-        .flag(Flags::SlpButton);
-    fadt.iapc_boot_arch =
-        (IAPC_VGA_NOT_PRESENT | IAPC_MSI_NOT_PRESENT | IAPC_PCIE_ASPM_CONTROLS).into();
+        .flag(Flags::SlpButton)
+        .flag(Flags::ResetRegSup);
+    fadt.iapc_boot_arch = IAPC_BOOT_ARCH.into();
+    // Hardware-reduced sleep and reset: byte registers on I/O ports.
+    fadt.sleep_control_reg = io_register(SLEEP_CONTROL_PORT);
+    fadt.sleep_status_reg = io_register(SLEEP_STATUS_PORT);
+    fadt.reset_reg = io_register(RESET_PORT);
+    fadt.reset_value = RESET_VALUE;
     fadt.hypervisor_vendor_identity = u64::from_le_bytes(*b"VIBEVMM\0").into();
     let fadt_addr = place(bytes(&fadt.finalize()), &mut tables);
 
@@ -201,10 +254,9 @@ mod iasl {
 
     use std::process::Command;
 
-    /// Decompiles the DSDT with ACPICA's `iasl` (Debian `acpica-tools`, installed by
-    /// scripts/test.sh) and checks every device came out as written.
-    #[test]
-    fn iasl_decompiles_the_dsdt_to_our_devices() {
+    /// Decompiles `table` with ACPICA's `iasl` (Debian `acpica-tools`, installed by
+    /// scripts/test.sh), or says why not.
+    fn decompile(name: &str, table: &[u8]) -> Option<String> {
         if Command::new("iasl").arg("-v").output().is_err() {
             assert_ne!(
                 std::env::var("CI").as_deref(),
@@ -212,15 +264,14 @@ mod iasl {
                 "CI=true but no iasl"
             );
             eprintln!("SKIPPED: iasl not installed (apt-get install acpica-tools)");
-            return;
+            return None;
         }
-        let dir = std::env::temp_dir().join(format!("vibe-iasl-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("vibe-iasl-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let slots: Vec<_> = (0..3).map(crate::x86_64::layout::virtio_slot).collect();
-        std::fs::write(dir.join("dsdt.aml"), super::dsdt(&slots)).unwrap();
+        std::fs::write(dir.join(format!("{name}.aml")), table).unwrap();
         let out = Command::new("iasl")
             .arg("-d")
-            .arg("dsdt.aml")
+            .arg(format!("{name}.aml"))
             .current_dir(&dir)
             .output()
             .unwrap();
@@ -229,7 +280,18 @@ mod iasl {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let dsl = std::fs::read_to_string(dir.join("dsdt.dsl")).unwrap();
+        let dsl = std::fs::read_to_string(dir.join(format!("{name}.dsl"))).unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+        Some(dsl)
+    }
+
+    /// The DSDT decompiles to every device as written, COM1 and `_S5_` included.
+    #[test]
+    fn iasl_decompiles_the_dsdt_to_our_devices() {
+        let slots: Vec<_> = (0..3).map(crate::x86_64::layout::virtio_slot).collect();
+        let Some(dsl) = decompile("dsdt", &super::dsdt(&slots)) else {
+            return;
+        };
         for (n, s) in slots.iter().enumerate() {
             assert!(dsl.contains(&format!("Device (V{n:03X})")), "{dsl}");
             assert!(
@@ -242,8 +304,63 @@ mod iasl {
         assert_eq!(
             dsl.matches("Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive")
                 .count(),
-            3
+            4
         );
-        let _ = std::fs::remove_dir_all(dir);
+        // COM1: a 16550 at 0x3f8-0x3ff with IRQ 4.
+        let com1 = &dsl[dsl.find("Device (COM1)").expect("COM1 in the DSDT")..];
+        assert!(com1.contains("EisaId (\"PNP0501\")"), "{dsl}");
+        assert!(
+            com1.contains(
+                "IO (Decode16,\n                    0x03F8,             // Range Minimum\n                    0x03F8,             // Range Maximum\n                    0x01,               // Alignment\n                    0x08,               // Length"
+            ),
+            "{dsl}"
+        );
+        assert!(com1.contains("0x00000004,\n"), "{dsl}");
+        // _S5_: SLP_TYP 5 first.
+        assert!(
+            dsl.contains(
+                "Name (_S5, Package (0x02)  // _S5_: S5 System State\n    {\n        0x05, "
+            ),
+            "{dsl}"
+        );
+    }
+
+    /// The FADT decompiles to a hardware-reduced machine with sleep and reset registers on our
+    /// ports and boot flags that match the DSDT (COM1 present, no 8042, no CMOS RTC).
+    #[test]
+    fn iasl_decompiles_the_fadt_to_our_registers() {
+        let tables = super::build(1, &[]).unwrap();
+        let fadt = &tables.iter().find(|(_, t)| &t[..4] == b"FACP").unwrap().1;
+        let Some(dsl) = decompile("facp", fadt) else {
+            return;
+        };
+        let field = |name: &str| -> String {
+            let line = dsl
+                .lines()
+                .find(|l| l.contains(&format!("{name} :")))
+                .unwrap_or_else(|| panic!("no {name} in {dsl}"));
+            line.rsplit(" : ").next().unwrap().trim().to_string()
+        };
+        assert_eq!(field("Legacy Devices Supported (V2)"), "1");
+        assert_eq!(field("8042 Present on ports 60/64 (V2)"), "0");
+        assert_eq!(field("CMOS RTC Not Present (V5)"), "1");
+        assert_eq!(field("Hardware Reduced (V5)"), "1");
+        assert_eq!(field("Reset Register Supported (V2)"), "1");
+        assert_eq!(field("Value to cause reset"), "01");
+        // Each register: Space ID then Address, in the order they follow its header.
+        for (register, port) in [
+            ("Reset Register", 0x602),
+            ("Sleep Control Register", 0x600),
+            ("Sleep Status Register", 0x601),
+        ] {
+            let at = dsl.find(&format!("{register} :")).unwrap();
+            let gas: Vec<&str> = dsl[at..].lines().take(6).collect();
+            assert!(gas[1].ends_with("Space ID : 01 [SystemIO]"), "{gas:?}");
+            assert!(gas[2].ends_with("Bit Width : 08"), "{gas:?}");
+            assert!(
+                gas[5].ends_with(&format!("Address : {port:016X}")),
+                "{gas:?}"
+            );
+        }
     }
 }

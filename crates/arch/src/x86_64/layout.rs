@@ -68,6 +68,13 @@ pub const KVM_PRIVATE_START: u64 = 0xfffb_c000;
 pub const KVM_PRIVATE_SIZE: u64 = 0x4000;
 pub const HIGH_RAM_START: u64 = 4 * GIB;
 
+// The I/O port space: the legacy devices the ACPI tables and the MP table describe.
+/// COM1, the 16550A serial port: eight ports and ISA IRQ 4.
+pub const COM1_PORT: u64 = 0x3f8;
+pub const COM1_IRQ: u32 = 4;
+/// The ACPI sleep control, sleep status and reset registers (one byte each) of the FADT.
+pub const ACPI_PM_PORT: u64 = 0x600;
+
 // The boot structures in low RAM never overlap (checked at compile time).
 const _: () = {
     assert!(PD_START + 4 * 4096 <= CMDLINE_START);
