@@ -179,11 +179,15 @@ impl ConsoleOutput {
 
     /// Counts bytes a guest wrote into a full transmitter; logs the first.
     pub fn lose(&self, n: usize) {
-        let mut s = lock(&self.shared.state);
-        if s.lost == 0 {
+        let first = {
+            let mut s = lock(&self.shared.state);
+            s.lost += n as u64;
+            s.lost == n as u64
+        };
+        // Not under the lock: the log may be written through a ConsoleOutput too.
+        if first {
             log::warn!("console output full: the guest wrote past its stalled transmitter");
         }
-        s.lost += n as u64;
     }
 
     /// Bytes lost so far (written into a full transmitter, or left when the VM stopped).
@@ -202,14 +206,17 @@ impl ConsoleOutput {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 let stuck = (s.buf.len() + s.in_flight) as u64;
-                if stuck > 0 {
-                    log::warn!("console output: {stuck} bytes not taken by the host side");
-                }
                 s.lost += stuck;
                 s.buf.clear();
                 s.done = true;
                 // Detached: it ends when its write returns, or with the process.
                 s.writer.take();
+                drop(s);
+                // Not under the lock: the log may go through this very output (the CLI's
+                // messages), which is done now and drops it.
+                if stuck > 0 {
+                    log::warn!("console output: {stuck} bytes not taken by the host side");
+                }
                 return;
             }
             s = self
@@ -257,12 +264,12 @@ impl Shared {
             s.in_flight = 0;
             if let Err(e) = result {
                 // The host side is gone (closed pipe, full disk): the guest carries on.
-                log::debug!("console output stopped: {e}");
                 s.lost += (n + s.buf.len()) as u64;
                 s.buf.clear();
                 s.done = true;
                 drop(s);
                 self.changed.notify_all();
+                log::debug!("console output stopped: {e}");
                 return;
             }
             drop(s);
