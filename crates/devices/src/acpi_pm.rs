@@ -60,19 +60,11 @@ impl BusDevice for AcpiPm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
-
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<StopReason>>);
-    impl VmControl for Recorder {
-        fn request_stop(&self, r: StopReason) {
-            self.0.lock().unwrap().push(r);
-        }
-    }
+    use crate::StopRecorder;
 
     #[test]
     fn only_s5_with_slp_en_powers_off_and_only_the_reset_value_resets() {
-        let rec = Arc::new(Recorder::default());
+        let rec = Arc::new(StopRecorder::default());
         let mut pm = AcpiPm::new(rec.clone());
         // What Linux writes before sleeping (clear WAK_STS), S5 without SLP_EN, S1 with it.
         pm.write(SLEEP_STATUS, &[0x80]);

@@ -101,19 +101,11 @@ impl BusDevice for I8042 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
-
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<StopReason>>);
-    impl VmControl for Recorder {
-        fn request_stop(&self, r: StopReason) {
-            self.0.lock().unwrap().push(r);
-        }
-    }
+    use crate::StopRecorder;
 
     #[test]
     fn self_test_config_and_reset() {
-        let rec = Arc::new(Recorder::default());
+        let rec = Arc::new(StopRecorder::default());
         let mut kbd = I8042::new(rec.clone());
         let mut b = [0u8];
         kbd.write(4, &[CMD_SELF_TEST]);

@@ -43,3 +43,15 @@ pub trait ConsoleInput: Send {
 pub trait VmControl: Send + Sync {
     fn request_stop(&self, reason: StopReason);
 }
+
+/// A [`VmControl`] that records the stop requests, for device unit tests.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct StopRecorder(pub std::sync::Mutex<Vec<StopReason>>);
+
+#[cfg(test)]
+impl VmControl for StopRecorder {
+    fn request_stop(&self, reason: StopReason) {
+        lock(&self.0).push(reason);
+    }
+}
