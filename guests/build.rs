@@ -39,6 +39,11 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
         &["-DUSERSPACE_IRQCHIP"],
     ),
     ("acpi_poweroff", "acpi_poweroff.S", &[]),
+    ("pci_enum", "pci_enum.S", &[]),
+    ("pci_bar", "pci_bar.S", &[]),
+    ("pci_virtio_blk", "pci_virtio_blk.S", &[]),
+    ("pci_virtio_net", "pci_virtio_net.S", &[]),
+    ("pci_intx", "pci_intx.S", &[]),
 ];
 
 fn main() {

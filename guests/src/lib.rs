@@ -100,3 +100,22 @@ guest!(
     /// [`WINDOW_CHAOS`] that also hammers vibe-vmm's own IOAPIC and local APIC
     /// (`--irqchip userspace`).
     WINDOW_CHAOS_USERSPACE, "window_chaos_userspace.elf");
+guest!(
+    /// Enumerates PCI bus 0 through ports 0xcf8/0xcfc and ECAM, checks both show the same
+    /// config space (dwords, words, bytes) and that absent functions and bus 1 read all-ones;
+    /// prints each function's IDs, registers, BARs and capabilities (see `asm/pci_enum.S`).
+    PCI_ENUM, "pci_enum.elf");
+guest!(
+    /// Sizes, moves and disables BAR0 of PCI device 00:01.0 (a virtio-blk disk) and checks
+    /// where the device answers; exits 0 or the failed check's number.
+    PCI_BAR, "pci_bar.elf");
+guest!(
+    /// virtio-blk over virtio-pci with MSI-X: write, flush, read back, each completion waited
+    /// for in HLT; then entry and function masking with the pending bits.
+    PCI_VIRTIO_BLK, "pci_virtio_blk.elf");
+guest!(
+    /// virtio-net over virtio-pci with MSI-X: a frame each way, as [`VIRTIO_NET`] does.
+    PCI_VIRTIO_NET, "pci_virtio_net.elf");
+guest!(
+    /// A virtio-blk flush over virtio-pci completing through INTx and the IOAPIC, MSI-X off.
+    PCI_INTX, "pci_intx.elf");
