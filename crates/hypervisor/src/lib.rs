@@ -128,6 +128,23 @@ pub trait IrqLine: Send + Sync {
     fn trigger(&self) -> io::Result<()>;
 }
 
+/// The message a device writes to raise an MSI or MSI-X vector (PCI 3.0 / x86: address 0xfeeX_XXXX
+/// with the destination APIC ID in bits 19:12, data with the vector in bits 7:0 and the delivery mode in 10:8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MsiMessage {
+    pub address: u64,
+    pub data: u32,
+}
+
+/// One MSI/MSI-X vector of a device. The device decides masking (it keeps pending bits itself);
+/// the line only carries the message the guest programmed.
+pub trait MsiLine: Send + Sync {
+    /// Programs the message later triggers deliver; None disables the line (triggers do nothing).
+    fn set_message(&self, message: Option<MsiMessage>) -> io::Result<()>;
+    /// Delivers the programmed message, if any.
+    fn trigger(&self) -> io::Result<()>;
+}
+
 /// Stops a running vCPU from any thread: its `run` returns [`VmExit::Interrupted`] promptly,
 /// whether it was inside the guest or about to enter it.
 pub trait VcpuKicker: Send + Sync {
