@@ -175,6 +175,23 @@ pub trait Vm: Send + Sync {
     /// return [`Error::Unsupported`]; the write then reaches the device through the MMIO bus.
     fn register_mmio_notify(&self, evt: &Event, addr: u64, value: u32) -> Result<()>;
 
+    /// A new MSI vector (KVM: a GSI of its own with an MSI routing entry and, with `eventfd`,
+    /// an irqfd; without, KVM_SIGNAL_MSI on each trigger). Backends without MSI return
+    /// [`Error::Unsupported`].
+    fn msi_line(&self, _eventfd: bool) -> Result<Box<dyn MsiLine>> {
+        Err(Error::Unsupported)
+    }
+
+    /// Like `register_mmio_notify`, but any write of any length at `addr` signals `evt`.
+    fn register_mmio_notify_any(&self, _evt: &Event, _addr: u64) -> Result<()> {
+        Err(Error::Unsupported)
+    }
+
+    /// Undoes `register_mmio_notify_any` (a BAR moved).
+    fn unregister_mmio_notify_any(&self, _evt: &Event, _addr: u64) -> Result<()> {
+        Err(Error::Unsupported)
+    }
+
     fn create_vcpu(&self, id: u32) -> Result<Self::Vcpu>;
 }
 
