@@ -88,6 +88,11 @@ pub struct RunArgs {
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     #[arg(long, value_name = "WHO", default_value = "kernel", value_parser = parse_irqchip)]
     pub irqchip: vmm::IrqchipMode,
+    /// How virtio devices attach: mmio (virtio-mmio windows, the fastest boot) or pci
+    /// (virtio-pci functions with MSI-X on PCI bus 0).
+    #[cfg(target_arch = "x86_64")]
+    #[arg(long, value_name = "BUS", default_value = "mmio", value_parser = parse_transport)]
+    pub transport: vmm::Transport,
     /// CPU features to hide from the guest's CPUID, comma-separated (e.g. cx16,xsave).
     #[cfg(target_arch = "x86_64")]
     #[arg(long, value_name = "LIST", default_value = "", value_parser = parse_hide)]
@@ -180,6 +185,15 @@ fn parse_irqchip(s: &str) -> Result<vmm::IrqchipMode, String> {
         "kernel" => Ok(vmm::IrqchipMode::Kernel),
         "userspace" => Ok(vmm::IrqchipMode::Userspace),
         _ => Err(format!("{s:?} is not kernel or userspace")),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn parse_transport(s: &str) -> Result<vmm::Transport, String> {
+    match s {
+        "mmio" => Ok(vmm::Transport::Mmio),
+        "pci" => Ok(vmm::Transport::Pci),
+        _ => Err(format!("{s:?} is not mmio or pci")),
     }
 }
 

@@ -146,6 +146,7 @@ fn run(args: RunArgs, signals: signals::SignalThread) -> anyhow::Result<u8> {
     #[cfg(target_arch = "x86_64")]
     {
         config.acpi = !args.no_acpi;
+        config.transport = args.transport;
         config.cpuid_hide = args.cpuid_hide.0.clone();
     }
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]

@@ -10,6 +10,7 @@ pub mod debug_exit;
 pub mod i8042;
 pub mod irqchip;
 pub mod mmio_console;
+pub mod pci;
 pub mod serial;
 pub mod thread;
 pub mod virtio;

@@ -86,6 +86,8 @@ pub enum Error {
     Unsupported,
     #[error("string port I/O (rep ins/outs) at port {port:#x} is not supported by {backend}")]
     StringIoUnsupported { port: u16, backend: &'static str },
+    #[error("no GSI left for another MSI vector: the hypervisor routes {max} GSIs and {in_use} are in use")]
+    GsisExhausted { max: u32, in_use: u32 },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -128,6 +130,25 @@ pub trait IrqLine: Send + Sync {
     fn trigger(&self) -> io::Result<()>;
 }
 
+/// The message a device writes to raise an MSI or MSI-X vector (PCI 3.0 / x86: address
+/// 0xfeeX_XXXX with the destination APIC ID in bits 19:12, data with the vector in bits 7:0 and
+/// the delivery mode in 10:8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MsiMessage {
+    pub address: u64,
+    pub data: u32,
+}
+
+/// One MSI/MSI-X vector of a device. The device decides masking (it keeps pending bits
+/// itself); the line only carries the message the guest programmed.
+pub trait MsiLine: Send + Sync {
+    /// Programs the message later triggers deliver; `None` disables the line (triggers do
+    /// nothing).
+    fn set_message(&self, message: Option<MsiMessage>) -> io::Result<()>;
+    /// Delivers the programmed message, if any.
+    fn trigger(&self) -> io::Result<()>;
+}
+
 /// Stops a running vCPU from any thread: its `run` returns [`VmExit::Interrupted`] promptly,
 /// whether it was inside the guest or about to enter it.
 pub trait VcpuKicker: Send + Sync {
@@ -157,6 +178,20 @@ pub trait Vm: Send + Sync {
     /// hypervisor, without an exit to the VMM (KVM ioeventfd). Backends without the feature
     /// return [`Error::Unsupported`]; the write then reaches the device through the MMIO bus.
     fn register_mmio_notify(&self, evt: &Event, addr: u64, value: u32) -> Result<()>;
+
+    /// A new MSI vector (KVM: a GSI of its own with an MSI routing entry and, with `eventfd`,
+    /// an irqfd; without, KVM_SIGNAL_MSI on each trigger). Backends without MSI, and KVM
+    /// without its in-kernel irqchip, return [`Error::Unsupported`]: the VMM's own interrupt
+    /// controller delivers MSIs there.
+    fn msi_line(&self, eventfd: bool) -> Result<Box<dyn MsiLine>>;
+
+    /// Like [`Vm::register_mmio_notify`], but any write of any length (up to 8 bytes) at
+    /// `addr` signals `evt` (no datamatch).
+    fn register_mmio_notify_any(&self, evt: &Event, addr: u64) -> Result<()>;
+
+    /// Undoes [`Vm::register_mmio_notify_any`] (a BAR moved). [`Error::Unsupported`] where
+    /// registering is.
+    fn unregister_mmio_notify_any(&self, evt: &Event, addr: u64) -> Result<()>;
 
     fn create_vcpu(&self, id: u32) -> Result<Self::Vcpu>;
 }

@@ -38,8 +38,8 @@ where
     let mem = memory::allocate_ranges(config.memory, MIN_RAM, |size| {
         vec![(layout::RAM_START, size)]
     })?;
-    let vm = hv.create_vm()?;
-    memory::register(&vm, &mem)?;
+    let vm = Arc::new(hv.create_vm()?);
+    memory::register(&*vm, &mem)?;
     vm.create_gic(GicConfig {
         dist_base: layout::GIC_DIST_START,
         redist_base: layout::GIC_REDIST_START,
@@ -70,7 +70,18 @@ where
         .map_err(|e| Error::DeviceTree(e.to_string()))?;
 
     let irq = |gsi| Ok(vm.irq_line(gsi, false)?);
-    let devices = device_manager::build(&vm, &irq, &mem, &state, &mut config, virtio, &platform)?;
+    // No MSI controller (GICv2m / ITS) yet: the virt platform has no PCI bus either.
+    let msi = || Err(hypervisor::Error::Unsupported.into());
+    let devices = device_manager::build(
+        &vm,
+        &irq,
+        &msi,
+        &mem,
+        &state,
+        &mut config,
+        virtio,
+        &platform,
+    )?;
     let setup = Arc::new(Arm64Setup {
         entry: placed.kernel,
         fdt: placed.fdt,

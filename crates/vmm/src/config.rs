@@ -43,6 +43,17 @@ pub enum IrqchipMode {
     Userspace,
 }
 
+/// How the virtio devices attach to the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// virtio-mmio windows described by ACPI or the kernel command line (x86), or the device
+    /// tree (arm64): no bus to enumerate, the fastest boot, and the same on every platform.
+    Mmio,
+    /// virtio-pci functions on PCI bus 0 with MSI-X (x86_64 only): what distribution kernels
+    /// and other guests treat as the default.
+    Pci,
+}
+
 /// A virtio-blk disk backed by a raw image file.
 #[derive(Debug, Clone)]
 pub struct DiskConfig {
@@ -102,6 +113,8 @@ pub struct VmConfig {
     pub cpuid_hide: Vec<Feature>,
     /// How the VM's threads are confined (seccomp filters on Linux; nothing elsewhere).
     pub seccomp: SeccompMode,
+    /// How the virtio devices attach (x86_64: mmio or pci; arm64: mmio).
+    pub transport: Transport,
 }
 
 impl VmConfig {
@@ -125,6 +138,7 @@ impl VmConfig {
             #[cfg(target_arch = "x86_64")]
             cpuid_hide: Vec::new(),
             seccomp: SeccompMode::default(),
+            transport: Transport::Mmio,
         }
     }
 }

@@ -1,14 +1,16 @@
-//! The device manager: builds the port and MMIO buses, the platform devices on them, the virtio
-//! devices behind their virtio-mmio transports, and the event-loop handlers that serve them.
+//! The device manager: builds the port and MMIO buses, the platform devices on them, the PCI
+//! bus (x86_64), the virtio devices behind their transports (virtio-mmio windows or virtio-pci
+//! functions), and the event-loop handlers that serve them.
 //!
-//! In two steps, because the kernel's boot structures must describe the virtio devices before
-//! they are wired: [`plan_virtio`] opens what the config asks for and gives each device its
-//! window and interrupt line; [`build`] puts everything on the buses.
+//! In two steps, because the kernel's boot structures must describe the virtio-mmio devices
+//! before they are wired: [`plan_virtio`] opens what the config asks for and gives each device
+//! its window and interrupt line (or its PCI device number); [`build`] puts everything on the
+//! buses.
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use arch::VirtioMmioSlot;
 use devices::acpi_pm::{self, AcpiPm};
@@ -16,24 +18,42 @@ use devices::console_output::ConsoleOutput;
 use devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT};
 use devices::i8042::{self, I8042};
 use devices::mmio_console::{self, MmioConsole};
+use devices::pci::host_bridge::HostBridge;
+use devices::pci::root::{BarWindow, ConfigPorts, Ecam, CONFIG_PORTS_SIZE};
+use devices::pci::{BarKind, PciRoot, PciWindows};
 use devices::serial::{self, Serial};
 use devices::virtio::block::Block;
 use devices::virtio::console::{Console as VirtioConsole, ConsoleInputHandle, RX_QUEUE, TX_QUEUE};
 use devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use devices::virtio::net::{self, Net, NetBackend, SocketNet, Tap};
-use devices::virtio::VirtioDevice;
+use devices::virtio::pci::{self as virtio_pci, NotifyBinding, PciWiring, VirtioPciDevice};
+use devices::virtio::{VirtioDevice, VirtioTransport};
 use devices::{lock, Bus, BusDevice, ConsoleInput, VmControl};
+use hypervisor::Event;
 use vm_memory::GuestMemoryMmap;
 
 use crate::config::{NetBackendConfig, SerialOutput};
 use crate::event_loop::{EventLoopBuilder, Interest};
 use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::state::VmState;
-use crate::{Error, Result, VmConfig};
+use crate::{Error, Result, Transport, VmConfig};
 
 /// Gives the interrupt line for a GSI (x86) or GIC INTID (arm64): from the hypervisor, or
 /// from the VMM's own interrupt controller.
 pub(crate) type IrqSource<'a> = dyn Fn(u32) -> Result<Box<dyn hypervisor::IrqLine>> + 'a;
+
+/// Gives a new MSI vector: from the hypervisor, or from the VMM's own interrupt controller.
+pub(crate) type MsiSource<'a> = dyn Fn() -> Result<Box<dyn hypervisor::MsiLine>> + 'a;
+
+/// Where a platform's PCI bus is.
+pub(crate) struct PciPlatform {
+    windows: PciWindows,
+    /// The ECAM window (start, size) and the configuration ports.
+    ecam: (u64, u64),
+    config_port: u64,
+    /// The GSI INTx pin `pin` (0 = INTA) of device `n` is routed to.
+    intx_gsi: fn(u8, u8) -> u32,
+}
 
 /// Where a guest platform puts the devices this manager builds.
 pub(crate) struct Platform {
@@ -46,6 +66,7 @@ pub(crate) struct Platform {
     /// The PC's i8042 reset line, the debug-exit port and the ACPI power-management ports
     /// (base).
     pc_ports: Option<u64>,
+    pci: Option<PciPlatform>,
 }
 
 impl Platform {
@@ -58,6 +79,15 @@ impl Platform {
             serial: (true, layout::COM1_PORT, layout::COM1_IRQ),
             mmio_console: layout::platform_mmio_window(0),
             pc_ports: Some(layout::ACPI_PM_PORT),
+            pci: Some(PciPlatform {
+                windows: PciWindows {
+                    mmio: (layout::PCI_MMIO_START, layout::PCI_MMIO_SIZE),
+                    io: (layout::PCI_IO_START, layout::PCI_IO_SIZE),
+                },
+                ecam: (layout::PCIE_ECAM_START, layout::PCIE_ECAM_SIZE),
+                config_port: layout::PCI_CONFIG_PORT,
+                intx_gsi: layout::pci_intx_gsi,
+            }),
         }
     }
 
@@ -74,6 +104,7 @@ impl Platform {
             ),
             mmio_console: layout::MMIO_CONSOLE_START,
             pc_ports: None,
+            pci: None,
         }
     }
 }
@@ -89,10 +120,13 @@ const _: () = {
     assert!(acpi::S5_SLEEP_TYPE == acpi_pm::S5_SLEEP_TYPE);
 };
 
-/// The virtio devices a config asks for, in window order, not yet wired.
+/// The virtio devices a config asks for, in window (or PCI device number) order, not yet
+/// wired.
 pub(crate) struct VirtioPlan {
     devices: Vec<Box<dyn VirtioDevice>>,
-    /// Where each device is described to the guest (window and interrupt line).
+    transport: Transport,
+    /// Where each virtio-mmio device is described to the guest (window and interrupt line);
+    /// empty for virtio-pci, which the guest finds on the bus.
     pub slots: Vec<VirtioMmioSlot>,
     /// (device index, TAP descriptor) of the network devices.
     taps: Vec<(usize, RawFd)>,
@@ -183,17 +217,26 @@ pub(crate) fn plan_virtio(config: &mut VmConfig, platform: &Platform) -> Result<
         console = Some((devices.len(), dev.input_handle(), output));
         devices.push(Box::new(dev));
     }
-    if devices.len() > platform.max_virtio as usize {
+    let (max, slots) = match (config.transport, &platform.pci) {
+        (Transport::Mmio, _) => (
+            platform.max_virtio,
+            (0..devices.len().min(platform.max_virtio as usize) as u32)
+                .map(platform.virtio_slot)
+                .collect(),
+        ),
+        // Device 0 is the host bridge.
+        (Transport::Pci, Some(_)) => (devices::pci::root::DEVICES as u32 - 1, Vec::new()),
+        (Transport::Pci, None) => return Err(Error::NoPci),
+    };
+    if devices.len() > max as usize {
         return Err(Error::TooManyDevices {
             count: devices.len(),
-            max: platform.max_virtio,
+            max,
         });
     }
-    let slots = (0..devices.len() as u32)
-        .map(platform.virtio_slot)
-        .collect();
     Ok(VirtioPlan {
         devices,
+        transport: config.transport,
         slots,
         taps,
         console,
@@ -208,9 +251,11 @@ fn insert(bus: &mut Bus, dev: Arc<Mutex<dyn BusDevice>>, base: u64, len: u64) ->
 /// Puts the serial port (and on a PC the i8042 and debug-exit port) on their bus and the
 /// virtio devices and MMIO console on the MMIO bus, where `platform` says, and collects the
 /// event-loop handlers. Takes the serial and MMIO-console outputs out of `config`.
-pub(crate) fn build<V: hypervisor::Vm>(
-    vm: &V,
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn build<V: hypervisor::Vm + 'static>(
+    vm: &Arc<V>,
     irq: &IrqSource,
+    msi: &MsiSource,
     mem: &GuestMemoryMmap,
     state: &Arc<VmState>,
     config: &mut VmConfig,
@@ -244,22 +289,37 @@ pub(crate) fn build<V: hypervisor::Vm>(
     let mut events = EventLoopBuilder::default();
     let VirtioPlan {
         devices,
+        transport,
         slots,
         taps,
         mut console,
     } = virtio;
+    let mut pci = platform
+        .pci
+        .as_ref()
+        .map(|p| -> Result<(PciRoot, &PciPlatform)> {
+            let mut root = PciRoot::new(p.windows);
+            root.add(0, Arc::new(Mutex::new(HostBridge::new())))?;
+            Ok((root, p))
+        })
+        .transpose()?;
     let mut virtio_console: Option<Arc<Mutex<dyn ConsoleInput>>> = None;
-    for (n, (device, slot)) in devices.into_iter().zip(&slots).enumerate() {
-        let transport = add_virtio(
-            vm,
-            irq,
-            mem,
-            &mut mmio,
-            &mut events,
-            device,
-            slot,
-            config.ioeventfd,
-        )?;
+    for (n, device) in devices.into_iter().enumerate() {
+        let transport: Arc<Mutex<dyn VirtioTransport>> = match (transport, &mut pci) {
+            (Transport::Pci, Some((root, p))) => {
+                add_virtio_pci(vm, irq, msi, mem, root, p, device, config.ioeventfd)?
+            }
+            _ => add_virtio_mmio(
+                &**vm,
+                irq,
+                mem,
+                &mut mmio,
+                device,
+                &slots[n],
+                config.ioeventfd,
+            )?,
+        };
+        serve_queues(&mut events, &transport)?;
         if let Some(&(_, fd)) = taps.iter().find(|(at, _)| *at == n) {
             let t = transport.clone();
             events.add(
@@ -294,6 +354,32 @@ pub(crate) fn build<V: hypervisor::Vm>(
             virtio_console = Some(Arc::new(Mutex::new(handle)));
         }
     }
+    if let Some((root, p)) = pci {
+        let root = root.into_shared();
+        let (io_base, io_size) = p.windows.io;
+        let (mmio_base, mmio_size) = p.windows.mmio;
+        let ports = Arc::new(Mutex::new(ConfigPorts(root.clone())));
+        insert(&mut pio, ports, p.config_port, CONFIG_PORTS_SIZE)?;
+        let io_window = BarWindow {
+            root: root.clone(),
+            io: true,
+            base: io_base,
+        };
+        insert(&mut pio, Arc::new(Mutex::new(io_window)), io_base, io_size)?;
+        let ecam = Arc::new(Mutex::new(Ecam(root.clone())));
+        insert(&mut mmio, ecam, p.ecam.0, p.ecam.1)?;
+        let mmio_window = BarWindow {
+            root,
+            io: false,
+            base: mmio_base,
+        };
+        insert(
+            &mut mmio,
+            Arc::new(Mutex::new(mmio_window)),
+            mmio_base,
+            mmio_size,
+        )?;
+    }
     let mut mmio_console: Option<Arc<Mutex<dyn ConsoleInput>>> = None;
     if let Some(out) = config.mmio_console.take() {
         let output = console_output(out, "mmio-console-out", config.seccomp)?;
@@ -318,38 +404,122 @@ pub(crate) fn build<V: hypervisor::Vm>(
     })
 }
 
-/// Puts a virtio device on the MMIO bus behind a virtio-mmio transport at `slot`, and routes
-/// its queue notifications to the event loop (through ioeventfd when the hypervisor has it and
-/// `ioeventfd` is set).
-#[allow(clippy::too_many_arguments)]
-fn add_virtio<V: hypervisor::Vm>(
+/// Puts a virtio device on the MMIO bus behind a virtio-mmio transport at `slot`, with its
+/// queue notifications bound to their events where the hypervisor can and `ioeventfd` is set.
+fn add_virtio_mmio<V: hypervisor::Vm>(
     vm: &V,
     irq: &IrqSource,
     mem: &GuestMemoryMmap,
     bus: &mut Bus,
-    events: &mut EventLoopBuilder,
     device: Box<dyn VirtioDevice>,
     slot: &VirtioMmioSlot,
     ioeventfd: bool,
-) -> Result<Arc<Mutex<MmioTransport>>> {
-    let os = |op| move |source| Error::Os { op, source };
-    let transport = MmioTransport::new(device, mem.clone(), irq(slot.gsi)?)
-        .map_err(os("create a virtio-mmio transport"))?;
-    let notify: Vec<_> = transport
-        .notify_events()
-        .iter()
-        .map(|e| e.try_clone())
-        .collect::<io::Result<_>>()
-        .map_err(os("dup a queue notify event"))?;
-    let transport = Arc::new(Mutex::new(transport));
-    insert(bus, transport.clone(), slot.base, slot.size)?;
-    for (index, evt) in notify.into_iter().enumerate() {
-        if ioeventfd {
-            match vm.register_mmio_notify(&evt, slot.base + REG_QUEUE_NOTIFY, index as u32) {
+) -> Result<Arc<Mutex<dyn VirtioTransport>>> {
+    let transport =
+        MmioTransport::new(device, mem.clone(), irq(slot.gsi)?).map_err(|source| Error::Os {
+            op: "create a virtio-mmio transport",
+            source,
+        })?;
+    if ioeventfd {
+        for (index, evt) in transport.notify_events().iter().enumerate() {
+            match vm.register_mmio_notify(evt, slot.base + REG_QUEUE_NOTIFY, index as u32) {
                 Ok(()) | Err(hypervisor::Error::Unsupported) => {}
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+    let transport = Arc::new(Mutex::new(transport));
+    insert(bus, transport.clone(), slot.base, slot.size)?;
+    Ok(transport)
+}
+
+/// Binds virtio-pci notify addresses with the hypervisor's ioeventfds. Holds the VM weakly:
+/// only vCPU threads move BARs, and they are joined before the VM goes.
+struct IoEventBinding<V>(Weak<V>);
+
+impl<V: hypervisor::Vm> NotifyBinding for IoEventBinding<V> {
+    fn bind(&self, evt: &Event, addr: u64) -> io::Result<()> {
+        match self.0.upgrade() {
+            Some(vm) => unsupported_is_fine(vm.register_mmio_notify_any(evt, addr)),
+            None => Ok(()),
+        }
+    }
+
+    fn unbind(&self, evt: &Event, addr: u64) -> io::Result<()> {
+        match self.0.upgrade() {
+            Some(vm) => unsupported_is_fine(vm.unregister_mmio_notify_any(evt, addr)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A hypervisor without ioeventfds leaves the write to trap: slower, not wrong.
+fn unsupported_is_fine(r: hypervisor::Result<()>) -> io::Result<()> {
+    match r {
+        Ok(()) | Err(hypervisor::Error::Unsupported) => Ok(()),
+        Err(e) => Err(io::Error::other(e)),
+    }
+}
+
+/// Puts a virtio device on the PCI bus as the next function, with its BAR assigned in the
+/// window, one MSI-X vector per queue plus one for configuration, and INTA routed as the
+/// platform says.
+#[allow(clippy::too_many_arguments)]
+fn add_virtio_pci<V: hypervisor::Vm + 'static>(
+    vm: &Arc<V>,
+    irq: &IrqSource,
+    msi: &MsiSource,
+    mem: &GuestMemoryMmap,
+    root: &mut PciRoot,
+    platform: &PciPlatform,
+    device: Box<dyn VirtioDevice>,
+    ioeventfd: bool,
+) -> Result<Arc<Mutex<dyn VirtioTransport>>> {
+    let n = root.free_device_number().ok_or(Error::TooManyDevices {
+        count: devices::pci::root::DEVICES,
+        max: devices::pci::root::DEVICES as u32 - 1,
+    })?;
+    let kind = BarKind::Memory64 {
+        prefetchable: false,
+    };
+    let bar_base = root.allocate_bar(kind, virtio_pci::BAR_SIZE)?;
+    let msi = (0..VirtioPciDevice::msix_vectors(device.as_ref()))
+        .map(|_| msi())
+        .collect::<Result<_>>()?;
+    let gsi = (platform.intx_gsi)(n, 0);
+    let notify_binding =
+        ioeventfd.then(|| Box::new(IoEventBinding(Arc::downgrade(vm))) as Box<dyn NotifyBinding>);
+    let wiring = PciWiring {
+        bar_base,
+        msi,
+        intx: irq(gsi)?,
+        intx_line: gsi as u8,
+        notify_binding,
+    };
+    let dev = VirtioPciDevice::new(device, mem.clone(), wiring).map_err(|source| Error::Os {
+        op: "create a virtio-pci function",
+        source,
+    })?;
+    let dev = Arc::new(Mutex::new(dev));
+    root.add(n, dev.clone())?;
+    Ok(dev)
+}
+
+/// Runs a device's queues on the event loop when their notify events fire.
+fn serve_queues(
+    events: &mut EventLoopBuilder,
+    transport: &Arc<Mutex<dyn VirtioTransport>>,
+) -> Result<()> {
+    let notify: Vec<Event> = lock(transport)
+        .notify_events()
+        .iter()
+        .map(|e| e.try_clone())
+        .collect::<io::Result<_>>()
+        .map_err(|source| Error::Os {
+            op: "dup a queue notify event",
+            source,
+        })?;
+    for (index, evt) in notify.into_iter().enumerate() {
         let t = transport.clone();
         events.add(
             evt.as_raw_fd(),
@@ -360,5 +530,5 @@ fn add_virtio<V: hypervisor::Vm>(
             }),
         );
     }
-    Ok(transport)
+    Ok(())
 }

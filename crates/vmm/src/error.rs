@@ -71,10 +71,14 @@ pub enum Error {
     SocketNet(#[from] devices::virtio::net::SocketNetError),
     #[error("MAC address {0} is used by two network devices")]
     DuplicateMac(String),
-    #[error("{count} virtio devices requested; at most {max} fit (one interrupt line each)")]
+    #[error("{count} virtio devices requested; at most {max} fit (one interrupt line or PCI device number each)")]
     TooManyDevices { count: usize, max: u32 },
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::Error),
+    #[error(transparent)]
+    Pci(#[from] devices::pci::root::PciError),
+    #[error("this platform has no PCI bus: use the mmio transport")]
+    NoPci,
     #[error("the VM was already started")]
     AlreadyStarted,
 }

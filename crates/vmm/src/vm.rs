@@ -60,7 +60,7 @@ pub(crate) fn check_cpus(cpus: u32, hypervisor_max: u32, platform_max: u32) -> R
 impl<V: hypervisor::Vm + 'static> Vm<V> {
     /// Puts a created VM together; no vCPU runs until [`Vm::start`].
     pub(crate) fn assemble(
-        vm: V,
+        vm: Arc<V>,
         mem: GuestMemoryMmap,
         state: Arc<VmState>,
         devices: Devices,
@@ -69,7 +69,7 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
         seccomp: SeccompMode,
     ) -> Self {
         Vm {
-            vm: Arc::new(vm),
+            vm,
             mem: Arc::new(mem),
             state,
             pio: Some(devices.pio),

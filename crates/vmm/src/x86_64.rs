@@ -13,7 +13,7 @@ use arch::x86_64::{cpuid, layout, regs};
 use devices::irqchip::{IoapicDevice, Irqchip, OwnedIrqchip};
 use devices::Bus;
 use hypervisor::x86_64::{CpuidEntry, Exception, X86Vcpu, X86Vm};
-use hypervisor::{Hypervisor, IrqLine, Vcpu, VcpuKicker};
+use hypervisor::{Hypervisor, IrqLine, MsiLine, Vcpu, VcpuKicker};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use self::boot::BootPlan;
@@ -36,8 +36,8 @@ impl<V: X86Vm + 'static> Vm<V> {
         check_cpus(config.cpus, hv.max_vcpus(), MAX_VCPUS)?;
         seccomp::check(config.seccomp)?;
         let mem = memory::allocate(config.memory)?;
-        let vm = hv.create_vm()?;
-        memory::register(&vm, &mem)?;
+        let vm = Arc::new(hv.create_vm()?);
+        memory::register(&*vm, &mem)?;
         // A hardware-reduced ACPI platform has no PIT (the FADT tells the guest so); a legacy
         // one gets KVM's. Measured here, an idle in-kernel PIT costs ~10% of PIO exit rate.
         // A hypervisor without an in-kernel irqchip (HVF) gets ours.
@@ -79,8 +79,22 @@ impl<V: X86Vm + 'static> Vm<V> {
                 None => Ok(vm.irq_line(gsi, irqfd)?),
             }
         };
-        let mut devices =
-            device_manager::build(&vm, &irq, &mem, &state, &mut config, virtio, &platform)?;
+        let msi = || -> Result<Box<dyn MsiLine>> {
+            match &chip {
+                Some(c) => Ok(c.msi_line()),
+                None => Ok(vm.msi_line(irqfd)?),
+            }
+        };
+        let mut devices = device_manager::build(
+            &vm,
+            &irq,
+            &msi,
+            &mem,
+            &state,
+            &mut config,
+            virtio,
+            &platform,
+        )?;
         if let Some(c) = &chip {
             let ioapic = Arc::new(std::sync::Mutex::new(IoapicDevice(Arc::clone(c))));
             devices

@@ -181,6 +181,12 @@ impl Lapic {
         }
     }
 
+    /// What lowest-priority arbitration compares: the processor priority, or `None` while
+    /// the APIC is software-disabled (it would drop the interrupt).
+    pub fn arbitration_priority(&self) -> Option<u32> {
+        self.software_enabled().then(|| self.ppr())
+    }
+
     /// The vector the CPU would take now, if any.
     pub fn pending(&self) -> Option<u8> {
         let v = self.irr.highest()?;

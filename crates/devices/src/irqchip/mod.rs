@@ -6,17 +6,19 @@
 //! in local APICs, and the vCPU whose APIC got one is kicked out of the guest so its thread can
 //! inject it (on KVM with `KVM_INTERRUPT` once the guest opens an interrupt window). A timer
 //! thread fires the APIC timers. vCPUs other than the boot one wait for INIT and STARTUP IPIs,
-//! as on hardware. No PIC or PIT: the platform is ACPI hardware-reduced, and the MP table
+//! as on hardware. Message-signalled interrupts (PCI MSI/MSI-X, decoded by [`msi`]) go
+//! straight to the APICs they name, as an IOAPIC redirection entry's do. No PIC or PIT: the platform is ACPI hardware-reduced, and the MP table
 //! routes every device line through the IOAPIC.
 
 pub mod ioapic;
 pub mod lapic;
+pub mod msi;
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hypervisor::{IrqLine, VcpuKicker};
+use hypervisor::{IrqLine, MsiLine, MsiMessage, VcpuKicker};
 
 use crate::lock;
 use ioapic::Ioapic;
@@ -184,6 +186,35 @@ impl Irqchip {
         self.wake(inner, &targets);
     }
 
+    /// An MSI/MSI-X vector of a device: [`Irqchip::deliver_msi`] with the message the guest
+    /// last programmed.
+    pub fn msi_line(self: &Arc<Self>) -> Box<dyn MsiLine> {
+        Box::new(ChipMsiLine {
+            chip: self.clone(),
+            message: Mutex::new(None),
+        })
+    }
+
+    /// Delivers a device's MSI write to the local APICs it names, as an edge (physical or
+    /// logical destination, 0xff for all; lowest priority to one of them). A message the
+    /// APICs cannot take is dropped, as the guest sent it.
+    pub fn deliver_msi(&self, message: MsiMessage) {
+        let m = match msi::decode(message) {
+            Ok(m) => m,
+            Err(e) => {
+                log::debug!("irqchip: MSI {message:x?} dropped: {e}");
+                return;
+            }
+        };
+        let mut inner = self.lock();
+        let targets = if m.one_target {
+            deliver_to_one(&mut inner, m.vector, m.dest)
+        } else {
+            deliver(&mut inner, m.vector, m.dest, false, 0)
+        };
+        self.wake(inner, &targets);
+    }
+
     /// vCPU `id` reads its local APIC at `offset`.
     pub fn read_lapic(&self, id: u32, offset: u64, data: &mut [u8]) {
         let now = self.now();
@@ -347,6 +378,23 @@ fn deliver(inner: &mut Inner, vector: u8, dest: Destination, level: bool, from: 
     targets
 }
 
+/// Lowest-priority delivery: latches `vector` in the one APIC `dest` names that has the lowest
+/// processor priority (the first of equals), skipping software-disabled ones.
+fn deliver_to_one(inner: &mut Inner, vector: u8, dest: Destination) -> Vec<usize> {
+    let chosen = inner
+        .lapics
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.matches(dest, 0))
+        .filter_map(|(i, a)| Some((a.arbitration_priority()?, i)))
+        .min();
+    let Some((_, i)) = chosen else {
+        return Vec::new();
+    };
+    inner.lapics[i].accept(vector, false);
+    vec![i]
+}
+
 fn set_power(inner: &mut Inner, dest: Destination, from: u8, f: impl Fn(&mut Power)) -> Vec<usize> {
     let mut targets = Vec::new();
     for (i, a) in inner.lapics.iter().enumerate() {
@@ -385,6 +433,27 @@ struct PinLine {
 impl IrqLine for PinLine {
     fn trigger(&self) -> std::io::Result<()> {
         self.chip.raise(self.pin);
+        Ok(())
+    }
+}
+
+/// A device's MSI vector: the message it delivers, once the guest programmed one.
+struct ChipMsiLine {
+    chip: Arc<Irqchip>,
+    message: Mutex<Option<MsiMessage>>,
+}
+
+impl MsiLine for ChipMsiLine {
+    fn set_message(&self, message: Option<MsiMessage>) -> std::io::Result<()> {
+        *lock(&self.message) = message;
+        Ok(())
+    }
+
+    fn trigger(&self) -> std::io::Result<()> {
+        let message = *lock(&self.message);
+        if let Some(m) = message {
+            self.chip.deliver_msi(m);
+        }
         Ok(())
     }
 }
@@ -459,6 +528,101 @@ mod tests {
         assert_eq!(chip.attached(), 0);
         chip.line(5).trigger().unwrap();
         assert_eq!(kicks.load(Ordering::SeqCst), before);
+    }
+
+    /// A chip with `n` enabled APICs, vCPU `i`'s kicks counted in the `i`th counter (all of
+    /// them running, so every delivery is a kick).
+    fn chip_with_kicks(n: u32) -> (OwnedIrqchip, Vec<Arc<AtomicUsize>>) {
+        let chip = Irqchip::start(n).unwrap();
+        let kicks: Vec<_> = (0..n).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+        for (id, k) in kicks.iter().enumerate() {
+            chip.attach(id as u32, Box::new(Count(k.clone())));
+            w(&chip, id as u32, lapic::REG_SVR, 0x1ff);
+        }
+        (chip, kicks)
+    }
+
+    /// The vector each vCPU would take now; each handles it at once (EOI).
+    fn taken(chip: &Irqchip, n: u32) -> Vec<Option<u8>> {
+        (0..n)
+            .map(|id| {
+                let v = chip.take_interrupt(id, || true).0;
+                if v.is_some() {
+                    w(chip, id, lapic::REG_EOI, 0);
+                }
+                v
+            })
+            .collect()
+    }
+
+    fn msi(dest: u8, flags: u64, data: u32) -> MsiMessage {
+        MsiMessage {
+            address: 0xfee0_0000 | u64::from(dest) << 12 | flags,
+            data,
+        }
+    }
+
+    #[test]
+    fn msis_reach_the_apics_they_name() {
+        let (chip, kicks) = chip_with_kicks(3);
+        // Physical: APIC 2 only, and it is kicked.
+        chip.deliver_msi(msi(2, 0, 0x41));
+        assert_eq!(kicks[2].load(Ordering::SeqCst), 1);
+        assert_eq!(taken(&chip, 3), [None, None, Some(0x41)]);
+        // Broadcast.
+        chip.deliver_msi(msi(0xff, 0, 0x42));
+        assert_eq!(taken(&chip, 3), [Some(0x42); 3]);
+        // Logical (flat): APICs 0 and 2 have logical IDs 1 and 4.
+        w(&chip, 0, lapic::REG_LDR, 1 << 24);
+        w(&chip, 2, lapic::REG_LDR, 4 << 24);
+        chip.deliver_msi(msi(0x05, 1 << 2, 0x43));
+        assert_eq!(taken(&chip, 3), [Some(0x43), None, Some(0x43)]);
+        // Lowest priority to the same group: one of them, the lower priority (APIC 2 while 0
+        // raises its TPR).
+        w(&chip, 0, lapic::REG_TPR, 0x20);
+        chip.deliver_msi(msi(0x05, 1 << 2, 0x144));
+        assert_eq!(taken(&chip, 3), [None, None, Some(0x44)]);
+        // ... and in physical mode to all: one of the three.
+        chip.deliver_msi(msi(0xff, 0, 0x145));
+        assert_eq!(taken(&chip, 3).iter().flatten().count(), 1);
+    }
+
+    #[test]
+    fn bad_or_disabled_msis_go_nowhere() {
+        let (chip, kicks) = chip_with_kicks(2);
+        let kicked = || {
+            kicks
+                .iter()
+                .map(|k| k.load(Ordering::SeqCst))
+                .sum::<usize>()
+        };
+        let ioapic_window = MsiMessage {
+            address: 0xfec0_0000,
+            data: 0x41,
+        };
+        for bad in [
+            msi(0, 0, 0x0e),  // reserved vector
+            msi(0, 0, 0x441), // NMI
+            ioapic_window,
+            msi(7, 0, 0x41), // no such APIC
+        ] {
+            chip.deliver_msi(bad);
+        }
+        assert_eq!(kicked(), 0);
+        assert_eq!(taken(&chip, 2), [None, None]);
+        // A software-disabled APIC takes nothing, and is not chosen for lowest priority.
+        w(&chip, 0, lapic::REG_SVR, 0xff);
+        chip.deliver_msi(msi(0xff, 0, 0x150));
+        assert_eq!(taken(&chip, 2), [None, Some(0x50)]);
+        // A line delivers only once it has a message, and not after it loses it.
+        let line = chip.msi_line();
+        line.trigger().unwrap();
+        line.set_message(Some(msi(1, 0, 0x51))).unwrap();
+        line.trigger().unwrap();
+        assert_eq!(taken(&chip, 2), [None, Some(0x51)]);
+        line.set_message(None).unwrap();
+        line.trigger().unwrap();
+        assert_eq!(taken(&chip, 2), [None, None]);
     }
 
     #[test]

@@ -1,18 +1,18 @@
 //! The virtio-mmio transport, version 2 (virtio 1.x, section 4.2): one 4 KiB window of
-//! registers per device, one interrupt line.
-//!
-//! Every value the guest writes is checked before it is used: accesses that are not aligned
-//! 32-bit register accesses are ignored, feature bits the device did not offer refuse
-//! FEATURES_OK, queue registers are only taken while the driver sets the device up, and
-//! DRIVER_OK with a queue whose rings fall outside guest memory sets NEEDS_RESET instead of
-//! activating the device.
+//! registers per device, one interrupt line. The negotiation itself is
+//! [`DeviceState`](super::state::DeviceState)'s; this maps registers onto it. Accesses that
+//! are not aligned 32-bit register accesses are ignored.
 
-use hypervisor::Event;
 use hypervisor::IrqLine;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use virtio_queue::QueueT;
+use vm_memory::GuestMemoryMmap;
 
-use super::{VirtioDevice, VIRTIO_F_VERSION_1};
+use super::state::{DeviceState, QueueField};
+pub use super::state::{
+    INT_CONFIG, INT_VRING, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FAILED,
+    STATUS_FEATURES_OK, STATUS_NEEDS_RESET,
+};
+use super::{VirtioDevice, VirtioTransport};
 use crate::BusDevice;
 
 pub const MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
@@ -45,31 +45,11 @@ pub const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
 pub const REG_CONFIG_GENERATION: u64 = 0x0fc;
 pub const REG_CONFIG: u64 = 0x100;
 
-// Device status bits.
-pub const STATUS_ACKNOWLEDGE: u32 = 1;
-pub const STATUS_DRIVER: u32 = 2;
-pub const STATUS_DRIVER_OK: u32 = 4;
-pub const STATUS_FEATURES_OK: u32 = 8;
-pub const STATUS_NEEDS_RESET: u32 = 0x40;
-pub const STATUS_FAILED: u32 = 0x80;
-
-/// InterruptStatus bits: a queue was used / the configuration changed.
-pub const INT_VRING: u32 = 1;
-pub const INT_CONFIG: u32 = 2;
-
 pub struct MmioTransport {
-    device: Box<dyn VirtioDevice>,
-    mem: GuestMemoryMmap,
-    queues: Vec<Queue>,
-    /// One per queue: written on QueueNotify (or directly by KVM's ioeventfd).
-    notify: Vec<Event>,
+    state: DeviceState,
     irq: Box<dyn IrqLine>,
-    status: u32,
     device_features_sel: u32,
     driver_features_sel: u32,
-    driver_features: u64,
-    queue_sel: u32,
-    interrupt_status: u32,
 }
 
 impl MmioTransport {
@@ -78,250 +58,96 @@ impl MmioTransport {
         mem: GuestMemoryMmap,
         irq: Box<dyn IrqLine>,
     ) -> std::io::Result<Self> {
-        let queues = device
-            .queue_max_sizes()
-            .iter()
-            .map(|&max| Queue::new(max).map_err(|e| std::io::Error::other(format!("{e:?}"))))
-            .collect::<std::io::Result<Vec<_>>>()?;
-        let notify = queues
-            .iter()
-            .map(|_| Event::new())
-            .collect::<std::io::Result<Vec<_>>>()?;
         Ok(MmioTransport {
-            device,
-            mem,
-            queues,
-            notify,
+            state: DeviceState::new(device, mem)?,
             irq,
-            status: 0,
             device_features_sel: 0,
             driver_features_sel: 0,
-            driver_features: 0,
-            queue_sel: 0,
-            interrupt_status: 0,
         })
     }
 
-    /// The queue-notify events, index = queue number, for the event loop and ioeventfd.
-    pub fn notify_events(&self) -> &[Event] {
-        &self.notify
-    }
-
     pub fn device_type(&self) -> u32 {
-        self.device.device_type()
+        self.state.device_type()
     }
 
     pub fn status(&self) -> u32 {
-        self.status
+        self.state.status()
     }
 
-    fn offered_features(&self) -> u64 {
-        self.device.features() | (1 << VIRTIO_F_VERSION_1)
-    }
-
-    fn active(&self) -> bool {
-        self.status & STATUS_DRIVER_OK != 0 && self.status & STATUS_NEEDS_RESET == 0
-    }
-
-    /// Runs the device on queue `index` (called from the event loop after its notify event fired)
-    /// and interrupts the driver if buffers were used.
-    pub fn process_queue(&mut self, index: usize) {
-        if !self.active() {
-            return;
-        }
-        let Some(queue) = self.queues.get_mut(index) else {
-            return;
-        };
-        if !queue.ready() {
-            return;
-        }
-        let pass = self.device.process_queue(index, queue, &self.mem);
-        // Without VIRTIO_RING_F_EVENT_IDX this is "unless the driver asked for no
-        // interrupts"; a ring that cannot be read counts as "interrupt".
-        if pass.used && queue.needs_notification(&self.mem).unwrap_or(true) {
-            self.raise(INT_VRING);
-        }
-        if pass.broken {
-            // Virtio 1.x 2.1.2: the device is in an error state the driver must reset.
-            self.status |= STATUS_NEEDS_RESET;
-            self.raise(INT_CONFIG);
-        } else if pass.more {
-            // Yield to the other queues and devices; this one runs again after them.
-            if let Some(evt) = self.notify.get(index) {
-                let _ = evt.signal();
+    /// One line for every cause; InterruptStatus says which.
+    fn deliver(&self, raised: u32) {
+        if raised != 0 {
+            if let Err(e) = self.irq.trigger() {
+                log::warn!("virtio interrupt failed: {e}");
             }
         }
-    }
-
-    /// Whether host input for queue `index` must wait for the guest: the driver is not ready,
-    /// or the device holds input that no posted buffer can take.
-    pub fn input_blocked(&self, index: usize) -> bool {
-        !self.active()
-            || !self.queues.get(index).is_some_and(|q| q.ready())
-            || self.device.input_blocked()
-    }
-
-    fn raise(&mut self, bit: u32) {
-        self.interrupt_status |= bit;
-        if let Err(e) = self.irq.trigger() {
-            log::warn!("virtio interrupt failed: {e}");
-        }
-    }
-
-    fn selected_queue(&mut self) -> Option<&mut Queue> {
-        self.queues.get_mut(self.queue_sel as usize)
-    }
-
-    /// Queue registers may change only while the driver sets the device up, and only for a
-    /// queue that is not live.
-    fn queue_config_allowed(&self) -> bool {
-        self.status & STATUS_FEATURES_OK != 0 && self.status & STATUS_DRIVER_OK == 0
-    }
-
-    fn reset(&mut self) {
-        self.status = 0;
-        self.device_features_sel = 0;
-        self.driver_features_sel = 0;
-        self.driver_features = 0;
-        self.queue_sel = 0;
-        self.interrupt_status = 0;
-        for q in &mut self.queues {
-            q.reset();
-        }
-        self.device.reset();
-    }
-
-    fn set_status(&mut self, value: u32) {
-        if value == 0 {
-            self.reset();
-            return;
-        }
-        // Bits are only ever added (the driver resets to clear them).
-        let added = value & !self.status;
-        let mut status = self.status | value;
-        if added & STATUS_FEATURES_OK != 0 {
-            let offered = self.offered_features();
-            let ok = self.status & STATUS_DRIVER != 0
-                && self.driver_features & !offered == 0
-                && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0;
-            if !ok {
-                status &= !STATUS_FEATURES_OK;
-            }
-        }
-        if added & STATUS_DRIVER_OK != 0 {
-            if status & STATUS_FEATURES_OK == 0 {
-                status &= !STATUS_DRIVER_OK;
-            } else if self
-                .queues
-                .iter()
-                .any(|q| q.ready() && !q.is_valid(&self.mem))
-            {
-                // A ready queue whose rings are not in guest memory: the driver must reset.
-                self.status = status | STATUS_NEEDS_RESET;
-                self.raise(INT_CONFIG);
-                return;
-            } else {
-                self.status = status;
-                self.device.activate(self.driver_features);
-                // Buffers may already be waiting.
-                for evt in &self.notify {
-                    let _ = evt.signal();
-                }
-                return;
-            }
-        }
-        self.status = status;
     }
 
     fn read_register(&self, offset: u64) -> u32 {
-        let queue = self.queues.get(self.queue_sel as usize);
+        let s = &self.state;
         match offset {
             REG_MAGIC => MAGIC_VALUE,
             REG_VERSION => VERSION,
-            REG_DEVICE_ID => self.device.device_type(),
+            REG_DEVICE_ID => s.device_type(),
             REG_VENDOR_ID => VENDOR_ID,
-            REG_DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.offered_features() as u32,
-                1 => (self.offered_features() >> 32) as u32,
-                _ => 0,
-            },
-            REG_QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
-            REG_QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
-            REG_INTERRUPT_STATUS => self.interrupt_status,
-            REG_STATUS => self.status,
-            REG_CONFIG_GENERATION => 0,
+            REG_DEVICE_FEATURES => s.device_features_word(self.device_features_sel),
+            REG_QUEUE_NUM_MAX => s.queue().map_or(0, |q| u32::from(q.max_size())),
+            REG_QUEUE_READY => s.read_queue(QueueField::Ready),
+            REG_INTERRUPT_STATUS => s.interrupt_status(),
+            REG_STATUS => s.status(),
             _ => 0,
         }
     }
 
     fn write_register(&mut self, offset: u64, value: u32) {
-        match offset {
-            REG_DEVICE_FEATURES_SEL => self.device_features_sel = value,
-            REG_DRIVER_FEATURES_SEL => self.driver_features_sel = value,
-            // Features are only taken between DRIVER and FEATURES_OK.
-            REG_DRIVER_FEATURES
-                if self.status & STATUS_DRIVER != 0 && self.status & STATUS_FEATURES_OK == 0 =>
-            {
-                let v = u64::from(value);
-                match self.driver_features_sel {
-                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | v,
-                    1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (v << 32),
-                    _ => {}
-                }
+        let field = match offset {
+            REG_QUEUE_NUM => QueueField::Size,
+            REG_QUEUE_READY => QueueField::Ready,
+            REG_QUEUE_DESC_LOW => QueueField::DescLow,
+            REG_QUEUE_DESC_HIGH => QueueField::DescHigh,
+            REG_QUEUE_DRIVER_LOW => QueueField::DriverLow,
+            REG_QUEUE_DRIVER_HIGH => QueueField::DriverHigh,
+            REG_QUEUE_DEVICE_LOW => QueueField::DeviceLow,
+            REG_QUEUE_DEVICE_HIGH => QueueField::DeviceHigh,
+            REG_DEVICE_FEATURES_SEL => return self.device_features_sel = value,
+            REG_DRIVER_FEATURES_SEL => return self.driver_features_sel = value,
+            REG_DRIVER_FEATURES => {
+                return self
+                    .state
+                    .write_driver_features(self.driver_features_sel, value)
             }
-            REG_QUEUE_SEL => self.queue_sel = value,
-            REG_QUEUE_NOTIFY => {
-                if let Some(evt) = self.notify.get(value as usize) {
-                    let _ = evt.signal();
+            REG_QUEUE_SEL => return self.state.select_queue(value),
+            REG_QUEUE_NOTIFY => return self.state.notify(value),
+            REG_INTERRUPT_ACK => return self.state.ack_interrupt(value),
+            REG_STATUS => {
+                if value == 0 {
+                    self.device_features_sel = 0;
+                    self.driver_features_sel = 0;
                 }
+                let raised = self.state.set_status(value);
+                return self.deliver(raised);
             }
-            REG_INTERRUPT_ACK => self.interrupt_status &= !value,
-            REG_STATUS => self.set_status(value),
-            REG_QUEUE_NUM
-            | REG_QUEUE_READY
-            | REG_QUEUE_DESC_LOW
-            | REG_QUEUE_DESC_HIGH
-            | REG_QUEUE_DRIVER_LOW
-            | REG_QUEUE_DRIVER_HIGH
-            | REG_QUEUE_DEVICE_LOW
-            | REG_QUEUE_DEVICE_HIGH => {
-                if !self.queue_config_allowed() {
-                    return;
-                }
-                let Some(q) = self.selected_queue() else {
-                    return;
-                };
-                if offset == REG_QUEUE_READY {
-                    q.set_ready(value == 1);
-                    return;
-                }
-                if q.ready() {
-                    return;
-                }
-                // The `try_` setters: a bad size or alignment is the guest's to fix (the queue
-                // then fails validation at DRIVER_OK), not something to log on its behalf.
-                let low = |old: u64| GuestAddress((old & !0xffff_ffff) | u64::from(value));
-                let high = |old: u64| GuestAddress((old & 0xffff_ffff) | u64::from(value) << 32);
-                let _ = match offset {
-                    REG_QUEUE_NUM => q.try_set_size(u16::try_from(value).unwrap_or(0)),
-                    REG_QUEUE_DESC_LOW => q.try_set_desc_table_address(low(q.desc_table())),
-                    REG_QUEUE_DESC_HIGH => q.try_set_desc_table_address(high(q.desc_table())),
-                    REG_QUEUE_DRIVER_LOW => q.try_set_avail_ring_address(low(q.avail_ring())),
-                    REG_QUEUE_DRIVER_HIGH => q.try_set_avail_ring_address(high(q.avail_ring())),
-                    REG_QUEUE_DEVICE_LOW => q.try_set_used_ring_address(low(q.used_ring())),
-                    REG_QUEUE_DEVICE_HIGH => q.try_set_used_ring_address(high(q.used_ring())),
-                    _ => Ok(()),
-                };
-            }
-            _ => {}
-        }
+            _ => return,
+        };
+        self.state.write_queue(field, value);
+    }
+}
+
+impl VirtioTransport for MmioTransport {
+    fn state(&self) -> &DeviceState {
+        &self.state
+    }
+
+    fn process_queue(&mut self, index: usize) {
+        let raised = self.state.process_queue(index);
+        self.deliver(raised);
     }
 }
 
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= REG_CONFIG {
-            self.device.read_config(offset - REG_CONFIG, data);
+            self.state.read_config(offset - REG_CONFIG, data);
             return;
         }
         data.fill(0);
@@ -332,10 +158,7 @@ impl BusDevice for MmioTransport {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= REG_CONFIG {
-            // Config writes are only meaningful while the driver owns the device.
-            if self.status & STATUS_DRIVER != 0 {
-                self.device.write_config(offset - REG_CONFIG, data);
-            }
+            self.state.write_config(offset - REG_CONFIG, data);
             return;
         }
         if let (Ok(bytes), true) = (<[u8; 4]>::try_from(data), offset.is_multiple_of(4)) {
@@ -347,9 +170,10 @@ impl BusDevice for MmioTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::Pass;
+    use crate::virtio::{Pass, VirtioTransport};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+    use virtio_queue::Queue;
     use vm_memory::GuestAddress;
 
     #[derive(Default)]

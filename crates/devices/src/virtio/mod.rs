@@ -1,16 +1,21 @@
-//! Virtio devices and their virtio-mmio (version 2) transport.
+//! Virtio devices and their transports: virtio-mmio (version 2) and virtio-pci (modern).
 //!
 //! A device implements [`VirtioDevice`]: its type, features, config space, and what to do when
-//! the driver makes buffers available on a queue. The [`mmio::MmioTransport`] owns the
-//! register state machine and the queues, and calls the device. Queue work runs on the VMM's
-//! event-loop thread, woken by one notify event per queue (a KVM ioeventfd where available, else
-//! written by the transport when the guest writes QueueNotify).
+//! the driver makes buffers available on a queue. [`state::DeviceState`] is what the driver
+//! negotiates with it (status, features, queues) whatever the transport; a transport
+//! ([`mmio::MmioTransport`], [`pci::VirtioPciDevice`]) lays registers over that state and
+//! delivers its interrupts. Queue work runs on the VMM's event-loop thread, woken by one
+//! notify event per queue (a KVM ioeventfd where available, else written by the transport
+//! when the guest notifies).
 
 pub mod block;
 pub mod console;
 pub mod mmio;
 pub mod net;
+pub mod pci;
+pub mod state;
 
+use hypervisor::Event;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
@@ -44,6 +49,23 @@ pub trait VirtioDevice: Send {
     /// can take yet, so its host source need not be watched until the guest posts buffers.
     fn input_blocked(&self) -> bool {
         false
+    }
+}
+
+/// A device behind its transport, as the event loop drives it.
+pub trait VirtioTransport: Send {
+    fn state(&self) -> &state::DeviceState;
+    /// Runs the device on queue `index` and interrupts the driver as the pass asks.
+    fn process_queue(&mut self, index: usize);
+
+    /// The queue-notify events, index = queue number.
+    fn notify_events(&self) -> &[Event] {
+        self.state().notify_events()
+    }
+
+    /// Whether host input for queue `index` must wait for the guest.
+    fn input_blocked(&self, index: usize) -> bool {
+        self.state().input_blocked(index)
     }
 }
 

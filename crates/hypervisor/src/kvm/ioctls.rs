@@ -8,6 +8,15 @@ use vmm_sys_util::{ioctl_io_nr, ioctl_iow_nr};
 
 ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 ioctl_iow_nr!(KVM_IRQ_LINE, KVMIO, 0x61, kvm_bindings::kvm_irq_level);
+ioctl_iow_nr!(KVM_SIGNAL_MSI, KVMIO, 0xa5, kvm_bindings::kvm_msi);
+ioctl_iow_nr!(
+    KVM_SET_GSI_ROUTING,
+    KVMIO,
+    0x6a,
+    kvm_bindings::kvm_irq_routing
+);
+ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_bindings::kvm_irqfd);
+ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_bindings::kvm_ioeventfd);
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -50,6 +59,24 @@ pub fn irq_line() -> u64 {
     KVM_IRQ_LINE()
 }
 
+/// KVM_SIGNAL_MSI on the VM: how an MSI line made without an eventfd raises its vector, from
+/// whichever thread triggers it (as [`irq_line`]).
+pub fn signal_msi() -> u64 {
+    KVM_SIGNAL_MSI()
+}
+
+/// What the guest's PCI programming asks of the VM once it runs, on the thread that handles
+/// the config-space or MSI-X table write (a vCPU): KVM_SET_GSI_ROUTING (an MSI-X vector gets
+/// a new message), KVM_IOEVENTFD (a BAR moved, its notify address with it) and KVM_IRQFD (an
+/// MSI line made or dropped after the start).
+pub fn msi_routing() -> Vec<(u64, &'static str)> {
+    vec![
+        (KVM_SET_GSI_ROUTING(), "KVM_SET_GSI_ROUTING"),
+        (KVM_IOEVENTFD(), "KVM_IOEVENTFD"),
+        (KVM_IRQFD(), "KVM_IRQFD"),
+    ]
+}
+
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
@@ -72,5 +99,8 @@ mod tests {
             ]
         );
         assert_eq!(irq_line(), 0x4008_ae61);
+        assert_eq!(signal_msi(), 0x4020_aea5);
+        let got: Vec<u64> = msi_routing().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(got, [0x4008_ae6a, 0x4040_ae79, 0x4020_ae76]);
     }
 }

@@ -5,6 +5,7 @@
 //! whose handler sets `immediate_exit` (so a kick that lands just before entry is not lost).
 
 pub mod ioctls;
+mod msi;
 mod vcpu;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
@@ -13,13 +14,14 @@ use std::fs::File;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::os::fd::{FromRawFd, RawFd};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::{Cap, IoEventAddress, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, NoDatamatch, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::{os_err, Error, HypervisorInfo, IrqLine, Result};
+use crate::{os_err, Error, HypervisorInfo, IrqLine, MsiLine, Result};
+use msi::{RoutedMsi, Routes, SignalledMsi};
 pub use vcpu::{kick_signal, KvmVcpu};
 
 pub const KVM_PATH: &str = "/dev/kvm";
@@ -82,6 +84,7 @@ const REQUIRED_CAPS: &[(Cap, &str)] = &[
 const REPORTED_CAPS: &[(Cap, &str)] = &[
     (Cap::Ioeventfd, "ioeventfd"),
     (Cap::IrqRouting, "irq-routing"),
+    (Cap::SignalMsi, "signal-msi"),
     #[cfg(target_arch = "x86_64")]
     (Cap::SetTssAddr, "set-tss-addr"),
     #[cfg(target_arch = "x86_64")]
@@ -130,6 +133,7 @@ impl crate::Hypervisor for Kvm {
         Ok(KvmVm {
             vm: ManuallyDrop::new(Arc::new(vm)),
             run_size,
+            routes: OnceLock::new(),
             #[cfg(target_arch = "x86_64")]
             cpuid: self
                 .kvm
@@ -159,6 +163,10 @@ pub struct KvmVm {
     vm: ManuallyDrop<Arc<VmFd>>,
     /// Size of each vCPU's `kvm_run` mapping.
     run_size: usize,
+    /// The GSI routing table, set by `create_irqchip`: `Some` once the in-kernel irqchip
+    /// exists, with `None` inside where KVM cannot route (no KVM_CAP_IRQ_ROUTING). Shared with
+    /// the MSI lines, which change it; it holds no descriptor.
+    routes: OnceLock<Option<Arc<Mutex<Routes>>>>,
     #[cfg(target_arch = "x86_64")]
     cpuid: kvm_bindings::CpuId,
 }
@@ -251,6 +259,13 @@ impl crate::Vm for KvmVm {
                 .create_pit2(pit)
                 .map_err(os_err("KVM_CREATE_PIT2"))?;
         }
+        // KVM installed its default routes; MSI lines add theirs to a copy of that table.
+        #[cfg(target_arch = "x86_64")]
+        {
+            let max = self.vm.check_extension_int(Cap::IrqRouting);
+            let routes = (max > 0).then(|| Arc::new(Mutex::new(Routes::x86_default(max as u32))));
+            let _ = self.routes.set(routes);
+        }
         Ok(())
     }
 
@@ -273,6 +288,36 @@ impl crate::Vm for KvmVm {
         self.vm
             .register_ioevent(evt.eventfd(), &IoEventAddress::Mmio(addr), value)
             .map_err(os_err("KVM_IOEVENTFD"))
+    }
+
+    /// Needs the in-kernel irqchip (x86 only so far); [`Error::Unsupported`] without, since
+    /// the VMM's own irqchip delivers MSIs then.
+    fn msi_line(&self, eventfd: bool) -> Result<Box<dyn MsiLine>> {
+        let Some(routes) = self.routes.get() else {
+            return Err(Error::Unsupported);
+        };
+        if !eventfd {
+            if !self.vm.check_extension(Cap::SignalMsi) {
+                return Err(Error::MissingCapability("KVM_CAP_SIGNAL_MSI"));
+            }
+            return Ok(Box::new(SignalledMsi::new(&self.vm)));
+        }
+        let routes = routes
+            .as_ref()
+            .ok_or(Error::MissingCapability("KVM_CAP_IRQ_ROUTING"))?;
+        Ok(Box::new(RoutedMsi::new(&self.vm, routes)?))
+    }
+
+    fn register_mmio_notify_any(&self, evt: &crate::Event, addr: u64) -> Result<()> {
+        self.vm
+            .register_ioevent(evt.eventfd(), &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(os_err("KVM_IOEVENTFD"))
+    }
+
+    fn unregister_mmio_notify_any(&self, evt: &crate::Event, addr: u64) -> Result<()> {
+        self.vm
+            .unregister_ioevent(evt.eventfd(), &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(os_err("KVM_IOEVENTFD (deassign)"))
     }
 
     fn create_vcpu(&self, id: u32) -> Result<KvmVcpu> {

@@ -159,6 +159,19 @@ impl<A: Api> crate::Vm for HvfVm<A> {
         Err(Error::Unsupported)
     }
 
+    /// None in the framework (the GIC's MSI frame is not used).
+    fn msi_line(&self, _eventfd: bool) -> Result<Box<dyn crate::MsiLine>> {
+        Err(Error::Unsupported)
+    }
+
+    fn register_mmio_notify_any(&self, _: &crate::Event, _: u64) -> Result<()> {
+        Err(Error::Unsupported)
+    }
+
+    fn unregister_mmio_notify_any(&self, _: &crate::Event, _: u64) -> Result<()> {
+        Err(Error::Unsupported)
+    }
+
     /// Creates vCPU `id` on the calling thread, which must be the one that runs it.
     fn create_vcpu(&self, id: u32) -> Result<HvfVcpu<A>> {
         if id as usize >= self.shared.lock().starts.len() {

@@ -148,6 +148,19 @@ impl<A: Api> crate::Vm for HvfX86Vm<A> {
         Err(Error::Unsupported)
     }
 
+    /// None in the framework (the VMM's own irqchip delivers MSIs).
+    fn msi_line(&self, _eventfd: bool) -> Result<Box<dyn crate::MsiLine>> {
+        Err(Error::Unsupported)
+    }
+
+    fn register_mmio_notify_any(&self, _: &crate::Event, _: u64) -> Result<()> {
+        Err(Error::Unsupported)
+    }
+
+    fn unregister_mmio_notify_any(&self, _: &crate::Event, _: u64) -> Result<()> {
+        Err(Error::Unsupported)
+    }
+
     /// Creates vCPU `id` on the calling thread, which must be the one that runs it, with the
     /// VMX controls the boot paths need (as far as the CPU allows them).
     fn create_vcpu(&self, id: u32) -> Result<HvfX86Vcpu<A>> {
