@@ -25,11 +25,11 @@ main:
 
     mov edi, 0x10421af4
     call pci_find_device
+    lea rbx, [rip + vp]
+    mov [rbx + VP_CFG], eax
     cmp eax, -1
     mov al, 10
     je 9f
-    lea rbx, [rip + vp]
-    mov [rbx + VP_CFG], eax
     call virtio_pci_probe
     test eax, eax
     mov al, 11

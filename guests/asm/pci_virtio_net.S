@@ -21,11 +21,11 @@ main:
     call irq_init
     mov edi, 0x10411af4
     call pci_find_device
+    lea rbx, [rip + vp]
+    mov [rbx + VP_CFG], eax
     cmp eax, -1
     mov al, 10
     je 9f
-    lea rbx, [rip + vp]
-    mov [rbx + VP_CFG], eax
     call virtio_pci_probe
     test eax, eax
     mov al, 11
@@ -92,6 +92,24 @@ main:
     jz 2b
     dec r13d
     jnz 2b
+    lea rsi, [rip + s_timeout]                      /* what the rings say */
+    call puts
+    movzx eax, word ptr [RINGRX + 0x1002]
+    call putdec
+    lea rsi, [rip + s_used]
+    call puts
+    movzx eax, word ptr [RINGRX + 0x2002]
+    call putdec
+    lea rsi, [rip + s_count]
+    call puts
+    mov eax, [rip + RX_IRQS]
+    call putdec
+    lea rsi, [rip + s_tx]
+    call puts
+    mov eax, [rip + TX_IRQS]
+    call putdec
+    lea rsi, [rip + nl]
+    call puts
     mov al, 16
     jmp 9f
 3:  cmp word ptr [RXBUF + HDR + 12], ETHERTYPE_LE
@@ -132,6 +150,8 @@ received: .asciz "received: "
 s_count:  .asciz "\r\nmsi-x interrupts: rx "
 s_tx:     .asciz ", tx "
 nl:       .asciz "\r\n"
+s_timeout: .asciz "no frame of ours: receive queue avail "
+s_used:   .asciz ", used "
 
     .section .bss
     .align 8
