@@ -3,7 +3,8 @@
  * window and checks the device answers at the new address and not at the old one, turns
  * memory decoding off and on in COMMAND, moves the BAR outside the window (where it must not
  * decode), and puts it back. Reads the common config's num_queues (1 for virtio-blk) to tell
- * whether the device answers. Exits 0 or the number of the failed check.
+ * whether the device answers; after the move it also completes a FLUSH notified at the new
+ * notify address. Exits 0 or the number of the failed check.
  */
 #include "common.S"
 #include "pci.S"
@@ -11,6 +12,9 @@
 #define DEV         PCI_DEV(1)
 #define MOVED       0xc0100000
 #define OUTSIDE     0xf0000000                      /* past ECAM, below the IOAPIC */
+#define RING0       0x40000
+#define HDR         0x60000
+#define STATUS      0x60100
 
 main:
     lea rbx, [rip + vp]
@@ -108,6 +112,30 @@ main:
     lea rsi, [rip + s_moved]
     call puts
 
+    /* A request there, notified at the new notify address, completes. */
+    mov rsi, RING0
+    mov edx, 1
+    xor r9d, r9d
+    call virtio_pci_init
+    test eax, 4
+    mov al, 28
+    jz fail
+    mov dword ptr [HDR], 4                          /* FLUSH */
+    DESC RING0, 0, HDR, 16, F_NEXT, 1
+    DESC RING0, 1, STATUS, 1, F_WRITE, 0
+    mov byte ptr [STATUS], 0xff
+    xor r8d, r8d
+    xor eax, eax
+    call vq_submit
+    test eax, eax
+    mov al, 29
+    jnz fail
+    cmp byte ptr [STATUS], 0
+    mov al, 30
+    jne fail
+    lea rsi, [rip + s_request]
+    call puts
+
     /* Memory space off in COMMAND: no decoding; back on: decoding again. */
     mov edi, DEV + PCI_COMMAND
     call pci_read16
@@ -167,6 +195,7 @@ fail:
 s_assigned: .asciz "bar0 assigned "
 s_sized:    .asciz "bar0/bar1 sized "
 s_moved:    .asciz "moved to c0100000: answers there, all-ones at the old address\r\n"
+s_request:  .asciz "a request notified at the new address completes\r\n"
 s_command:  .asciz "memory space off: all-ones; on: answers again\r\n"
 s_outside:  .asciz "outside the window: not decoded\r\n"
 s_ok:       .asciz "pci bar ok\r\n"
