@@ -12,7 +12,7 @@
 //! would after a notification.
 
 use devices::virtio::mmio::*;
-use devices::virtio::VirtioDevice;
+use devices::virtio::{VirtioDevice, VirtioTransport};
 use devices::BusDevice;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 

@@ -119,11 +119,26 @@ fn ioctl_rules(kind: ThreadKind) -> Result<Vec<SeccompRule>, BackendError> {
                 rules.push(request(n)?);
             }
             rules.push(request(ioctls::irq_line())?);
+            rules.push(request(ioctls::signal_msi())?);
         }
         // Interrupts without irqfd: the device thread for virtio, the input thread for the
         // console devices it feeds.
-        ThreadKind::Devices | ThreadKind::ConsoleInput => rules.push(request(ioctls::irq_line())?),
+        ThreadKind::Devices | ThreadKind::ConsoleInput => {
+            rules.push(request(ioctls::irq_line())?);
+            rules.push(request(ioctls::signal_msi())?);
+        }
         _ => {}
+    }
+    // PCI programming once the guest runs: a vCPU moves a BAR (its notify ioeventfds) or
+    // unmasks an MSI-X vector, the device thread sends a vector with a new message, and the
+    // owner drops the MSI lines (their irqfds and routes) when the VM goes.
+    if matches!(
+        kind,
+        ThreadKind::Vcpu | ThreadKind::Devices | ThreadKind::Main
+    ) {
+        for (n, _) in ioctls::msi_routing() {
+            rules.push(request(n)?);
+        }
     }
     // The CLI's panic hook and its exit path put the terminal (stdin) back as it was;
     // `tcsetattr` reads it back to check.
