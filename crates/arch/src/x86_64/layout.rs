@@ -85,16 +85,6 @@ pub const HIGH_RAM_START: u64 = 4 * GIB;
 /// COM1, the 16550A serial port: eight ports and ISA IRQ 4.
 pub const COM1_PORT: u64 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
-/// PCI configuration mechanism #1: the address register (0xcf8) and data window (0xcfc).
-pub const PCI_CONFIG_PORT: u64 = 0xcf8;
-/// The host bridge's I/O window for I/O BARs.
-pub const PCI_IO_START: u64 = 0x1000;
-pub const PCI_IO_SIZE: u64 = 0xf000;
-/// PCI INTx: pin `pin` (0 = INTA) of device `slot` is routed to IOAPIC GSI 20-23.
-pub const PCI_INTX_GSI_BASE: u32 = 20;
-pub const fn pci_intx_gsi(slot: u8, pin: u8) -> u32 {
-    PCI_INTX_GSI_BASE + ((slot as u32 + pin as u32) % 4)
-}
 /// The ACPI sleep control, sleep status and reset registers (one byte each) of the FADT.
 pub const ACPI_PM_PORT: u64 = 0x600;
 /// PCI configuration mechanism #1: the address register at 0xcf8, data at 0xcfc-0xcff.
