@@ -279,6 +279,8 @@ fn serve_network(
 struct Machine {
     acpi: bool,
     irqchip: &'static str,
+    /// `--transport`: mmio or pci.
+    transport: &'static str,
 }
 
 struct Boot {
@@ -341,6 +343,10 @@ fn boot(m: Machine) -> Option<Boot> {
         .arg(&kernel)
         .args(["--cpus", &CPUS.to_string(), "--memory", "128M"])
         .args(["--irqchip", m.irqchip])
+        .args(["--transport", m.transport])
+        // MSI-X being switched on is logged at debug level: the proof that PCI devices
+        // interrupt through it rather than INTx.
+        .env("RUST_LOG", "warn,virtio_queue=off,devices::pci::msix=debug")
         .args(["--cmdline", &cmdline])
         .arg("--disk")
         .arg(&image)
@@ -487,6 +493,10 @@ fn check(m: Machine) {
         );
     }
 
+    if m.transport == "pci" {
+        check_pci(m, serial, &b.stderr);
+    }
+
     // Block: the root file system went through virtio-blk both ways.
     assert!(
         serial.contains("virtio_blk virtio0: [vda]"),
@@ -579,12 +589,57 @@ fn check(m: Machine) {
     let _ = std::fs::remove_dir_all(&b.dir);
 }
 
+/// PCI: the kernel finds the bus through ACPI (MCFG, PCI0) or the MP table, uses ECAM, lists
+/// the host bridge and each virtio-pci function with the BAR vibe-vmm assigned, complains about
+/// no resource, and the functions switch MSI-X on.
+fn check_pci(m: Machine, serial: &str, stderr: &str) {
+    let mut want = vec![
+        "PCI host bridge to bus 0000:00",
+        "pci 0000:00:00.0: [8086:0d57] type 00 class 0x060000",
+        "pci 0000:00:01.0: [1af4:1042] type 00 class 0x018000",
+        "pci 0000:00:01.0: BAR 0 [mem 0xc0000000-0xc0007fff 64bit]",
+        "pci 0000:00:02.0: [1af4:1041] type 00 class 0x020000",
+        "pci 0000:00:02.0: BAR 0 [mem 0xc0008000-0xc000ffff 64bit]",
+        "pci 0000:00:03.0: [1af4:1043] type 00 class 0x078000",
+        "pci 0000:00:03.0: BAR 0 [mem 0xc0010000-0xc0017fff 64bit]",
+    ];
+    if m.acpi {
+        want.extend([
+            "PCI: MMCONFIG for domain 0000 [bus 00-00] at [mem 0xe0000000-0xe00fffff]",
+            "PCI: MMCONFIG at [mem 0xe0000000-0xe00fffff] reserved in E820",
+            "ACPI: PCI Root Bridge [PCI0] (domain 0000 [bus 00])",
+            "pci_bus 0000:00: root bus resource [mem 0xc0000000-0xcfffffff window]",
+        ]);
+    }
+    for line in want {
+        assert!(serial.contains(line), "{m:?}: no {line:?} on the console");
+    }
+    for bad in [
+        "conflict",
+        "can't claim",
+        "no compatible bridge window",
+        "not reserved",
+        "Fatal",
+        "can't find IRQ",
+    ] {
+        let found: Vec<&str> = serial.lines().filter(|l| l.contains(bad)).collect();
+        assert!(found.is_empty(), "{m:?}: the kernel complained: {found:?}");
+    }
+    // One per function: blk, net, console.
+    let enabled = stderr.matches("MSI-X enabled").count();
+    assert!(
+        enabled >= 3,
+        "{m:?}: MSI-X enabled {enabled} times: {stderr}"
+    );
+}
+
 #[test]
 #[ignore = "slow tier: boots a real Linux kernel; see the module comment"]
 fn linux_drives_every_device_with_acpi_on_kvm_irqchip() {
     check(Machine {
         acpi: true,
         irqchip: "kernel",
+        transport: "mmio",
     });
 }
 
@@ -594,6 +649,7 @@ fn linux_drives_every_device_with_acpi_on_userspace_irqchip() {
     check(Machine {
         acpi: true,
         irqchip: "userspace",
+        transport: "mmio",
     });
 }
 
@@ -603,6 +659,27 @@ fn linux_drives_every_device_without_acpi_on_kvm_irqchip() {
     check(Machine {
         acpi: false,
         irqchip: "kernel",
+        transport: "mmio",
+    });
+}
+
+#[test]
+#[ignore = "slow tier: boots a real Linux kernel; see the module comment"]
+fn linux_drives_every_device_over_pci_on_kvm_irqchip() {
+    check(Machine {
+        acpi: true,
+        irqchip: "kernel",
+        transport: "pci",
+    });
+}
+
+#[test]
+#[ignore = "slow tier: boots a real Linux kernel; see the module comment"]
+fn linux_drives_every_device_over_pci_on_userspace_irqchip() {
+    check(Machine {
+        acpi: true,
+        irqchip: "userspace",
+        transport: "pci",
     });
 }
 
@@ -623,6 +700,7 @@ fn linux_drives_every_device_without_acpi_on_userspace_irqchip() {
     check(Machine {
         acpi: false,
         irqchip: "userspace",
+        transport: "mmio",
     });
 }
 

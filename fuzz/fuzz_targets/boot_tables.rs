@@ -1,13 +1,14 @@
 //! The x86 boot tables for odd machine configurations: any vCPU count, any RAM size the VMM
 //! accepts, any number of virtio-mmio slots (with any window and GSI in the DSDT). Checks the
 //! builders refuse what they cannot describe and otherwise produce tables a kernel accepts:
-//! every checksum and length right, the pointers leading to the tables, all of it inside the
-//! BIOS area it is written to, and an e820 map that is sorted and lists all RAM.
+//! every checksum and length right, the pointers leading to the tables (the FADT's DSDT and
+//! the PCI host bridge's MCFG among them), all of it inside the BIOS area it is written to,
+//! and an e820 map that is sorted, lists all RAM and reserves the PCIe ECAM window.
 #![no_main]
 
 use std::sync::OnceLock;
 
-use arch::x86_64::boot::{self, BootInfo, E820_RAM};
+use arch::x86_64::boot::{self, BootInfo, E820_RAM, E820_RESERVED};
 use arch::x86_64::layout::{self, MAX_VIRTIO_DEVICES, MIN_RAM};
 use arch::x86_64::{acpi, mptable};
 use arch::VirtioMmioSlot;
@@ -96,13 +97,23 @@ fuzz_target!(|data: &[u8]| {
             }
             let find = |a: u64| tables.iter().find(|(at, _)| *at == a).map(|(_, t)| t);
             let xsdt = find(u64::from_le_bytes(le(rsdp, 24))).expect("RSDP -> XSDT");
+            let mut mcfg = false;
             for e in xsdt[36..].chunks_exact(8) {
                 let t = find(u64::from_le_bytes(le(e, 0))).expect("XSDT entry -> table");
                 if &t[..4] == b"FACP" {
                     let dsdt = find(u64::from_le_bytes(le(t, 140))).expect("FADT -> DSDT");
                     assert_eq!(&dsdt[..4], b"DSDT");
                 }
+                if &t[..4] == b"MCFG" {
+                    // One ECAM allocation, inside the window e820 reserves.
+                    assert_eq!(t.len(), 60);
+                    assert_eq!(u64::from_le_bytes(le(t, 44)), layout::PCIE_ECAM_START);
+                    let buses = u64::from(t[55]) + 1 - u64::from(t[54]);
+                    assert!(buses * layout::PCIE_ECAM_BUS_SIZE <= layout::PCIE_ECAM_SIZE);
+                    mcfg = true;
+                }
             }
+            assert!(mcfg, "no MCFG in the XSDT");
             // What the VMM can configure must fit below the MP table.
             if standard {
                 assert!(end <= layout::MPTABLE_START, "ACPI tables end at {end:#x}");
@@ -120,6 +131,9 @@ fuzz_target!(|data: &[u8]| {
         .map(|e| e.size)
         .sum();
     assert_eq!(usable, ram - (layout::HIMEM_START - layout::EBDA_START));
+    assert!(map.iter().any(|e| e.kind == E820_RESERVED
+        && e.addr == layout::PCIE_ECAM_START
+        && e.size == layout::PCIE_ECAM_SIZE));
     let info = BootInfo {
         ram_size: ram,
         cmdline_len: usize::from(data[12]),

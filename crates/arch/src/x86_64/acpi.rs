@@ -1,4 +1,4 @@
-//! ACPI tables, built with `acpi_tables`: RSDP -> XSDT -> FADT (-> DSDT) and MADT.
+//! ACPI tables, built with `acpi_tables`: RSDP -> XSDT -> FADT (-> DSDT), MADT and MCFG.
 //!
 //! A stock distro kernel (Debian's cloud kernel has no MP-table parser) learns its CPUs and
 //! IOAPIC only from the MADT. The platform is "hardware-reduced" ACPI: no PM timer, no SCI, no
@@ -10,6 +10,12 @@
 //! otherwise), the virtio-mmio devices, and the `_S5_` sleep type that, written with SLP_EN
 //! to the FADT's sleep control register, powers the machine off. The i8042 is not described:
 //! it has no keyboard behind it, only the reset line, which Linux pulses without a driver.
+//!
+//! The PCI host bridge is always there: `\_SB_.PCI0` (`PNP0A08`, PCI Express root, segment 0,
+//! bus 0) with its windows (configuration ports 0xcf8-0xcff, I/O 0x1000-0xffff, memory
+//! `layout::PCI_MMIO_START`) and a `_PRT` routing every slot's INTA-INTD to GSIs 20-23; the
+//! MCFG table gives the ECAM address of bus 0, and `\_SB_.MBRD` (`PNP0C02`) reserves the ECAM
+//! window as a motherboard resource, which is where Linux checks for it.
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
@@ -22,8 +28,12 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::{aml, Aml};
 use vm_memory::GuestMemoryMmap;
 
+use acpi_tables::mcfg::MCFG;
+
 use super::layout::{
-    VirtioMmioSlot, ACPI_PM_PORT, ACPI_START, APIC_START, COM1_IRQ, COM1_PORT, IOAPIC_START,
+    self, VirtioMmioSlot, ACPI_PM_PORT, ACPI_START, APIC_START, COM1_IRQ, COM1_PORT, IOAPIC_START,
+    PCIE_ECAM_SIZE, PCIE_ECAM_START, PCI_BUS_COUNT, PCI_CONFIG_PORT, PCI_CONFIG_PORT_SIZE,
+    PCI_INTX_PINS, PCI_IO_SIZE, PCI_IO_START, PCI_MMIO_SIZE, PCI_MMIO_START,
 };
 use super::mptable::MAX_CPUS;
 use super::{write_bytes, Error, Result};
@@ -32,15 +42,14 @@ const OEM_ID: [u8; 6] = *b"VIBEVM";
 const OEM_TABLE_ID: [u8; 8] = *b"VIBEVMM ";
 const OEM_REVISION: u32 = 1;
 /// IAPC_BOOT_ARCH: ISA-style devices present (COM1), no 8042 described (see the module
-/// comment), no VGA, no MSI (no PCI yet), ASPM not to be touched, no CMOS RTC.
+/// comment), no VGA, ASPM not to be touched, no CMOS RTC. MSI is supported: the bit that says
+/// otherwise (bit 3) would make Linux turn MSI and MSI-X off for every PCI device.
 const IAPC_LEGACY_DEVICES: u16 = 1 << 0;
 const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
-const IAPC_MSI_NOT_PRESENT: u16 = 1 << 3;
 const IAPC_PCIE_ASPM_CONTROLS: u16 = 1 << 4;
 const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
 pub const IAPC_BOOT_ARCH: u16 = IAPC_LEGACY_DEVICES
     | IAPC_VGA_NOT_PRESENT
-    | IAPC_MSI_NOT_PRESENT
     | IAPC_PCIE_ASPM_CONTROLS
     | IAPC_CMOS_RTC_NOT_PRESENT;
 
@@ -58,13 +67,115 @@ fn bytes(table: &dyn Aml) -> Vec<u8> {
     v
 }
 
+/// AML already encoded, to be placed among other objects.
+struct Encoded(Vec<u8>);
+
+impl Aml for Encoded {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        sink.vec(&self.0);
+    }
+}
+
+/// PCI slots the `_PRT` routes (slot 0, the host bridge, has no INTx pin; listing it is
+/// harmless).
+const PCI_SLOTS: u8 = 32;
+
+/// `PCI0`: the host bridge of segment 0. `_CRS` gives the buses behind it, the configuration
+/// ports it decodes, and the I/O and memory windows it forwards (where the guest assigns BARs);
+/// `_PRT` maps INTA-INTD of each slot straight to an IOAPIC GSI ([`layout::pci_intx_gsi`]),
+/// which Linux then programs level-triggered, active-low.
+fn pci_host_bridge() -> Encoded {
+    let hid = aml::EISAName::new("PNP0A08");
+    let cid = aml::EISAName::new("PNP0A03");
+    let buses = aml::AddressSpace::new_bus_number(0u16, u16::from(PCI_BUS_COUNT) - 1);
+    let config = aml::IO::new(
+        PCI_CONFIG_PORT as u16,
+        PCI_CONFIG_PORT as u16,
+        1,
+        PCI_CONFIG_PORT_SIZE as u8,
+    );
+    let io = aml::AddressSpace::new_io(
+        PCI_IO_START as u16,
+        (PCI_IO_START + PCI_IO_SIZE - 1) as u16,
+        None,
+    );
+    let mem = aml::AddressSpace::new_memory(
+        aml::AddressSpaceCacheable::NotCacheable,
+        true,
+        PCI_MMIO_START as u32,
+        (PCI_MMIO_START + PCI_MMIO_SIZE - 1) as u32,
+        None,
+    );
+    let crs = aml::ResourceTemplate::new(vec![&buses, &config, &io, &mem]);
+
+    // Package { address (slot << 16 | 0xffff: any function), pin, source 0 (a GSI), GSI }.
+    let routes: Vec<(u32, u8, u32)> = (0..PCI_SLOTS)
+        .flat_map(|slot| {
+            (0..PCI_INTX_PINS as u8).map(move |pin| {
+                (
+                    u32::from(slot) << 16 | 0xffff,
+                    pin,
+                    layout::pci_intx_gsi(slot, pin),
+                )
+            })
+        })
+        .collect();
+    let entries: Vec<aml::Package> = routes
+        .iter()
+        .map(|(addr, pin, gsi)| aml::Package::new(vec![addr, pin, &aml::ZERO, gsi]))
+        .collect();
+    let prt = aml::Package::new(entries.iter().map(|p| p as &dyn Aml).collect());
+
+    let fields = [
+        aml::Name::new("_HID".into(), &hid),
+        aml::Name::new("_CID".into(), &cid),
+        aml::Name::new("_ADR".into(), &aml::ZERO),
+        aml::Name::new("_SEG".into(), &aml::ZERO),
+        aml::Name::new("_UID".into(), &aml::ZERO),
+        aml::Name::new("_BBN".into(), &aml::ZERO),
+        aml::Name::new("_CRS".into(), &crs),
+        aml::Name::new("_PRT".into(), &prt),
+    ];
+    let dev = aml::Device::new(
+        "PCI0".into(),
+        fields.iter().map(|x| x as &dyn Aml).collect(),
+    );
+    Encoded(bytes(&dev))
+}
+
+/// `MBRD`: motherboard resources (`PNP0C02`), the whole ECAM window. Linux uses the MCFG's
+/// ECAM only if it lies in such a resource (else it says so and falls back to e820).
+fn motherboard_resources() -> Encoded {
+    let hid = aml::EISAName::new("PNP0C02");
+    let ecam = aml::Memory32Fixed::new(true, PCIE_ECAM_START as u32, PCIE_ECAM_SIZE as u32);
+    let crs = aml::ResourceTemplate::new(vec![&ecam]);
+    let fields = [
+        aml::Name::new("_HID".into(), &hid),
+        aml::Name::new("_UID".into(), &aml::ZERO),
+        aml::Name::new("_CRS".into(), &crs),
+    ];
+    let dev = aml::Device::new(
+        "MBRD".into(),
+        fields.iter().map(|x| x as &dyn Aml).collect(),
+    );
+    Encoded(bytes(&dev))
+}
+
+/// The MCFG: one ECAM allocation, segment 0, for the buses behind the host bridge.
+pub fn mcfg() -> Vec<u8> {
+    let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    mcfg.add_ecam(PCIE_ECAM_START, 0, 0, PCI_BUS_COUNT - 1);
+    bytes(&mcfg)
+}
+
 /// One byte-wide register in I/O space, as the FADT points at it.
 fn io_register(port: u64) -> GAS {
     GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, port)
 }
 
-/// The DSDT: `_S5_`; COM1; one `LNRO0005` (virtio-mmio) device per slot, with its window and
-/// interrupt, the way a stock kernel without command-line virtio devices finds them.
+/// The DSDT: `_S5_`; COM1; the PCI host bridge and the motherboard resource that reserves its
+/// ECAM window; one `LNRO0005` (virtio-mmio) device per slot, with its window and interrupt,
+/// the way a stock kernel without command-line virtio devices finds them.
 pub fn dsdt(virtio: &[VirtioMmioSlot]) -> Vec<u8> {
     // SLP_TYP for the sleep control register; the second value (SLP_TYPb) is unused there.
     let s5 = aml::Package::new(vec![&S5_SLEEP_TYPE, &0u8]);
@@ -118,7 +229,9 @@ pub fn dsdt(virtio: &[VirtioMmioSlot]) -> Vec<u8> {
             aml::Device::new(p.as_str().into(), n.iter().map(|x| x as &dyn Aml).collect())
         })
         .collect();
-    let mut children: Vec<&dyn Aml> = vec![&com1];
+    let pci0 = pci_host_bridge();
+    let mbrd = motherboard_resources();
+    let mut children: Vec<&dyn Aml> = vec![&com1, &pci0, &mbrd];
     children.extend(devices.iter().map(|d| d as &dyn Aml));
     let scope = aml::Scope::new("\\_SB_".into(), children);
     let mut table = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
@@ -177,10 +290,12 @@ pub fn build(num_cpus: u32, virtio: &[VirtioMmioSlot]) -> Result<Vec<(u64, Vec<u
     // The IOAPIC's ID follows the last CPU's, as in the MP table.
     madt.add_structure(IoApic::new(num_cpus as u8, IOAPIC_START as u32, 0));
     let madt_addr = place(bytes(&madt), &mut tables);
+    let mcfg_addr = place(mcfg(), &mut tables);
 
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
+    xsdt.add_entry(mcfg_addr);
     let xsdt_addr = place(bytes(&xsdt), &mut tables);
 
     tables.insert(0, (ACPI_START, bytes(&Rsdp::new(OEM_ID, xsdt_addr))));
@@ -234,7 +349,10 @@ mod tests {
                 let addr = u64::from_le_bytes(xsdt[36 + i * 8..44 + i * 8].try_into().unwrap());
                 sigs.push(find(addr)[..4].to_vec());
             }
-            assert_eq!(sigs, vec![b"FACP".to_vec(), b"APIC".to_vec()]);
+            assert_eq!(
+                sigs,
+                vec![b"FACP".to_vec(), b"APIC".to_vec(), b"MCFG".to_vec()]
+            );
             // MADT: header (44 bytes), one 8-byte local APIC entry per CPU, one IOAPIC entry.
             let madt = find(t.iter().find(|(_, d)| &d[..4] == b"APIC").unwrap().0);
             assert_eq!(madt.len(), 44 + 8 * cpus as usize + 12);
@@ -242,10 +360,39 @@ mod tests {
             let dsdt = find(t.iter().find(|(_, d)| &d[..4] == b"DSDT").unwrap().0);
             let hids = dsdt.windows(8).filter(|w| w == b"LNRO0005").count();
             assert_eq!(hids, 3);
+            for name in [b"PCI0", b"_PRT", b"MBRD"] {
+                assert!(
+                    dsdt.windows(4).any(|w| w == name),
+                    "{name:?} not in the DSDT"
+                );
+            }
+            let mcfg = find(t.iter().find(|(_, d)| &d[..4] == b"MCFG").unwrap().0);
+            assert_eq!(mcfg, &super::mcfg());
             // All of it stays below the MP table.
             let (last, data) = t.last().unwrap();
             assert!(last + data.len() as u64 <= MPTABLE_START);
         }
+    }
+
+    /// MCFG: header, 8 reserved bytes, one 16-byte allocation for segment 0, bus 0.
+    #[test]
+    fn mcfg_describes_bus_0_of_segment_0() {
+        let m = mcfg();
+        assert_eq!(&m[..4], b"MCFG");
+        assert_eq!(le32(&m, 4) as usize, m.len());
+        assert_eq!(m.len(), 36 + 8 + 16);
+        assert_eq!(sum(&m), 0);
+        assert_eq!(m[36..44], [0; 8]);
+        assert_eq!(
+            u64::from_le_bytes(m[44..52].try_into().unwrap()),
+            layout::PCIE_ECAM_START
+        );
+        assert_eq!(m[52..56], [0, 0, 0, 0]); // segment 0, buses 0..=0
+        assert_eq!(m[56..60], [0; 4]);
+        // The buses described fit in the reserved ECAM window.
+        let end = layout::PCIE_ECAM_START
+            + (u64::from(m[55]) + 1 - u64::from(m[54])) * layout::PCIE_ECAM_BUS_SIZE;
+        assert!(end <= layout::PCIE_ECAM_START + layout::PCIE_ECAM_SIZE);
     }
 }
 
@@ -325,6 +472,105 @@ mod iasl {
         );
     }
 
+    /// `\_SB_.PCI0` decompiles to a PCI Express host bridge for segment 0, bus 0, with its
+    /// windows and one `_PRT` entry per slot and pin; `\_SB_.MBRD` reserves the ECAM window.
+    #[test]
+    fn iasl_decompiles_the_pci_host_bridge() {
+        use crate::x86_64::layout::pci_intx_gsi;
+        let Some(dsl) = decompile("dsdt-pci", &super::dsdt(&[])) else {
+            return;
+        };
+        let pci0 = &dsl[dsl.find("Device (PCI0)").expect("PCI0 in the DSDT")..];
+        let pci0 = &pci0[..pci0.find("Device (MBRD)").expect("MBRD after PCI0")];
+        for line in [
+            "Name (_HID, EisaId (\"PNP0A08\")",
+            "Name (_CID, EisaId (\"PNP0A03\")",
+            "Name (_ADR, Zero)",
+            "Name (_SEG, Zero)",
+            "Name (_UID, Zero)",
+            "Name (_BBN, Zero)",
+        ] {
+            assert!(pci0.contains(line), "{line} missing in {pci0}");
+        }
+        // _CRS: bus 0 only, the configuration ports, the I/O and memory windows.
+        let range = |what: &str, min: &str, max: &str| {
+            let at = pci0
+                .find(what)
+                .unwrap_or_else(|| panic!("no {what} in {pci0}"));
+            let body: Vec<&str> = pci0[at..].lines().take(4).collect();
+            assert!(body[2].contains(&format!("{min},")), "{what}: {body:?}");
+            assert!(body[3].contains(&format!("{max},")), "{what}: {body:?}");
+        };
+        range("WordBusNumber (ResourceProducer,", "0x0000", "0x0000");
+        range("WordIO (ResourceProducer,", "0x1000", "0xFFFF");
+        range(
+            "DWordMemory (ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite,",
+            "0xC0000000",
+            "0xCFFFFFFF",
+        );
+        assert!(
+            pci0.contains(
+                "IO (Decode16,\n                    0x0CF8,             // Range Minimum\n                    0x0CF8,             // Range Maximum\n                    0x01,               // Alignment\n                    0x08,               // Length"
+            ),
+            "{pci0}"
+        );
+        // _PRT: 32 slots x 4 pins, each {slot << 16 | 0xffff, pin, Zero, GSI}.
+        let prt = &pci0[pci0
+            .find("Name (_PRT, Package (0x80)")
+            .expect("_PRT of 128")..];
+        let entries: Vec<Vec<&str>> = prt
+            .split("Package (0x04)")
+            .skip(1)
+            .map(|e| {
+                e.split(['{', '}'])
+                    .nth(1)
+                    .unwrap()
+                    .split(',')
+                    .map(str::trim)
+                    .collect()
+            })
+            .collect();
+        assert_eq!(entries.len(), 128);
+        let int = |s: &str| match s {
+            "Zero" => 0,
+            "One" => 1,
+            _ => u32::from_str_radix(s.trim_start_matches("0x"), 16).unwrap(),
+        };
+        for (i, e) in entries.iter().enumerate() {
+            let (slot, pin) = ((i / 4) as u8, (i % 4) as u8);
+            assert_eq!(e.len(), 4, "{e:?}");
+            assert_eq!(int(e[0]), u32::from(slot) << 16 | 0xffff, "{e:?}");
+            assert_eq!(int(e[1]), u32::from(pin), "{e:?}");
+            assert_eq!(e[2], "Zero", "{e:?}");
+            assert_eq!(int(e[3]), pci_intx_gsi(slot, pin), "{e:?}");
+        }
+        // MBRD: the ECAM window as a motherboard resource.
+        let mbrd = &dsl[dsl.find("Device (MBRD)").unwrap()..];
+        assert!(mbrd.contains("EisaId (\"PNP0C02\")"), "{mbrd}");
+        assert!(
+            mbrd.contains("Memory32Fixed (ReadWrite,\n                    0xE0000000,         // Address Base\n                    0x10000000,         // Address Length"),
+            "{mbrd}"
+        );
+    }
+
+    /// The MCFG decompiles to one allocation: ECAM at 0xe000_0000, segment 0, bus 0 to 0.
+    #[test]
+    fn iasl_decompiles_the_mcfg() {
+        let Some(dsl) = decompile("mcfg", &super::mcfg()) else {
+            return;
+        };
+        let field = |name: &str| -> Vec<String> {
+            dsl.lines()
+                .filter(|l| l.contains(&format!("{name} :")))
+                .map(|l| l.rsplit(" : ").next().unwrap().trim().to_string())
+                .collect()
+        };
+        assert_eq!(field("Base Address"), ["00000000E0000000"]);
+        assert_eq!(field("Segment Group Number"), ["0000"]);
+        assert_eq!(field("Start Bus Number"), ["00"]);
+        assert_eq!(field("End Bus Number"), ["00"]);
+    }
+
     /// The FADT decompiles to a hardware-reduced machine with sleep and reset registers on our
     /// ports and boot flags that match the DSDT (COM1 present, no 8042, no CMOS RTC).
     #[test]
@@ -344,6 +590,8 @@ mod iasl {
         assert_eq!(field("Legacy Devices Supported (V2)"), "1");
         assert_eq!(field("8042 Present on ports 60/64 (V2)"), "0");
         assert_eq!(field("CMOS RTC Not Present (V5)"), "1");
+        // MSI and MSI-X work (Linux turns them off for every device otherwise).
+        assert_eq!(field("MSI Not Supported (V4)"), "0");
         assert_eq!(field("Hardware Reduced (V5)"), "1");
         assert_eq!(field("Reset Register Supported (V2)"), "1");
         assert_eq!(field("Value to cause reset"), "01");

@@ -37,7 +37,7 @@ pub fn e820_map(ram_size: u64) -> Vec<E820Entry> {
         .filter_map(|r| {
             let kind = match r.kind {
                 RegionKind::Ram => E820_RAM,
-                RegionKind::Reserved => E820_RESERVED,
+                RegionKind::Reserved | RegionKind::ReservedMmio => E820_RESERVED,
                 RegionKind::Mmio => return None,
             };
             Some(E820Entry {
@@ -200,6 +200,22 @@ mod tests {
             // The EBDA, legacy hole and BIOS area are backed but not usable.
             assert_eq!(usable, ram - (layout::HIMEM_START - layout::EBDA_START));
             assert!(map.windows(2).all(|w| w[0].addr + w[0].size <= w[1].addr));
+        }
+    }
+
+    #[test]
+    fn e820_reserves_ecam_and_leaves_the_pci_mmio_window_free() {
+        for ram in [16 * MIB, 3 * GIB, 5 * GIB] {
+            let map = e820_map(ram);
+            assert!(map.contains(&E820Entry {
+                addr: layout::PCIE_ECAM_START,
+                size: layout::PCIE_ECAM_SIZE,
+                kind: E820_RESERVED,
+            }));
+            let pci = layout::PCI_MMIO_START..layout::PCI_MMIO_START + layout::PCI_MMIO_SIZE;
+            assert!(map
+                .iter()
+                .all(|e| e.addr + e.size <= pci.start || e.addr >= pci.end));
         }
     }
 

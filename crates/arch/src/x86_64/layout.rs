@@ -5,15 +5,19 @@
 //! 0x0009_fc00 .. 0x0010_0000   reserved: EBDA, legacy VGA/ROM hole, BIOS area with the
 //!                              ACPI tables (0xe_0000) and the MP table (0xf_0000)
 //! 0x0010_0000 .. RAM_LOW_END   RAM; kernels load at 1 MiB or above
-//! 0xc000_0000 .. 0xd000_0000   PCI MMIO window (BARs of passed-through devices)
+//! 0xc000_0000 .. 0xd000_0000   PCI MMIO window: the guest assigns the BARs of PCI devices here
+//!                              (not in e820: Linux only uses a window the map leaves free)
 //! 0xd000_0000 .. 0xd100_0000   virtio-mmio windows, 4 KiB each
 //! 0xd100_0000 .. 0xd200_0000   platform MMIO devices (MMIO console, test devices), 4 KiB each
-//! 0xe000_0000 .. 0xf000_0000   PCIe ECAM
+//! 0xe000_0000 .. 0xf000_0000   PCIe ECAM, reserved in e820 (1 MiB per bus; only bus 0 is used)
 //! 0xfec0_0000 .. 0xfec0_1000   IOAPIC
 //! 0xfee0_0000 .. 0xfee0_1000   local APIC
 //! 0xfffb_c000 .. 0xfffc_0000   KVM private (identity-map page, TSS)
 //! 0x1_0000_0000 ..             high RAM: whatever did not fit below RAM_LOW_END
 //! ```
+//!
+//! The I/O port space: legacy devices below 0x1000 (i8042 0x60/0x64, debug exit 0xf4, COM1
+//! 0x3f8, ACPI PM 0x600-0x602, PCI configuration 0xcf8-0xcff), PCI I/O BARs 0x1000-0xffff.
 //!
 //! The specification's own picture overlaps itself (virtio windows inside low RAM, a PCI hole
 //! below the end of low RAM); this map keeps its intent with ranges that never collide, and
@@ -49,6 +53,7 @@ pub const HIMEM_START: u64 = MIB;
 
 /// RAM below 4 GiB ends here; the rest of the 32-bit space is for devices.
 pub const RAM_LOW_END: u64 = 3 * GIB;
+/// Where the guest places PCI memory BARs (the host bridge's memory window).
 pub const PCI_MMIO_START: u64 = 0xc000_0000;
 pub const PCI_MMIO_SIZE: u64 = 256 * MIB;
 pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
@@ -57,8 +62,16 @@ pub const PLATFORM_MMIO_START: u64 = 0xd100_0000;
 pub const PLATFORM_MMIO_SIZE: u64 = 16 * MIB;
 /// Each MMIO device gets one 4 KiB window.
 pub const MMIO_WINDOW_SIZE: u64 = 4 * KIB;
+/// The PCIe enhanced configuration window: room for buses 0-255, 1 MiB each. All of it is
+/// reserved in e820; the MCFG table and the host bridge describe only the buses in use.
 pub const PCIE_ECAM_START: u64 = 0xe000_0000;
 pub const PCIE_ECAM_SIZE: u64 = 256 * MIB;
+/// Configuration space of one bus in ECAM: 32 devices x 8 functions x 4 KiB.
+pub const PCIE_ECAM_BUS_SIZE: u64 = MIB;
+/// Buses behind the host bridge: bus 0 only (segment 0).
+pub const PCI_BUS_COUNT: u8 = 1;
+/// The part of the ECAM window that the MCFG table describes: buses 0..PCI_BUS_COUNT.
+pub const PCIE_ECAM_USED_SIZE: u64 = PCI_BUS_COUNT as u64 * PCIE_ECAM_BUS_SIZE;
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 pub const IOAPIC_SIZE: u64 = 4 * KIB;
 pub const APIC_START: u64 = 0xfee0_0000;
@@ -72,18 +85,25 @@ pub const HIGH_RAM_START: u64 = 4 * GIB;
 /// COM1, the 16550A serial port: eight ports and ISA IRQ 4.
 pub const COM1_PORT: u64 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
-/// PCI configuration mechanism #1: the address register (0xcf8) and data window (0xcfc).
-pub const PCI_CONFIG_PORT: u64 = 0xcf8;
-/// The host bridge's I/O window for I/O BARs.
-pub const PCI_IO_START: u64 = 0x1000;
-pub const PCI_IO_SIZE: u64 = 0xf000;
-/// PCI INTx: pin `pin` (0 = INTA) of device `slot` is routed to IOAPIC GSI 20-23.
-pub const PCI_INTX_GSI_BASE: u32 = 20;
-pub const fn pci_intx_gsi(slot: u8, pin: u8) -> u32 {
-    PCI_INTX_GSI_BASE + ((slot as u32 + pin as u32) % 4)
-}
 /// The ACPI sleep control, sleep status and reset registers (one byte each) of the FADT.
 pub const ACPI_PM_PORT: u64 = 0x600;
+/// PCI configuration mechanism #1: the address register at 0xcf8, data at 0xcfc-0xcff.
+pub const PCI_CONFIG_PORT: u64 = 0xcf8;
+pub const PCI_CONFIG_PORT_SIZE: u64 = 8;
+/// Where the guest places PCI I/O BARs (the host bridge's I/O window): 0x1000-0xffff, above
+/// every legacy port.
+pub const PCI_IO_START: u64 = 0x1000;
+pub const PCI_IO_SIZE: u64 = 0xf000;
+
+// The port ranges never overlap (the i8042 at 0x60/0x64 and the debug exit at 0xf4, defined
+// with their devices, are below COM1) and the PCI I/O window ends with the 16-bit space.
+const _: () = {
+    assert!(COM1_PORT + 8 <= ACPI_PM_PORT);
+    assert!(ACPI_PM_PORT + 3 <= PCI_CONFIG_PORT);
+    assert!(PCI_CONFIG_PORT + PCI_CONFIG_PORT_SIZE <= PCI_IO_START);
+    assert!(PCI_IO_START + PCI_IO_SIZE == 0x1_0000);
+    assert!(PCIE_ECAM_USED_SIZE <= PCIE_ECAM_SIZE);
+};
 
 // The boot structures in low RAM never overlap (checked at compile time).
 const _: () = {
@@ -107,12 +127,30 @@ pub const fn virtio_mmio_window(n: u64) -> u64 {
     VIRTIO_MMIO_START + n * MMIO_WINDOW_SIZE
 }
 
-/// Interrupt lines for virtio-mmio devices: GSIs 5..=23 of the IOAPIC (0-4 are the PIT,
-/// keyboard, cascade and serial ports).
+/// Interrupt lines for virtio-mmio devices: GSIs 5..=19 of the IOAPIC (0-4 are the PIT,
+/// keyboard, cascade and serial ports; 20-23 are PCI INTx).
 pub const VIRTIO_GSI_START: u32 = 5;
 pub const IOAPIC_PINS: u32 = 24;
 /// How many virtio-mmio devices a VM can have: one interrupt line each.
-pub const MAX_VIRTIO_DEVICES: u32 = IOAPIC_PINS - VIRTIO_GSI_START;
+pub const MAX_VIRTIO_DEVICES: u32 = PCI_INTX_GSI_BASE - VIRTIO_GSI_START;
+
+/// PCI INTx lines: INTA-INTD of every slot share the IOAPIC GSIs 20-23 (level-triggered,
+/// active-low), rotated by slot as a PCI-to-PCI bridge swizzles them.
+pub const PCI_INTX_GSI_BASE: u32 = 20;
+/// Number of INTx lines (INTA-INTD), one GSI each.
+pub const PCI_INTX_PINS: u32 = 4;
+
+/// The GSI that interrupt pin `pin` (0 = INTA .. 3 = INTD) of the device in `slot` raises.
+pub const fn pci_intx_gsi(slot: u8, pin: u8) -> u32 {
+    PCI_INTX_GSI_BASE + ((slot as u32 + pin as u32) % PCI_INTX_PINS)
+}
+
+// Virtio-mmio lines and PCI INTx lines never meet, and both fit in the IOAPIC.
+const _: () = {
+    assert!(VIRTIO_GSI_START + MAX_VIRTIO_DEVICES <= PCI_INTX_GSI_BASE);
+    assert!(PCI_INTX_GSI_BASE + PCI_INTX_PINS <= IOAPIC_PINS);
+    assert!(MAX_VIRTIO_DEVICES == 15);
+};
 
 /// Interrupt line of the `n`th virtio-mmio device (`n < MAX_VIRTIO_DEVICES`).
 pub const fn virtio_gsi(n: u32) -> u32 {
@@ -140,6 +178,9 @@ pub enum RegionKind {
     Reserved,
     /// Not RAM: device windows.
     Mmio,
+    /// Not RAM: a device window the guest must be told is reserved (the PCIe ECAM window,
+    /// which Linux uses only if the firmware reserved it).
+    ReservedMmio,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,7 +254,7 @@ pub fn memory_map(ram_size: u64) -> Vec<Region> {
             "PCIe ECAM",
             PCIE_ECAM_START,
             PCIE_ECAM_START + PCIE_ECAM_SIZE,
-            RegionKind::Mmio,
+            RegionKind::ReservedMmio,
         ),
         r(
             "IOAPIC",
@@ -290,10 +331,9 @@ mod tests {
             let backed = ram_ranges(ram);
             let total: u64 = backed.iter().map(|r| r.1).sum();
             assert_eq!(total, ram);
-            for reg in map
-                .iter()
-                .filter(|r| r.kind != RegionKind::Mmio && r.name != "KVM private")
-            {
+            for reg in map.iter().filter(|r| {
+                matches!(r.kind, RegionKind::Ram | RegionKind::Reserved) && r.name != "KVM private"
+            }) {
                 assert!(
                     backed
                         .iter()
@@ -311,6 +351,41 @@ mod tests {
                     .all(|&(s, l)| reg.end() <= s || reg.start >= s + l));
             }
         }
+    }
+
+    #[test]
+    fn pci_windows_ecam_reserved_mmio_window_free() {
+        for ram in sizes() {
+            let map = memory_map(ram);
+            let find = |start| map.iter().find(|r| r.start == start).unwrap();
+            // Linux uses MMCONFIG only where the firmware reserved it, and assigns BARs only
+            // in a window the map leaves free.
+            let ecam = find(PCIE_ECAM_START);
+            assert_eq!(
+                (ecam.size, ecam.kind),
+                (PCIE_ECAM_SIZE, RegionKind::ReservedMmio)
+            );
+            let mmio = find(PCI_MMIO_START);
+            assert_eq!((mmio.size, mmio.kind), (PCI_MMIO_SIZE, RegionKind::Mmio));
+        }
+        assert_eq!(PCIE_ECAM_USED_SIZE, MIB);
+    }
+
+    #[test]
+    fn pci_intx_swizzle_uses_gsis_20_to_23_only() {
+        assert_eq!(pci_intx_gsi(0, 0), 20);
+        assert_eq!(pci_intx_gsi(1, 0), 21);
+        assert_eq!(pci_intx_gsi(1, 3), 20);
+        assert_eq!(pci_intx_gsi(3, 2), 21);
+        assert_eq!(pci_intx_gsi(31, 3), 22);
+        for slot in 0..32 {
+            let gsis: Vec<u32> = (0..4).map(|pin| pci_intx_gsi(slot, pin)).collect();
+            let mut sorted = gsis.clone();
+            sorted.sort();
+            assert_eq!(sorted, vec![20, 21, 22, 23], "slot {slot}: {gsis:?}");
+        }
+        // The last virtio-mmio line is below them.
+        assert_eq!(virtio_gsi(MAX_VIRTIO_DEVICES - 1), 19);
     }
 
     #[test]

@@ -1,15 +1,24 @@
 //! The Intel MultiProcessor table: how a guest without ACPI finds its CPUs, the IOAPIC and the
-//! ISA interrupt routing. Written at `layout::MPTABLE_START`, inside the BIOS area a kernel
-//! scans for the `_MP_` floating pointer.
+//! ISA and PCI interrupt routing. Written at `layout::MPTABLE_START`, inside the BIOS area a
+//! kernel scans for the `_MP_` floating pointer.
+//!
+//! Two buses: PCI bus 0 (its MP bus ID must be its bus number: Linux looks a PCI device's
+//! interrupt up by bus number, slot and pin) and ISA, which takes ID 1. ISA interrupts 0-19
+//! go 1:1 to IOAPIC pins 0-19, edge-triggered and active-high; INTA-INTD of PCI slots 1-31 go
+//! to pins 20-23 ([`layout::pci_intx_gsi`]), level-triggered and active-low.
 
-use super::layout::{APIC_START, IOAPIC_START, MPTABLE_START};
+use super::layout::{
+    self, APIC_START, IOAPIC_START, MPTABLE_START, PCI_INTX_GSI_BASE, PCI_INTX_PINS,
+};
 use super::{write_bytes, Error, Result};
 use vm_memory::GuestMemoryMmap;
 
 /// APIC IDs are 8 bits, 0xff is broadcast and the IOAPIC takes the ID after the last CPU.
 pub const MAX_CPUS: u32 = 254;
-/// ISA interrupts 0..=23 map 1:1 onto IOAPIC pins.
-const IOAPIC_PINS: u8 = 24;
+/// ISA interrupts below the PCI INTx lines map 1:1 onto IOAPIC pins.
+const ISA_IRQS: u8 = PCI_INTX_GSI_BASE as u8;
+/// PCI slots whose INTx lines are described (slot 0 is the host bridge, which has none).
+const PCI_SLOTS: std::ops::RangeInclusive<u8> = 1..=31;
 const APIC_VERSION: u8 = 0x14;
 const IOAPIC_VERSION: u8 = 0x11;
 const SPEC_REV: u8 = 4;
@@ -28,7 +37,39 @@ const ENTRY_LOCAL_INTERRUPT: u8 = 4;
 const INT_TYPE_INT: u8 = 0;
 const INT_TYPE_NMI: u8 = 1;
 const INT_TYPE_EXTINT: u8 = 3;
-const ISA_BUS_ID: u8 = 0;
+/// I/O interrupt flags: polarity (bits 1:0) and trigger mode (bits 3:2); 0 conforms to the bus.
+const INT_FLAGS_CONFORMING: u16 = 0;
+const INT_FLAGS_ACTIVE_LOW_LEVEL: u16 = 0b11 | 0b11 << 2;
+const PCI_BUS_ID: u8 = 0;
+const ISA_BUS_ID: u8 = 1;
+
+/// Number of entries besides the processors: two buses, the IOAPIC, the ISA and PCI interrupt
+/// assignments, two local interrupts.
+const fn fixed_entries() -> u32 {
+    2 + 1 + ISA_IRQS as u32 + 31 * PCI_INTX_PINS + 2
+}
+
+// The biggest table (floating pointer, header, 20 bytes per processor, 8 per other entry) fits
+// between its start and the kernel at 1 MiB.
+const _: () = assert!(
+    MPTABLE_START + 16 + 44 + 20 * MAX_CPUS as u64 + 8 * fixed_entries() as u64
+        <= layout::HIMEM_START
+);
+
+/// An I/O interrupt assignment entry: `src_irq` of bus `bus` raises IOAPIC pin `pin`.
+fn io_interrupt(bus: u8, src_irq: u8, flags: u16, ioapic_id: u8, pin: u8) -> [u8; 8] {
+    let [f0, f1] = flags.to_le_bytes();
+    [
+        ENTRY_IO_INTERRUPT,
+        INT_TYPE_INT,
+        f0,
+        f1,
+        bus,
+        src_irq,
+        ioapic_id,
+        pin,
+    ]
+}
 
 fn checksum(bytes: &[u8]) -> u8 {
     0u8.wrapping_sub(bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)))
@@ -50,24 +91,37 @@ pub fn build(num_cpus: u32, base: u64) -> Result<Vec<u8>> {
         entries.extend([0; 8]);
         count += 1;
     }
+    // Bus entries in ascending ID order.
+    entries.extend([ENTRY_BUS, PCI_BUS_ID]);
+    entries.extend(b"PCI   ");
     entries.extend([ENTRY_BUS, ISA_BUS_ID]);
     entries.extend(b"ISA   ");
     entries.extend([ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, 1]);
     entries.extend((IOAPIC_START as u32).to_le_bytes());
-    count += 2;
-    for irq in 0..IOAPIC_PINS {
-        // Default polarity and trigger (conforming to the ISA bus: active high, edge).
-        entries.extend([
-            ENTRY_IO_INTERRUPT,
-            INT_TYPE_INT,
-            0,
-            0,
+    count += 3;
+    for irq in 0..ISA_IRQS {
+        // Conforming to the ISA bus: active high, edge.
+        entries.extend(io_interrupt(
             ISA_BUS_ID,
             irq,
+            INT_FLAGS_CONFORMING,
             ioapic_id,
             irq,
-        ]);
+        ));
         count += 1;
+    }
+    for slot in PCI_SLOTS {
+        for pin in 0..PCI_INTX_PINS as u8 {
+            // A PCI source IRQ is the device number (bits 6:2) and pin (bits 1:0).
+            entries.extend(io_interrupt(
+                PCI_BUS_ID,
+                slot << 2 | pin,
+                INT_FLAGS_ACTIVE_LOW_LEVEL,
+                ioapic_id,
+                layout::pci_intx_gsi(slot, pin) as u8,
+            ));
+            count += 1;
+        }
     }
     // LINT0 is the 8259 (ExtINT) and LINT1 NMI on every local APIC (0xff).
     entries.extend([
@@ -139,10 +193,55 @@ mod tests {
             assert_eq!(len, t.len() - 16);
             assert_eq!(t[16..].iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
             let count = u16::from_le_bytes([t[16 + 34], t[16 + 35]]);
-            assert_eq!(u32::from(count), cpus + 2 + 24 + 2);
+            assert_eq!(u32::from(count), cpus + 3 + 20 + 31 * 4 + 2);
+            assert_eq!(u32::from(count), cpus + fixed_entries());
+            assert_eq!(
+                t.len(),
+                16 + 44 + 20 * cpus as usize + 8 * fixed_entries() as usize
+            );
             // The biggest table still fits in the BIOS area.
-            assert!(MPTABLE_START + t.len() as u64 <= 0x10_0000);
+            assert!(MPTABLE_START + t.len() as u64 <= layout::HIMEM_START);
         }
+    }
+
+    /// The entries after the processors, as Linux's MP parser reads them.
+    #[test]
+    fn buses_and_interrupt_routing() {
+        let cpus = 2;
+        let t = build(cpus, MPTABLE_START).unwrap();
+        let rest = &t[16 + 44 + 20 * cpus as usize..];
+        assert_eq!(&rest[..8], b"\x01\x00PCI   ");
+        assert_eq!(&rest[8..16], b"\x01\x01ISA   ");
+        assert_eq!(rest[16..20], [ENTRY_IOAPIC, 2, IOAPIC_VERSION, 1]);
+        let ints: Vec<&[u8]> = rest[24..].chunks(8).collect();
+        assert_eq!(ints.len(), 20 + 124 + 2);
+        // ISA IRQs 0-19: edge, active high, 1:1.
+        for (irq, e) in ints[..20].iter().enumerate() {
+            assert_eq!(**e, [3, 0, 0, 0, ISA_BUS_ID, irq as u8, 2, irq as u8]);
+        }
+        // PCI slot 1-31, INTA-INTD: level, active low, swizzled onto pins 20-23.
+        let pci = &ints[20..144];
+        for (i, e) in pci.iter().enumerate() {
+            let (slot, pin) = (1 + i / 4, i % 4);
+            let gsi = 20 + (slot + pin) % 4;
+            assert_eq!(
+                **e,
+                [
+                    3,
+                    0,
+                    0x0f,
+                    0,
+                    PCI_BUS_ID,
+                    (slot << 2 | pin) as u8,
+                    2,
+                    gsi as u8
+                ]
+            );
+        }
+        assert_eq!(pci[0][5..], [0x04, 2, 21]); // 01.0 INTA -> GSI 21
+        assert_eq!(pci[123][5..], [0x7f, 2, 22]); // 31.0 INTD -> GSI 22
+        assert_eq!(ints[144][..2], [ENTRY_LOCAL_INTERRUPT, INT_TYPE_EXTINT]);
+        assert_eq!(ints[145][..2], [ENTRY_LOCAL_INTERRUPT, INT_TYPE_NMI]);
     }
 
     #[test]

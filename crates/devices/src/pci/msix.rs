@@ -100,7 +100,16 @@ impl Msix {
 
     /// The driver wrote message control; unmasking delivers what was pending.
     pub fn set_control(&mut self, control: u16) {
-        self.enabled = control & CONTROL_ENABLE != 0;
+        let enabled = control & CONTROL_ENABLE != 0;
+        if enabled != self.enabled {
+            // Debug only: the guest decides how often this happens.
+            log::debug!(
+                "MSI-X {} ({} vectors)",
+                if enabled { "enabled" } else { "disabled" },
+                self.vectors()
+            );
+        }
+        self.enabled = enabled;
         self.function_masked = control & CONTROL_FUNCTION_MASK != 0;
         for v in 0..self.vectors() {
             self.deliver_pending(v);
