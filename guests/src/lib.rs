@@ -106,8 +106,9 @@ guest!(
     /// prints each function's IDs, registers, BARs and capabilities (see `asm/pci_enum.S`).
     PCI_ENUM, "pci_enum.elf");
 guest!(
-    /// Sizes, moves and disables BAR0 of PCI device 00:01.0 (a virtio-blk disk) and checks
-    /// where the device answers; exits 0 or the failed check's number.
+    /// Sizes, moves and disables BAR0 of PCI device 00:01.0 (a virtio-blk disk), checks where
+    /// the device answers and that a request notified at the moved BAR completes; exits 0 or
+    /// the failed check's number.
     PCI_BAR, "pci_bar.elf");
 guest!(
     /// virtio-blk over virtio-pci with MSI-X: write, flush, read back, each completion waited

@@ -215,7 +215,8 @@ fn bar0_sizes_moves_within_the_window_and_decodes_only_with_memory_space_on() {
             );
             assert!(text.contains("bar0 assigned 00000000c0000004"), "{text}");
             assert!(text.contains("bar0/bar1 sized ffff8004 ffffffff"), "{text}");
-            assert!(text.contains("a request notified at the new address completes"));
+            let request = "a request notified at the new address completes";
+            assert!(text.contains(request), "{what}: {text}");
             assert!(text.contains("pci bar ok"), "{text}");
         }
     }
