@@ -11,7 +11,10 @@
 //! - network: `ip=dhcp` through virtio-net on the socket back end, answered by the test's own
 //!   DHCP server ("IP-Config: Complete"), and netconsole's UDP copy of the log matches it;
 //! - machine: two vCPUs, on KVM's irqchip and on vibe-vmm's, with ACPI and with `--no-acpi`
-//!   (command-line virtio-mmio devices).
+//!   (command-line virtio-mmio devices);
+//! - PCI: the same devices over `--transport pci` on both irqchips: ECAM from the MCFG, the
+//!   root bridge from the DSDT, the host bridge and three virtio-pci functions at the BARs
+//!   vibe-vmm assigned, no resource complaints, MSI-X switched on by every function.
 //!
 //! No user space runs on this project's nested KVM (DESIGN.md): the root file system has no
 //! init, so the kernel ends its boot with "No working init found" and, with `panic=-1`, resets
@@ -313,10 +316,11 @@ fn boot(m: Machine) -> Option<Boot> {
     let kernel = kernel();
     let _one = ONE_BOOT.lock().unwrap_or_else(|e| e.into_inner());
     let dir = std::env::temp_dir().join(format!(
-        "vibe-linux-devices-{}-{}-{}",
+        "vibe-linux-devices-{}-{}-{}-{}",
         std::process::id(),
         if m.acpi { "acpi" } else { "noacpi" },
-        m.irqchip
+        m.irqchip,
+        m.transport
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

@@ -225,12 +225,22 @@ fn exchange_frames(kvm: &hypervisor::kvm::Kvm, backend: vmm::NetBackendConfig, p
     reply[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
     reply[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
     reply[14..33].copy_from_slice(b"hello from the host");
-    peer.send(&reply);
-
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(30));
         stop.stop(Outcome::Stopped("test time limit".into()));
     });
+    // Sent again until the guest has it: a TAP's queue starts only once the kernel's link
+    // watch has seen the carrier come up (when the VMM attached), asynchronously, and until
+    // then the kernel drops what we send (counted as TX dropped on the TAP).
+    let t = Instant::now();
+    let mut sent: Option<Instant> = None;
+    while !out.text().contains("received: ") && t.elapsed() < Duration::from_secs(20) {
+        if sent.is_none_or(|s| s.elapsed() > Duration::from_millis(300)) {
+            peer.send(&reply);
+            sent = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(vm.wait(), Outcome::DebugExit(0), "{}", out.text());
     assert!(
         out.text().contains("received: hello from the host\r\n"),
