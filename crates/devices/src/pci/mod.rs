@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod host_bridge;
+pub mod msi;
 pub mod msix;
 pub mod root;
 
