@@ -120,3 +120,9 @@ guest!(
 guest!(
     /// A virtio-blk flush over virtio-pci completing through INTx and the IOAPIC, MSI-X off.
     PCI_INTX, "pci_intx.elf");
+guest!(
+    /// A hostile PCI driver against two virtio-blk functions: overlapping BARs, BARs over
+    /// the LAPIC, IOAPIC, ECAM and RAM, garbage MSI-X messages, every common-configuration
+    /// field and notify offset at every width, NEEDS_RESET over and over, MSI-X toggling; the
+    /// scenarios are the letters of its command line (see `asm/pci_hostile.S`).
+    PCI_HOSTILE, "pci_hostile.elf");
