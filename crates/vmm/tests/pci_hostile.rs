@@ -138,7 +138,6 @@ fn msix_toggled_thousands_of_times_keeps_the_pending_vector() {
 /// answers". Its queue notifications must reach it too, also where the higher device's
 /// ioeventfd was bound at that address first.
 #[test]
-#[ignore = "defect: with ioeventfds the higher device's eventfd keeps the shared notify address (virtio/pci.rs bar_moved)"]
 fn a_bar_moved_over_a_higher_devices_gets_its_notifications() {
     survived("g");
 }

@@ -38,7 +38,6 @@ impl log::Log for Counter {
 const BOUND: usize = 20;
 
 #[test]
-#[ignore = "defect: every overlapping BAR move logs 'cannot bind/unbind the notify address' (virtio/pci.rs bar_moved)"]
 fn overlapping_bar_moves_are_not_logged_at_exit_speed() {
     let Some(kvm) = kvm() else { return };
     log::set_logger(&Counter).expect("the only logger in this process");
