@@ -63,6 +63,14 @@ guest!(
     /// Benchmark guest with a PVH entry: 20,000 `out`s to port 0x80, then exits 0.
     BENCH_PIO, "bench_pio.elf");
 guest!(
+    /// Benchmark guest: 10,000 virtio-blk FLUSH requests to disk 0 over virtio-mmio, one at a
+    /// time, each waited for in HLT until its interrupt (IOAPIC pin 5) arrives; exits 0.
+    BENCH_IRQ_MMIO, "bench_irq_mmio.elf");
+guest!(
+    /// [`BENCH_IRQ_MMIO`] over virtio-pci (`--transport pci`), each completion an MSI-X
+    /// message; exits 0.
+    BENCH_IRQ_PCI, "bench_irq_pci.elf");
+guest!(
     /// The demo guest entered through its PVH note (32-bit protected mode).
     PVH_HELLO, "pvh_hello.elf");
 guest!(
