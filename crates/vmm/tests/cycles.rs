@@ -1,7 +1,7 @@
 //! Many VMs in one process: create, start, stop and destroy, with KVM's irqchip and with
-//! vibe-vmm's own, each over virtio-mmio and over virtio-pci, then failed creations of several kinds, while open descriptors
-//! (/proc/self/fd), threads (/proc/self/task) and resident memory (/proc/self/statm) stay
-//! flat. Alone in its own test binary (process), and the tests take turns, so no other VM
+//! vibe-vmm's own, each over virtio-mmio and over virtio-pci, then failed creations of several
+//! kinds, while open descriptors (/proc/self/fd), threads (/proc/self/task) and resident
+//! memory (/proc/self/statm) stay flat. Alone in its own test binary (process), and the tests take turns, so no other VM
 //! disturbs the counts.
 //!
 //! The suite runs 50 cycles of each; the full run (1,000 each, 100 failed creations) is
