@@ -24,6 +24,42 @@ pub enum Command {
     Run(RunArgs),
     /// Show the platform, the hypervisor, its API version and capabilities.
     Info,
+    /// SR-IOV virtual functions on the host: list, enable PF N, disable PF, bind VF, unbind VF.
+    #[command(subcommand)]
+    Sriov(SriovCommand),
+}
+
+/// `vibe-vmm sriov ...` (src/sriov.rs runs it).
+#[derive(Subcommand, Clone)]
+pub enum SriovCommand {
+    /// List physical functions and their virtual functions (driver, IOMMU group).
+    List,
+    /// Give physical function PF N virtual functions.
+    Enable {
+        #[arg(value_name = "PF", value_parser = parse_bdf)]
+        pf: vfio::sysfs::Bdf,
+        #[arg(value_name = "N")]
+        n: u32,
+    },
+    /// Destroy every virtual function of PF (refused while one is held for VFIO).
+    Disable {
+        #[arg(value_name = "PF", value_parser = parse_bdf)]
+        pf: vfio::sysfs::Bdf,
+    },
+    /// Hand virtual function VF to vfio-pci, for `run --device vfio=VF`.
+    Bind {
+        #[arg(value_name = "VF", value_parser = parse_bdf)]
+        vf: vfio::sysfs::Bdf,
+    },
+    /// Give virtual function VF back from vfio-pci to its host driver.
+    Unbind {
+        #[arg(value_name = "VF", value_parser = parse_bdf)]
+        vf: vfio::sysfs::Bdf,
+    },
+}
+
+pub fn parse_bdf(s: &str) -> Result<vfio::sysfs::Bdf, String> {
+    s.parse()
 }
 
 impl Default for Command {

@@ -4,6 +4,7 @@
 mod args;
 mod console;
 mod signals;
+mod sriov;
 
 use std::process::ExitCode;
 use std::sync::OnceLock;
@@ -77,6 +78,7 @@ fn main() -> ExitCode {
             .context("cannot block signals")
             .and_then(|signals| run(args, signals)),
         Command::Info => info().map(|_| 0),
+        Command::Sriov(c) => sriov::run(c).map(|_| 0),
     };
     let code = match result {
         Ok(code) => code,
