@@ -134,3 +134,8 @@ guest!(
     /// field and notify offset at every width, NEEDS_RESET over and over, MSI-X toggling; the
     /// scenarios are the letters of its command line (see `asm/pci_hostile.S`).
     PCI_HOSTILE, "pci_hostile.elf");
+guest!(
+    /// Drives the fake VFIO device (1b36:0100) through vibe-vmm's passthrough layer: finds
+    /// it, sizes its BARs and moves BAR 2, registers through BAR 0, fills BAR 2, a DMA into
+    /// RAM completed by MSI-X vector 0; exits 0 or the failed check's number.
+    VFIO, "vfio.elf");

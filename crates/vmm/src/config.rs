@@ -22,6 +22,21 @@ pub enum SerialOutput {
     None,
 }
 
+/// A PCI function passed through with VFIO (x86_64: it joins the PCI bus whatever the
+/// virtio transport).
+pub enum VfioConfig {
+    /// A host function by its sysfs directory (`/sys/bus/pci/devices/0000:3b:02.1`), opened
+    /// through the kernel's VFIO (Linux).
+    Host(PathBuf),
+    /// A backend already open: a test's fake device (`vfio::fake::FakeDevice`).
+    Backend {
+        name: String,
+        backend: Box<dyn vfio::VfioBackend>,
+        /// The function's counters, for the caller to read.
+        stats: std::sync::Arc<vfio::device::Stats>,
+    },
+}
+
 /// The console devices a VM can have; the CLI connects one of them to the terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsoleKind {
@@ -115,6 +130,8 @@ pub struct VmConfig {
     pub seccomp: SeccompMode,
     /// How the virtio devices attach (x86_64: mmio or pci; arm64: mmio).
     pub transport: Transport,
+    /// Host PCI functions passed through with VFIO, in bus order after the virtio devices.
+    pub vfio: Vec<VfioConfig>,
 }
 
 impl VmConfig {
@@ -139,6 +156,7 @@ impl VmConfig {
             cpuid_hide: Vec::new(),
             seccomp: SeccompMode::default(),
             transport: Transport::Mmio,
+            vfio: Vec::new(),
         }
     }
 }
