@@ -27,7 +27,7 @@ const VFIO_IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
 const VFIO_IRQ_SET_ACTION_UNMASK: u32 = 1 << 4;
 const VFIO_IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
 /// `_IO(VFIO_TYPE, VFIO_BASE + 10)`: type ';', base 100.
-const VFIO_DEVICE_SET_IRQS: libc::c_ulong = (0x3b << 8) | 110;
+const VFIO_DEVICE_SET_IRQS: u64 = (0x3b << 8) | 110;
 
 /// The VFIO ioctls a running VM issues (for the seccomp filters): interrupt rewiring from a
 /// vCPU (an MSI-X table or control write), and on stop, from the thread that drops the
@@ -35,7 +35,7 @@ const VFIO_DEVICE_SET_IRQS: libc::c_ulong = (0x3b << 8) | 110;
 pub fn running_ioctls() -> Vec<(u64, &'static str)> {
     const VFIO: u64 = 0x3b << 8;
     vec![
-        (VFIO_DEVICE_SET_IRQS as u64, "VFIO_DEVICE_SET_IRQS"),
+        (VFIO_DEVICE_SET_IRQS, "VFIO_DEVICE_SET_IRQS"),
         (VFIO | 111, "VFIO_DEVICE_RESET"),
         (VFIO | 114, "VFIO_IOMMU_UNMAP_DMA"),
     ]

@@ -357,7 +357,7 @@ pub fn memlock_limit() -> Option<u64> {
     {
         return None;
     }
-    Some(r.rlim_cur as u64)
+    Some(r.rlim_cur)
 }
 
 /// An attribute's text without its trailing newline.
