@@ -58,6 +58,15 @@ pub enum SriovCommand {
     },
 }
 
+/// `vfio=BDF` -> the function's sysfs directory.
+fn parse_device(s: &str) -> Result<std::path::PathBuf, String> {
+    let bdf = s
+        .strip_prefix("vfio=")
+        .ok_or_else(|| format!("{s:?}: expected vfio=BDF (the only kind of --device so far)"))?;
+    let bdf = parse_bdf(bdf)?;
+    Ok(std::path::Path::new("/sys/bus/pci/devices").join(bdf.to_string()))
+}
+
 pub fn parse_bdf(s: &str) -> Result<vfio::sysfs::Bdf, String> {
     s.parse()
 }
@@ -133,6 +142,14 @@ pub struct RunArgs {
     #[cfg(target_arch = "x86_64")]
     #[arg(long, value_name = "LIST", default_value = "", value_parser = parse_hide)]
     pub cpuid_hide: FeatureList,
+    /// Pass a host PCI function through with VFIO (x86_64 Linux), repeatable: vfio=BDF (e.g.
+    /// vfio=0000:3b:02.1), bound to vfio-pci first (`vibe-vmm sriov bind` for a VF).
+    #[arg(long = "device", value_name = "vfio=BDF", value_parser = parse_device)]
+    pub devices: Vec<std::path::PathBuf>,
+    /// Pass a host PCI function through with VFIO by its sysfs directory, repeatable
+    /// (/sys/bus/pci/devices/0000:3b:02.1).
+    #[arg(long = "vfio", value_name = "PATH")]
+    pub vfio: Vec<std::path::PathBuf>,
     /// Confine each vibe-vmm thread with a seccomp filter of the calls it needs: kill (a call
     /// outside it kills vibe-vmm), log (the kernel logs it and lets it run) or off.
     #[cfg(target_os = "linux")]

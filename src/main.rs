@@ -144,6 +144,9 @@ fn run(args: RunArgs, signals: signals::SignalThread) -> anyhow::Result<u8> {
     config.memory = args.memory;
     config.cpus = args.cpus;
     config.disks = args.disks.clone();
+    config.vfio = (args.devices.iter().chain(&args.vfio))
+        .map(|p| vmm::VfioConfig::Host(p.clone()))
+        .collect();
     config.nets = args.nets.clone();
     #[cfg(target_arch = "x86_64")]
     {

@@ -44,6 +44,7 @@ const CRATES: &[&str] = &[
     "arch",
     "devices",
     "vmm",
+    "vfio",
     "test_guests",
     "vibe_vmm",
     "std",
