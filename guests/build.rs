@@ -44,6 +44,8 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
     ("pci_virtio_blk", "pci_virtio_blk.S", &[]),
     ("pci_virtio_net", "pci_virtio_net.S", &[]),
     ("pci_intx", "pci_intx.S", &[]),
+    ("counter", "counter.S", &[]),
+    ("trace", "trace.S", &[]),
 ];
 
 fn main() {

@@ -3,6 +3,7 @@
 
 mod args;
 mod console;
+mod ctl;
 mod signals;
 
 use std::process::ExitCode;
@@ -77,6 +78,7 @@ fn main() -> ExitCode {
             .context("cannot block signals")
             .and_then(|signals| run(args, signals)),
         Command::Info => info().map(|_| 0),
+        Command::Ctl(args) => ctl::run(&args),
     };
     let code = match result {
         Ok(code) => code,
@@ -181,6 +183,28 @@ fn run(args: RunArgs, signals: signals::SignalThread) -> anyhow::Result<u8> {
         ConsoleKind::Mmio => config.mmio_console = Some(SerialOutput::Stdout),
     }
 
+    if let Some(filter) = &args.trace {
+        let out: Box<dyn std::io::Write + Send> = match &args.trace_file {
+            Some(p) => Box::new(
+                std::fs::File::create(p)
+                    .with_context(|| format!("cannot create the trace file {}", p.display()))?,
+            ),
+            None => Box::new(std::io::stderr()),
+        };
+        config.trace = Some(vmm::trace::TraceConfig {
+            filter: filter.clone(),
+            out,
+        });
+    }
+    // Bound before the VM is built, so that a path in use fails at once.
+    let listener = match &args.api_socket {
+        Some(p) => Some(
+            vmm::api::Listener::bind(p)
+                .with_context(|| format!("cannot create the API socket {}", p.display()))?,
+        ),
+        None => None,
+    };
+
     let hv = hypervisor::default_hypervisor().context("no usable hypervisor")?;
     let mut vm = create_vm(&hv, config).context("cannot create the VM")?;
     let stop = vm.stop_handle();
@@ -190,7 +214,26 @@ fn run(args: RunArgs, signals: signals::SignalThread) -> anyhow::Result<u8> {
         Some(input) if terminal => Some(console::Console::attach(input, stop.clone(), seccomp)?),
         _ => None,
     };
+    let mut api = None;
+    let mut controller = None;
     let outcome = vm.start().and_then(|()| {
+        controller = vm.controller();
+        // Started before this thread is confined: a thread inherits its parent's filter.
+        if let (Some(listener), Some(c)) = (listener, controller.clone()) {
+            match vmm::api::ApiServer::start(listener, c, Default::default(), seccomp) {
+                Ok(server) => api = Some(server),
+                Err(e) => {
+                    stop.stop(Outcome::Stopped(
+                        "the API socket could not be served".into(),
+                    ));
+                    drop(vm.wait());
+                    return Err(vmm::Error::Os {
+                        op: "start the API thread",
+                        source: e,
+                    });
+                }
+            }
+        }
         // Every other thread is confined by now. This one only waits and tears down and
         // handles nothing from the guest, which is why it may be confined a moment after the
         // guest starts (before, the vCPU threads it starts would inherit its filter).
@@ -205,8 +248,12 @@ fn run(args: RunArgs, signals: signals::SignalThread) -> anyhow::Result<u8> {
     });
     // Restore the terminal and stop helper threads before reporting anything.
     drop(console);
+    drop(api);
     let signal = signals.finish();
     let outcome = outcome.context("cannot start the VM")?;
+    if let (true, Some(c)) = (args.stats, &controller) {
+        say!("{}", c.stats().render().trim_end());
+    }
     Ok(report(&outcome, signal))
 }
 
@@ -269,6 +316,10 @@ fn report(outcome: &Outcome, signal: Option<i32>) -> u8 {
         Outcome::Crash { .. } => {
             say!("vibe-vmm: {outcome}");
             EXIT_GUEST_CRASH
+        }
+        Outcome::Requested(_) => {
+            say!("vibe-vmm: {outcome}");
+            0
         }
         Outcome::Stopped(_) => {
             say!("vibe-vmm: {outcome}");

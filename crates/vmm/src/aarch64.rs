@@ -35,6 +35,10 @@ where
 {
     check_cpus(config.cpus, hv.max_vcpus(), layout::MAX_CPUS)?;
     crate::seccomp::check(config.seccomp)?;
+    let extras = crate::vm::Extras {
+        info: crate::control::VmInfo::new(&config),
+        trace: config.trace.take(),
+    };
     let mem = memory::allocate_ranges(config.memory, MIN_RAM, |size| {
         vec![(layout::RAM_START, size)]
     })?;
@@ -94,6 +98,7 @@ where
         setup,
         config.cpus,
         config.seccomp,
+        extras,
     ))
 }
 

@@ -115,6 +115,8 @@ pub struct VmConfig {
     pub seccomp: SeccompMode,
     /// How the virtio devices attach (x86_64: mmio or pci; arm64: mmio).
     pub transport: Transport,
+    /// Print a line per VM exit (`--trace exits`).
+    pub trace: Option<crate::trace::TraceConfig>,
 }
 
 impl VmConfig {
@@ -139,6 +141,7 @@ impl VmConfig {
             cpuid_hide: Vec::new(),
             seccomp: SeccompMode::default(),
             transport: Transport::Mmio,
+            trace: None,
         }
     }
 }

@@ -35,6 +35,10 @@ impl<V: X86Vm + 'static> Vm<V> {
     pub fn new<H: Hypervisor<Vm = V>>(hv: &H, mut config: VmConfig) -> Result<Self> {
         check_cpus(config.cpus, hv.max_vcpus(), MAX_VCPUS)?;
         seccomp::check(config.seccomp)?;
+        let extras = crate::vm::Extras {
+            info: crate::control::VmInfo::new(&config),
+            trace: config.trace.take(),
+        };
         let mem = memory::allocate(config.memory)?;
         let vm = Arc::new(hv.create_vm()?);
         memory::register(&*vm, &mem)?;
@@ -120,6 +124,7 @@ impl<V: X86Vm + 'static> Vm<V> {
             setup,
             config.cpus,
             config.seccomp,
+            extras,
         ))
     }
 }

@@ -84,6 +84,20 @@ fn plain_calls(kind: ThreadKind) -> Vec<i64> {
         ThreadKind::ConsoleOutput => vec![],
         ThreadKind::ConsoleInput => [POLL, &[libc::SYS_read]].concat(),
         ThreadKind::Signals => vec![libc::SYS_rt_sigtimedwait],
+        // Waits on its clients and its wake-up event (poll), takes connections (accept4,
+        // non-blocking), reads requests and writes answers (read/write, or recvfrom/sendto
+        // as std's sockets do), and stops reading from a client it has answered (shutdown).
+        ThreadKind::Api => [
+            POLL,
+            &[
+                libc::SYS_accept4,
+                libc::SYS_read,
+                libc::SYS_recvfrom,
+                libc::SYS_sendto,
+                libc::SYS_shutdown,
+            ],
+        ]
+        .concat(),
         // Waits for the stop event (poll, read), then tears down: a socket back end removes
         // its own socket file, and the process exits.
         ThreadKind::Main => [
