@@ -713,3 +713,108 @@ fn ctrl_a_x_stops_the_vm_and_restores_the_terminal() {
     assert_eq!(pty.wait(), 130);
     assert_eq!(pty.lflag(), before, "terminal settings restored");
 }
+
+fn ctl(socket: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = bin()
+        .args(["ctl", "--api-socket", socket.to_str().unwrap()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `vibe-vmm ctl` against `vibe-vmm run --api-socket`: info, pause, a second pause refused,
+/// resume, stats as text and JSON, stop; the VMM then exits 0 and removes its socket.
+#[test]
+fn ctl_drives_a_running_vm_through_its_api_socket() {
+    if !kvm_usable() {
+        return;
+    }
+    let guest = temp_file("counter.elf", test_guests::COUNTER);
+    let socket = guest.with_file_name("api.sock");
+    let mut child = bin()
+        .args(["run", "--kernel", guest.to_str().unwrap(), "--serial", "none"])
+        .args(["--memory", "32M", "--api-socket", socket.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !socket.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no API socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (code, out, err) = ctl(&socket, &["info"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("state:    running"), "{out}");
+    assert!(out.contains("memory:   32 MiB"), "{out}");
+    assert!(out.contains("counter.elf"), "{out}");
+    assert_eq!(ctl(&socket, &["pause"]).1.trim(), "paused");
+    let (code, _, err) = ctl(&socket, &["pause"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already paused (HTTP 409)"), "{err}");
+    assert_eq!(ctl(&socket, &["resume"]).1.trim(), "running");
+    let (code, out, err) = ctl(&socket, &["stats"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("pio_out"), "{out}");
+    assert!(out.contains("unclaimed"), "{out}");
+    let (_, json, _) = ctl(&socket, &["--json", "stats"]);
+    assert!(json.starts_with('{') && json.contains("\"pio_out\""), "{json}");
+    assert_eq!(ctl(&socket, &["stop"]).1.trim(), "stopped");
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    use std::io::Read;
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(err.contains("stop requested through the API"), "{err}");
+    assert!(!socket.exists(), "socket left behind");
+    // Nobody listening any more.
+    let (code, _, err) = ctl(&socket, &["info"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot connect to the API socket"), "{err}");
+}
+
+#[test]
+fn an_api_socket_path_in_use_is_refused() {
+    let taken = temp_file("taken.sock", b"not a socket");
+    assert_error(
+        &["run", "--api-socket", taken.to_str().unwrap()],
+        "already exists",
+    );
+    assert_eq!(std::fs::read(&taken).unwrap(), b"not a socket");
+}
+
+/// `--stats` prints the exit counts when the guest ends; `--trace` writes one line per exit.
+#[test]
+fn stats_and_trace_are_printed() {
+    if !kvm_usable() {
+        return;
+    }
+    let trace = temp_file("trace.txt", b"");
+    let out = run(&[
+        "run",
+        "--stats",
+        "--trace",
+        "exits=pio_out",
+        "--trace-file",
+        trace.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("exits: "), "{err}");
+    assert!(err.contains("serial"), "{err}");
+    let lines = std::fs::read_to_string(&trace).unwrap();
+    let first = lines.lines().next().unwrap_or_default();
+    assert!(first.starts_with("vcpu0 pio_out"), "{first}");
+    assert!(first.contains("-> serial"), "{first}");
+    assert!(lines.trim_end().ends_with(']'), "{lines}");
+    assert!(lines.lines().last().unwrap().contains("-> debug-exit"), "{lines}");
+    let bad = run(&["run", "--trace", "exits=nope"]);
+    assert_eq!(bad.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("\"nope\" is not an exit kind"));
+}
