@@ -48,6 +48,14 @@ pub(crate) trait VcpuSetup<V: hypervisor::Vm>: Send + Sync {
     /// ", at PC ..." for error reports: where the guest was and what it ran.
     fn location(&self, vcpu: &V::Vcpu, mem: &GuestMemoryMmap) -> String;
 
+    /// Where the guest is, for the exit trace: "rip 0x..." and, with `bytes`, the bytes of
+    /// the one instruction there.
+    fn trace_location(&self, vcpu: &V::Vcpu, mem: &GuestMemoryMmap, _bytes: bool) -> String {
+        self.location(vcpu, mem)
+            .trim_start_matches(", at ")
+            .to_string()
+    }
+
     /// Emulates the instruction at the vCPU's PC, which accessed unbacked `gpa`, against
     /// guest memory and `mmio` (for hypervisors that do not decode MMIO instructions).
     fn emulate_mmio(
@@ -329,7 +337,13 @@ impl<V: hypervisor::Vm> VcpuContext<V> {
         if !trace.wants(kind) {
             return;
         }
-        let at = self.setup.location(vcpu, &self.mem);
+        // KVM reports port I/O with RIP already past the instruction: its bytes would be the
+        // next instruction's, so only RIP is shown.
+        let bytes = !matches!(
+            kind,
+            ExitKind::PioIn | ExitKind::PioOut | ExitKind::PioString
+        );
+        let at = self.setup.trace_location(vcpu, &self.mem, bytes);
         let names = |t: Target, devices: &[(u64, u64, String)]| match t {
             Target::Device(i) => devices
                 .get(i)
@@ -358,7 +372,7 @@ impl<V: hypervisor::Vm> VcpuContext<V> {
             ),
             Access::Gpa(gpa) => format!("gpa {gpa:#x}"),
         };
-        trace.line(self.id, kind, &what, at.trim_start_matches(", at "));
+        trace.line(self.id, kind, &what, &at);
     }
 
     fn crash(&self, reason: String) {

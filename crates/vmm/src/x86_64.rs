@@ -308,6 +308,21 @@ impl<V: X86Vm> VcpuSetup<V> for X86Setup {
         s
     }
 
+    fn trace_location(&self, vcpu: &V::Vcpu, mem: &GuestMemoryMmap, bytes: bool) -> String {
+        let Some(at) = self.at_rip(vcpu, mem) else {
+            return String::new();
+        };
+        let mut s = format!("rip {:#x}", at.cpu.regs.rip);
+        if let (true, Ok(f)) = (bytes, at.fetched) {
+            // Only the instruction's own bytes, where it decodes.
+            let len = arch::x86_64::emulator::decode(&f.bytes[..f.len], &at.cpu)
+                .map_or(f.len, |i| i.len().min(f.len));
+            let hex: Vec<String> = f.bytes[..len].iter().map(|b| format!("{b:02x}")).collect();
+            s += &format!(" [{}]", hex.join(" "));
+        }
+        s
+    }
+
     /// A fault the instruction raises (a page fault, an instruction the emulator does not
     /// do) goes to the guest as the CPU would deliver it; only a state the walker cannot
     /// follow stops the VM.
