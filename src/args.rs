@@ -64,6 +64,7 @@ impl Default for Command {
 
 #[derive(Parser, Clone)]
 #[command(
+    args_override_self = true,
     after_help = "Console: with --serial stdio the terminal is put in raw mode and every key \
                   goes to the guest, Ctrl-C included. Press Ctrl-A then x to stop the VM \
                   (Ctrl-A Ctrl-A sends a literal Ctrl-A).\n\n\
@@ -72,6 +73,10 @@ impl Default for Command {
                   (130 for Ctrl-A x)."
 )]
 pub struct RunArgs {
+    /// Read these flags from a file (TOML, or JSON for a .json file): keys are the flags'
+    /// names (memory = "256M", disk = ["a.img"], stats = true); flags given here win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[arg(long, value_name = "PATH", help = KERNEL_HELP)]
     pub kernel: Option<PathBuf>,
     /// Initial ramdisk.

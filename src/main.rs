@@ -2,6 +2,7 @@
 //! the VM, wires the console and signals, and turns how the guest ended into an exit status.
 
 mod args;
+mod config_file;
 mod console;
 mod ctl;
 mod signals;
@@ -73,6 +74,19 @@ fn main() -> ExitCode {
         logger.target(env_logger::Target::Pipe(Box::new(out.clone())));
     }
     logger.init();
+    let command = match command {
+        Command::Run(args) if args.config.is_some() => match with_config_file(args) {
+            Ok(args) => Command::Run(args),
+            Err(e) => {
+                say!("vibe-vmm: error: {e:#}");
+                if let Some(out) = MESSAGES.get() {
+                    out.finish(Instant::now() + MESSAGES_GRACE);
+                }
+                return ExitCode::from(EXIT_VMM_ERROR);
+            }
+        },
+        other => other,
+    };
     let result = match command {
         Command::Run(args) => signals
             .context("cannot block signals")
@@ -91,6 +105,43 @@ fn main() -> ExitCode {
         out.finish(Instant::now() + MESSAGES_GRACE);
     }
     ExitCode::from(code)
+}
+
+/// `run --config FILE`: the file's keys become flags placed before the command line's, so
+/// the command line wins; each key is checked alone first, so an error names it and its line.
+fn with_config_file(args: RunArgs) -> anyhow::Result<RunArgs> {
+    let path = args.config.clone().unwrap_or_default();
+    let entries = config_file::read(&path).map_err(anyhow::Error::msg)?;
+    let argv: Vec<String> = std::env::args().collect();
+    let cli: Vec<String> = argv
+        .iter()
+        .skip_while(|a| *a != "run")
+        .skip(1)
+        .cloned()
+        .collect();
+    let given = |flag: &str| {
+        cli.iter()
+            .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    };
+    let flags = config_file::to_flags(&entries, given)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    for (at, one) in &flags {
+        if let Err(e) =
+            RunArgs::try_parse_from(std::iter::once("run").chain(one.iter().map(String::as_str)))
+        {
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or_default();
+            anyhow::bail!(
+                "{}: {at}: {}",
+                path.display(),
+                first.trim_start_matches("error: ")
+            );
+        }
+    }
+    let all = std::iter::once("run".to_string())
+        .chain(flags.into_iter().flat_map(|(_, f)| f))
+        .chain(cli);
+    Ok(RunArgs::try_parse_from(all).unwrap_or_else(|e| e.exit()))
 }
 
 /// Descriptors inherited beyond stdin, stdout and stderr are nothing vibe-vmm uses, and code

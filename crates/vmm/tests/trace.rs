@@ -39,7 +39,9 @@ fn the_trace_of_a_known_guest_matches_line_by_line() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), EXPECTED.len(), "{text}");
     for (line, want) in lines.iter().zip(EXPECTED) {
-        let (access, at) = line.split_once("  rip 0x").unwrap_or_else(|| panic!("{line}"));
+        let (access, at) = line
+            .split_once("  rip 0x")
+            .unwrap_or_else(|| panic!("{line}"));
         assert_eq!(access, *want, "\n{text}");
         if access.contains("mmio") {
             // MMIO exits show the instruction: `mov dword ptr [rbx], 0xcafe` and
