@@ -19,6 +19,8 @@ pub struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once; boxing `Run` would only make every use longer.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Boot a guest (the built-in demo guest when no --kernel is given).
     Run(RunArgs),

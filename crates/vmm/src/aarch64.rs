@@ -35,10 +35,7 @@ where
 {
     check_cpus(config.cpus, hv.max_vcpus(), layout::MAX_CPUS)?;
     crate::seccomp::check(config.seccomp)?;
-    let extras = crate::vm::Extras {
-        info: crate::control::VmInfo::new(&config),
-        trace: config.trace.take(),
-    };
+    let settings = crate::vm::Settings::take(&mut config);
     let mem = memory::allocate_ranges(config.memory, MIN_RAM, |size| {
         vec![(layout::RAM_START, size)]
     })?;
@@ -90,16 +87,7 @@ where
         entry: placed.kernel,
         fdt: placed.fdt,
     });
-    Ok(Vm::assemble(
-        vm,
-        mem,
-        state,
-        devices,
-        setup,
-        config.cpus,
-        config.seccomp,
-        extras,
-    ))
+    Ok(Vm::assemble(vm, mem, state, devices, setup, settings))
 }
 
 /// Where the boot vCPU starts; the others wait for the guest's PSCI CPU_ON.

@@ -57,10 +57,24 @@ pub struct Vm<V: hypervisor::Vm + 'static> {
     controller: Option<VmController>,
 }
 
-/// What a machine hands [`Vm::assemble`] besides its devices.
-pub(crate) struct Extras {
+/// What a machine hands [`Vm::assemble`] from the config, besides its devices.
+pub(crate) struct Settings {
+    pub cpus: u32,
+    pub seccomp: SeccompMode,
     pub info: VmInfo,
     pub trace: Option<TraceConfig>,
+}
+
+impl Settings {
+    /// Takes what the VM keeps from `config` (its trace writer, among others).
+    pub(crate) fn take(config: &mut crate::VmConfig) -> Self {
+        Settings {
+            cpus: config.cpus,
+            seccomp: config.seccomp,
+            info: VmInfo::new(config),
+            trace: config.trace.take(),
+        }
+    }
 }
 
 /// Checks the vCPU count against the hypervisor's and the platform's limits.
@@ -80,9 +94,7 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
         state: Arc<VmState>,
         devices: Devices,
         setup: Arc<dyn VcpuSetup<V>>,
-        cpus: u32,
-        seccomp: SeccompMode,
-        extras: Extras,
+        settings: Settings,
     ) -> Self {
         Vm {
             vm,
@@ -96,13 +108,13 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
             mmio_console: devices.mmio_console,
             outputs: devices.outputs,
             setup,
-            cpus,
-            seccomp,
+            cpus: settings.cpus,
+            seccomp: settings.seccomp,
             threads: Vec::new(),
             events: Some(devices.events),
             event_loop: None,
-            info: Arc::new(extras.info),
-            trace: extras.trace,
+            info: Arc::new(settings.info),
+            trace: settings.trace,
             stats: None,
             controller: None,
         }

@@ -35,10 +35,7 @@ impl<V: X86Vm + 'static> Vm<V> {
     pub fn new<H: Hypervisor<Vm = V>>(hv: &H, mut config: VmConfig) -> Result<Self> {
         check_cpus(config.cpus, hv.max_vcpus(), MAX_VCPUS)?;
         seccomp::check(config.seccomp)?;
-        let extras = crate::vm::Extras {
-            info: crate::control::VmInfo::new(&config),
-            trace: config.trace.take(),
-        };
+        let settings = crate::vm::Settings::take(&mut config);
         let mem = memory::allocate(config.memory)?;
         let vm = Arc::new(hv.create_vm()?);
         memory::register(&*vm, &mem)?;
@@ -116,16 +113,7 @@ impl<V: X86Vm + 'static> Vm<V> {
             num_cpus: config.cpus,
             irqchip: chip,
         });
-        Ok(Vm::assemble(
-            vm,
-            mem,
-            state,
-            devices,
-            setup,
-            config.cpus,
-            config.seccomp,
-            extras,
-        ))
+        Ok(Vm::assemble(vm, mem, state, devices, setup, settings))
     }
 }
 
