@@ -3,7 +3,8 @@
 //! written as the exit happens, from the vCPU thread (so the guest runs much slower).
 //!
 //! ```text
-//! vcpu0 pio_out    port 0x03f8 size 1 value 0x48 -> serial  RIP 0x100034 (gpa 0x100034), instruction bytes [ee ...]
+//! vcpu0 pio_in             port 0x03fd size 1 value 0x60 <- serial  rip 0x10001a [ec]
+//! vcpu0 pio_out            port 0x03f8 size 1 value 0x48 -> serial  rip 0x100025
 //! ```
 
 use std::io::Write;

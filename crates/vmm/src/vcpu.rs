@@ -337,11 +337,16 @@ impl<V: hypervisor::Vm> VcpuContext<V> {
         if !trace.wants(kind) {
             return;
         }
-        // KVM reports port I/O with RIP already past the instruction: its bytes would be the
-        // next instruction's, so only RIP is shown.
-        let bytes = !matches!(
+        // KVM leaves RIP on a read (it completes the instruction with the value at the next
+        // entry) but reports a write with RIP already past it: the bytes at RIP would be the
+        // next instruction's, so a write shows RIP alone.
+        let bytes = matches!(
             kind,
-            ExitKind::PioIn | ExitKind::PioOut | ExitKind::PioString
+            ExitKind::PioIn
+                | ExitKind::MmioRead
+                | ExitKind::MmioEmulated
+                | ExitKind::EmulationFallback
+                | ExitKind::Error
         );
         let at = self.setup.trace_location(vcpu, &self.mem, bytes);
         let names = |t: Target, devices: &[(u64, u64, String)]| match t {

@@ -85,17 +85,11 @@ fn plain_calls(kind: ThreadKind) -> Vec<i64> {
         ThreadKind::ConsoleInput => [POLL, &[libc::SYS_read]].concat(),
         ThreadKind::Signals => vec![libc::SYS_rt_sigtimedwait],
         // Waits on its clients and its wake-up event (poll), takes connections (accept4,
-        // non-blocking), reads requests and writes answers (read/write, or recvfrom/sendto
-        // as std's sockets do), and stops reading from a client it has answered (shutdown).
+        // non-blocking), reads requests and writes answers (recvfrom/sendto, as std's
+        // sockets do). The socket was bound before; it never opens or connects.
         ThreadKind::Api => [
             POLL,
-            &[
-                libc::SYS_accept4,
-                libc::SYS_read,
-                libc::SYS_recvfrom,
-                libc::SYS_sendto,
-                libc::SYS_shutdown,
-            ],
+            &[libc::SYS_accept4, libc::SYS_recvfrom, libc::SYS_sendto],
         ]
         .concat(),
         // Waits for the stop event (poll, read), then tears down: a socket back end removes
@@ -292,6 +286,8 @@ mod tests {
         assert!(has(ThreadKind::Devices, libc::SYS_io_uring_enter));
         assert!(!has(ThreadKind::Vcpu, libc::SYS_io_uring_enter));
         assert!(!has(ThreadKind::Vcpu, libc::SYS_read));
+        assert!(has(ThreadKind::Api, libc::SYS_accept4));
+        assert!(!has(ThreadKind::Devices, libc::SYS_accept4));
         for kind in ThreadKind::ALL {
             for n in [
                 libc::SYS_execve,
