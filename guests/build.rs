@@ -26,6 +26,8 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
     ("triple_fault", "triple_fault.S", &[]),
     ("bench_tiny", "bench_tiny.S", &["-DPVH"]),
     ("bench_pio", "bench_pio.S", &["-DPVH"]),
+    ("bench_irq_mmio", "bench_irq_mmio.S", &[]),
+    ("bench_irq_pci", "bench_irq_pci.S", &[]),
     ("pvh_hello", "demo.S", &["-DPVH"]),
     ("emulate", "emulate.S", &[]),
     ("string_io", "string_io.S", &[]),
@@ -44,6 +46,7 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
     ("pci_virtio_blk", "pci_virtio_blk.S", &[]),
     ("pci_virtio_net", "pci_virtio_net.S", &[]),
     ("pci_intx", "pci_intx.S", &[]),
+    ("pci_hostile", "pci_hostile.S", &[]),
     ("counter", "counter.S", &[]),
     ("trace", "trace.S", &[]),
 ];

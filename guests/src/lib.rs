@@ -63,6 +63,14 @@ guest!(
     /// Benchmark guest with a PVH entry: 20,000 `out`s to port 0x80, then exits 0.
     BENCH_PIO, "bench_pio.elf");
 guest!(
+    /// Benchmark guest: 10,000 virtio-blk FLUSH requests to disk 0 over virtio-mmio, one at a
+    /// time, each waited for in HLT until its interrupt (IOAPIC pin 5) arrives; exits 0.
+    BENCH_IRQ_MMIO, "bench_irq_mmio.elf");
+guest!(
+    /// [`BENCH_IRQ_MMIO`] over virtio-pci (`--transport pci`), each completion an MSI-X
+    /// message; exits 0.
+    BENCH_IRQ_PCI, "bench_irq_pci.elf");
+guest!(
     /// The demo guest entered through its PVH note (32-bit protected mode).
     PVH_HELLO, "pvh_hello.elf");
 guest!(
@@ -120,6 +128,12 @@ guest!(
 guest!(
     /// A virtio-blk flush over virtio-pci completing through INTx and the IOAPIC, MSI-X off.
     PCI_INTX, "pci_intx.elf");
+guest!(
+    /// A hostile PCI driver against two virtio-blk functions: overlapping BARs, BARs over
+    /// the LAPIC, IOAPIC, ECAM and RAM, garbage MSI-X messages, every common-configuration
+    /// field and notify offset at every width, NEEDS_RESET over and over, MSI-X toggling; the
+    /// scenarios are the letters of its command line (see `asm/pci_hostile.S`).
+    PCI_HOSTILE, "pci_hostile.elf");
 guest!(
     /// 1000 `out`s to port 0x80, then a 64-bit progress counter at [`COUNTER_ADDR`] that goes
     /// up for ever (the API tests pause it and watch).

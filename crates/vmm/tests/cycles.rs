@@ -1,7 +1,7 @@
 //! Many VMs in one process: create, start, stop and destroy, with KVM's irqchip and with
-//! vibe-vmm's own, then failed creations of several kinds, while open descriptors
-//! (/proc/self/fd), threads (/proc/self/task) and resident memory (/proc/self/statm) stay
-//! flat. Alone in its own test binary (process), and the tests take turns, so no other VM
+//! vibe-vmm's own, each over virtio-mmio and over virtio-pci, then failed creations of several
+//! kinds, while open descriptors (/proc/self/fd), threads (/proc/self/task) and resident
+//! memory (/proc/self/statm) stay flat. Alone in its own test binary (process), and the tests take turns, so no other VM
 //! disturbs the counts.
 //!
 //! The suite runs 50 cycles of each; the full run (1,000 each, 100 failed creations) is
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use hypervisor::kvm::Kvm;
-use vmm::{DiskConfig, IrqchipMode, KernelImage, Outcome, SerialOutput, Vm};
+use vmm::{DiskConfig, IrqchipMode, KernelImage, Outcome, SerialOutput, Transport, Vm};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -83,10 +83,16 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// One full life: a 2-vCPU VM with a disk, a virtio-console and the MMIO console is created
 /// and started; on even cycles it is stopped once the guest runs (it waits for serial input
 /// for ever, its second vCPU for a start-up IPI), on odd ones at once; then it is destroyed.
-fn one_cycle(kvm: &Kvm, irqchip: IrqchipMode, disk: &std::path::Path, n: usize) {
+fn one_cycle(
+    kvm: &Kvm,
+    (irqchip, transport): (IrqchipMode, Transport),
+    disk: &std::path::Path,
+    n: usize,
+) {
     let out = Capture::default();
     let mut c = config(test_guests::SERIAL_ECHO, 2, &out);
     c.irqchip = irqchip;
+    c.transport = transport;
     c.disks = vec![DiskConfig {
         path: disk.to_path_buf(),
         read_only: false,
@@ -192,24 +198,31 @@ fn cycles(ok: usize, failed: usize) {
             after.rss_kib - half.rss_kib
         );
     };
-    for irqchip in [IrqchipMode::Kernel, IrqchipMode::Userspace] {
+    // virtio-pci adds MSI lines (on KVM a GSI, a route and an irqfd each) and notify
+    // ioeventfds: all released with the VM.
+    for machine in [
+        (IrqchipMode::Kernel, Transport::Mmio),
+        (IrqchipMode::Userspace, Transport::Mmio),
+        (IrqchipMode::Kernel, Transport::Pci),
+        (IrqchipMode::Userspace, Transport::Pci),
+    ] {
         // Whatever is process-wide (the kick signal handler, allocator arenas, io_uring's
         // first set-up) comes with the first VMs: count after them.
         for n in 0..4 {
-            one_cycle(&kvm, irqchip, &disk, n);
+            one_cycle(&kvm, machine, &disk, n);
         }
         let before = settled(usage());
         let t = Instant::now();
         let mut half = before;
         for n in 0..ok {
-            one_cycle(&kvm, irqchip, &disk, n);
+            one_cycle(&kvm, machine, &disk, n);
             if n + 1 == ok / 2 {
                 half = settled(before);
             }
         }
         let after = settled(before);
         check(
-            &format!("{ok} cycles, {irqchip:?} irqchip, {:?}", t.elapsed()),
+            &format!("{ok} cycles, {machine:?}, {:?}", t.elapsed()),
             before,
             half,
             after,

@@ -55,8 +55,9 @@ pub trait PciDevice: Send {
     /// An access at `offset` in BAR `bar`: 1, 2, 4 or 8 bytes, never past its end.
     fn read_bar(&mut self, bar: u8, offset: u64, data: &mut [u8]);
     fn write_bar(&mut self, bar: u8, offset: u64, data: &[u8]);
-    /// BAR `bar` now decodes at `to` (None: it stopped decoding), having decoded at `from`:
-    /// a function with hypervisor-side state at its addresses (ioeventfds, mapped memory)
-    /// moves it.
+    /// BAR `bar` stopped (`from`) or started (`to`) decoding exclusively at an address: alone
+    /// there, so the function may bind hypervisor-side state to it (ioeventfds, mapped
+    /// memory), and must drop such state on a stop. One of the two is `None`: a move is a stop,
+    /// then a start. While a BAR overlaps another its accesses trap and the bus routes them.
     fn bar_moved(&mut self, _bar: u8, _from: Option<u64>, _to: Option<u64>) {}
 }

@@ -9,7 +9,12 @@
 //!   (over RAM, say) answers nowhere, and RAM stays RAM; two BARs programmed over each other
 //!   do not crash anything: the lower device number answers.
 //! - After every configuration write the bus compares the function's decoded BARs with what
-//!   it routes, updates its table, and tells the function what moved.
+//!   it routes and updates its table. A BAR that overlaps no other routed BAR is *exclusive*:
+//!   only such a BAR may carry hypervisor-side state (ioeventfds, a mapping), because only
+//!   there is it certain the function answers every address. The bus tells functions when a
+//!   BAR stops or starts being exclusive (`PciDevice::bar_moved`): all stops first, then the
+//!   starts, so one function's state is gone before another's takes the same address.
+//!   Accesses to BARs that are not exclusive trap to the VMM and are routed as above.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -47,6 +52,12 @@ struct Route {
 }
 
 impl Route {
+    fn overlaps(&self, other: &Route) -> bool {
+        self.io == other.io
+            && self.base < other.base.saturating_add(other.size)
+            && other.base < self.base.saturating_add(self.size)
+    }
+
     fn covers(&self, io: bool, addr: u64, len: usize) -> Option<u64> {
         let offset = addr.checked_sub(self.base)?;
         (self.io == io && offset.checked_add(len as u64)? <= self.size).then_some(offset)
@@ -62,6 +73,8 @@ pub struct PciRoot {
     next_mmio: u64,
     next_io: u64,
     routes: RwLock<Vec<Route>>,
+    /// The routes last reported exclusive to their functions.
+    exclusive: Mutex<Vec<Route>>,
     /// The 0xcf8 address register.
     address: AtomicU32,
     /// One configuration write (and the BAR moves it causes) at a time, so moves are applied
@@ -77,6 +90,7 @@ impl PciRoot {
             next_mmio: windows.mmio.0,
             next_io: windows.io.0,
             routes: RwLock::new(Vec::new()),
+            exclusive: Mutex::new(Vec::new()),
             address: AtomicU32::new(0),
             config_writes: Mutex::new(()),
         }
@@ -124,9 +138,11 @@ impl PciRoot {
     /// Starts routing every function's BARs (and tells each where they are).
     pub fn into_shared(self) -> Arc<Self> {
         let root = Arc::new(self);
+        let _serial = lock(&root.config_writes);
         for n in 0..DEVICES as u8 {
             root.refresh(n);
         }
+        drop(_serial);
         root
     }
 
@@ -161,13 +177,14 @@ impl PciRoot {
         self.refresh(device);
     }
 
-    /// Re-reads device `n`'s decoded BARs, routes them, and reports the moves to it.
+    /// Re-reads device `n`'s decoded BARs and routes them, then tells every function whose
+    /// BARs stopped or started being exclusive. Called with `config_writes` held.
     fn refresh(&self, n: u8) {
         let Some(Some(f)) = self.devices.get(usize::from(n)) else {
             return;
         };
         let bars = lock(f).decoded_bars();
-        let wanted: Vec<Route> = bars
+        let wanted = bars
             .iter()
             .filter(|b| self.inside_window(b))
             .map(|b| Route {
@@ -176,28 +193,41 @@ impl PciRoot {
                 size: b.size,
                 device: n,
                 bar: b.index,
-            })
-            .collect();
-        let mut moves = Vec::new();
-        {
+            });
+        let exclusive = {
             let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
-            let old: Vec<Route> = routes.iter().filter(|r| r.device == n).copied().collect();
-            for bar in 0..6u8 {
-                let from = old.iter().find(|r| r.bar == bar).map(|r| r.base);
-                let to = wanted.iter().find(|r| r.bar == bar).map(|r| r.base);
-                if from != to {
-                    moves.push((bar, from, to));
-                }
-            }
             routes.retain(|r| r.device != n);
             routes.extend(wanted);
             routes.sort_by_key(|r| (r.device, r.bar));
+            routes
+                .iter()
+                .filter(|r| !routes.iter().any(|o| o != *r && o.overlaps(r)))
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        let mut reported = lock(&self.exclusive);
+        let stopped: Vec<Route> = reported
+            .iter()
+            .filter(|r| !exclusive.contains(r))
+            .copied()
+            .collect();
+        let started: Vec<Route> = exclusive
+            .iter()
+            .filter(|r| !reported.contains(r))
+            .copied()
+            .collect();
+        for r in &stopped {
+            self.tell(r, Some(r.base), None);
         }
-        if !moves.is_empty() {
-            let mut f = lock(f);
-            for (bar, from, to) in moves {
-                f.bar_moved(bar, from, to);
-            }
+        for r in &started {
+            self.tell(r, None, Some(r.base));
+        }
+        *reported = exclusive;
+    }
+
+    fn tell(&self, r: &Route, from: Option<u64>, to: Option<u64>) {
+        if let Some(Some(f)) = self.devices.get(usize::from(r.device)) {
+            lock(f).bar_moved(r.bar, from, to);
         }
     }
 
@@ -398,8 +428,8 @@ mod tests {
         io: (0x1000, 0xf000),
     };
 
-    fn root_with_probe() -> (Arc<PciRoot>, Arc<Mutex<Probe>>) {
-        let mut root = PciRoot::new(WINDOWS);
+    /// A probe with its BAR allocated in `root`, memory space on.
+    fn probe(root: &mut PciRoot) -> Arc<Mutex<Probe>> {
         let mut config = PciConfig::new(Identity {
             vendor: 0x1234,
             device: 0x5678,
@@ -414,13 +444,46 @@ mod tests {
         config.add_bar(0, kind, 0x1000);
         config.set_bar_address(0, root.allocate_bar(kind, 0x1000).unwrap());
         config.set_command(COMMAND_MEMORY);
-        let probe = Arc::new(Mutex::new(Probe {
+        Arc::new(Mutex::new(Probe {
             config,
             last: None,
             moves: Vec::new(),
-        }));
+        }))
+    }
+
+    fn root_with_probe() -> (Arc<PciRoot>, Arc<Mutex<Probe>>) {
+        let mut root = PciRoot::new(WINDOWS);
+        let probe = probe(&mut root);
         root.add(3, probe.clone()).unwrap();
         (root.into_shared(), probe)
+    }
+
+    #[test]
+    fn overlapping_bars_lose_exclusivity_and_the_lower_device_answers() {
+        let mut root = PciRoot::new(WINDOWS);
+        let (a, b) = (probe(&mut root), probe(&mut root));
+        root.add(3, a.clone()).unwrap();
+        root.add(4, b.clone()).unwrap();
+        let root = root.into_shared();
+        let mut e = Ecam(root.clone());
+        let bar0 = |dev: u64| dev << 15 | config::BAR0 as u64;
+        // Device 4's BAR onto device 3's: neither may keep hypervisor-side state there.
+        e.write(bar0(4), &0xc000_0000u32.to_le_bytes());
+        assert_eq!(
+            lock(&a).moves,
+            [(0, None, Some(0xc000_0000)), (0, Some(0xc000_0000), None)]
+        );
+        assert_eq!(
+            lock(&b).moves,
+            [(0, None, Some(0xc000_1000)), (0, Some(0xc000_1000), None)]
+        );
+        root.bar_write(false, 0xc000_0004, &[1]);
+        assert!(lock(&a).last.is_some(), "the lower device answers");
+        assert!(lock(&b).last.is_none());
+        // Apart again: both exclusive.
+        e.write(bar0(4), &0xc000_2000u32.to_le_bytes());
+        assert_eq!(lock(&a).moves[2..], [(0, None, Some(0xc000_0000))]);
+        assert_eq!(lock(&b).moves[2..], [(0, None, Some(0xc000_2000))]);
     }
 
     fn cf8(ports: &mut ConfigPorts, dev: u32, reg: u32) -> u32 {
@@ -489,7 +552,8 @@ mod tests {
         assert_eq!(
             lock(&probe).moves[1..],
             [
-                (0, Some(0xc000_0000), Some(0xc010_0000)),
+                (0, Some(0xc000_0000), None),
+                (0, None, Some(0xc010_0000)),
                 (0, Some(0xc010_0000), None),
                 (0, None, Some(0xc020_0000)),
                 (0, Some(0xc020_0000), None),

@@ -120,7 +120,9 @@ pub struct VirtioPciDevice {
     driver_features_sel: u32,
     intx: Box<dyn IrqLine>,
     notify_binding: Option<Box<dyn NotifyBinding>>,
-    /// Where BAR 0 decodes now, as the bus last reported.
+    /// A binding failed and was logged as a warning (later ones go to debug).
+    binding_warned: bool,
+    /// Where BAR 0 decodes exclusively now, as the bus last reported.
     bar_base: Option<u64>,
 }
 
@@ -199,6 +201,7 @@ impl VirtioPciDevice {
             driver_features_sel: 0,
             intx: wiring.intx,
             notify_binding: wiring.notify_binding,
+            binding_warned: false,
             bar_base: None,
         })
     }
@@ -405,19 +408,28 @@ impl PciDevice for VirtioPciDevice {
             return;
         };
         let events = self.state.notify_events();
+        let mut failed = None;
         if let Some(old) = from {
             for (q, addr) in self.notify_addresses(old) {
                 if let Err(e) = binding.unbind(&events[q], addr) {
-                    log::warn!("virtio-pci: cannot unbind the notify address {addr:#x}: {e}");
+                    failed = Some(format!("cannot unbind the notify address {addr:#x}: {e}"));
                 }
             }
         }
         if let Some(new) = to {
             for (q, addr) in self.notify_addresses(new) {
+                // The write still reaches write_bar then, only more slowly.
                 if let Err(e) = binding.bind(&events[q], addr) {
-                    // The write still reaches write_bar, only more slowly.
-                    log::warn!("virtio-pci: cannot bind the notify address {addr:#x}: {e}");
+                    failed = Some(format!("cannot bind the notify address {addr:#x}: {e}"));
                 }
+            }
+        }
+        // Once per device at warning level: the guest decides how often BARs move.
+        if let Some(why) = failed {
+            if std::mem::replace(&mut self.binding_warned, true) {
+                log::debug!("virtio-pci: {why}");
+            } else {
+                log::warn!("virtio-pci: {why}");
             }
         }
     }
