@@ -65,10 +65,8 @@ fn request(socket: &std::path::Path, method: &str, path: &str) -> anyhow::Result
 fn print_info(v: &serde_json::Value) {
     let c = &v["config"];
     println!("state:    {}", v["state"].as_str().unwrap_or("?"));
-    println!(
-        "uptime:   {:.1} s",
-        v["uptime_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
-    );
+    let ms = v["uptime_ms"].as_u64().unwrap_or(0);
+    println!("uptime:   {}.{} s", ms / 1000, ms % 1000 / 100);
     println!("vCPUs:    {}", v["vcpus"]);
     println!("memory:   {} MiB", c["memory"].as_u64().unwrap_or(0) >> 20);
     println!("kernel:   {}", c["kernel"].as_str().unwrap_or("?"));
