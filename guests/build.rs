@@ -47,6 +47,7 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
     ("pci_virtio_net", "pci_virtio_net.S", &[]),
     ("pci_intx", "pci_intx.S", &[]),
     ("pci_hostile", "pci_hostile.S", &[]),
+    ("vfio", "vfio.S", &[]),
     ("counter", "counter.S", &[]),
     ("trace", "trace.S", &[]),
 ];

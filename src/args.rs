@@ -18,9 +18,9 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
-#[derive(Subcommand)]
-// Parsed once; boxing `Run` would only make every use longer.
+// Parsed once per process: the size of `Run` costs nothing.
 #[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
 pub enum Command {
     /// Boot a guest (the built-in demo guest when no --kernel is given).
     Run(RunArgs),
@@ -28,6 +28,9 @@ pub enum Command {
     Info,
     /// Control a running VM through its API socket (see `run --api-socket`).
     Ctl(CtlArgs),
+    /// SR-IOV virtual functions on the host: list, enable PF N, disable PF, bind VF, unbind VF.
+    #[command(subcommand)]
+    Sriov(SriovCommand),
 }
 
 #[derive(Parser, Clone)]
@@ -56,6 +59,48 @@ pub enum CtlAction {
     Stop,
     /// Exit statistics: per reason, per vCPU and per device.
     Stats,
+}
+
+/// `vibe-vmm sriov ...` (src/sriov.rs runs it).
+#[derive(Subcommand, Clone)]
+pub enum SriovCommand {
+    /// List physical functions and their virtual functions (driver, IOMMU group).
+    List,
+    /// Give physical function PF N virtual functions.
+    Enable {
+        #[arg(value_name = "PF", value_parser = parse_bdf)]
+        pf: vfio::sysfs::Bdf,
+        #[arg(value_name = "N")]
+        n: u32,
+    },
+    /// Destroy every virtual function of PF (refused while one is held for VFIO).
+    Disable {
+        #[arg(value_name = "PF", value_parser = parse_bdf)]
+        pf: vfio::sysfs::Bdf,
+    },
+    /// Hand virtual function VF to vfio-pci, for `run --device vfio=VF`.
+    Bind {
+        #[arg(value_name = "VF", value_parser = parse_bdf)]
+        vf: vfio::sysfs::Bdf,
+    },
+    /// Give virtual function VF back from vfio-pci to its host driver.
+    Unbind {
+        #[arg(value_name = "VF", value_parser = parse_bdf)]
+        vf: vfio::sysfs::Bdf,
+    },
+}
+
+/// `vfio=BDF` -> the function's sysfs directory.
+fn parse_device(s: &str) -> Result<std::path::PathBuf, String> {
+    let bdf = s
+        .strip_prefix("vfio=")
+        .ok_or_else(|| format!("{s:?}: expected vfio=BDF (the only kind of --device so far)"))?;
+    let bdf = parse_bdf(bdf)?;
+    Ok(std::path::Path::new("/sys/bus/pci/devices").join(bdf.to_string()))
+}
+
+pub fn parse_bdf(s: &str) -> Result<vfio::sysfs::Bdf, String> {
+    s.parse()
 }
 
 impl Default for Command {
@@ -134,6 +179,14 @@ pub struct RunArgs {
     #[cfg(target_arch = "x86_64")]
     #[arg(long, value_name = "LIST", default_value = "", value_parser = parse_hide)]
     pub cpuid_hide: FeatureList,
+    /// Pass a host PCI function through with VFIO (x86_64 Linux), repeatable: vfio=BDF (e.g.
+    /// vfio=0000:3b:02.1), bound to vfio-pci first (`vibe-vmm sriov bind` for a VF).
+    #[arg(long = "device", value_name = "vfio=BDF", value_parser = parse_device)]
+    pub devices: Vec<std::path::PathBuf>,
+    /// Pass a host PCI function through with VFIO by its sysfs directory, repeatable
+    /// (/sys/bus/pci/devices/0000:3b:02.1).
+    #[arg(long = "vfio", value_name = "PATH")]
+    pub vfio: Vec<std::path::PathBuf>,
     /// Confine each vibe-vmm thread with a seccomp filter of the calls it needs: kill (a call
     /// outside it kills vibe-vmm), log (the kernel logs it and lets it run) or off.
     #[cfg(target_os = "linux")]

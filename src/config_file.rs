@@ -64,6 +64,8 @@ const KEYS: &[(&str, Kind)] = &[
     ("irqchip", Kind::Text),
     ("transport", Kind::Text),
     ("cpuid_hide", Kind::Text),
+    ("device", Kind::Repeat),
+    ("vfio", Kind::Repeat),
     ("seccomp", Kind::Text),
     ("api_socket", Kind::Text),
     ("stats", Kind::Switch),
@@ -340,8 +342,8 @@ mod tests {
         assert_eq!(
             err("cpus = 1\nmemroy = \"1G\"\n"),
             "line 2: unknown key \"memroy\" (known: kernel, initrd, cmdline, memory, cpus, \
-             console, serial, disk, net, no_acpi, irqchip, transport, cpuid_hide, seccomp, \
-             api_socket, stats, trace, trace_file)"
+             console, serial, disk, net, no_acpi, irqchip, transport, cpuid_hide, device, vfio, \
+             seccomp, api_socket, stats, trace, trace_file)"
         );
         assert_eq!(
             err("\nstats = \"yes\""),

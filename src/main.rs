@@ -6,6 +6,7 @@ mod config_file;
 mod console;
 mod ctl;
 mod signals;
+mod sriov;
 
 use std::process::ExitCode;
 use std::sync::OnceLock;
@@ -93,6 +94,7 @@ fn main() -> ExitCode {
             .and_then(|signals| run(args, signals)),
         Command::Info => info().map(|_| 0),
         Command::Ctl(args) => ctl::run(&args),
+        Command::Sriov(c) => sriov::run(c).map(|_| 0),
     };
     let code = match result {
         Ok(code) => code,
@@ -195,6 +197,9 @@ fn run(args: RunArgs, signals: signals::SignalThread) -> anyhow::Result<u8> {
     config.memory = args.memory;
     config.cpus = args.cpus;
     config.disks = args.disks.clone();
+    config.vfio = (args.devices.iter().chain(&args.vfio))
+        .map(|p| vmm::VfioConfig::Host(p.clone()))
+        .collect();
     config.nets = args.nets.clone();
     #[cfg(target_arch = "x86_64")]
     {

@@ -45,6 +45,7 @@ const CRATES: &[&str] = &[
     "arch",
     "devices",
     "vmm",
+    "vfio",
     "test_guests",
     "vibe_vmm",
     "std",

@@ -70,7 +70,11 @@ fn msi_ops(data: &[u8]) {
             let before = fired.load(Ordering::SeqCst);
             m.trigger(usize::from(op[3]));
             if !m.enabled() {
-                assert_eq!(fired.load(Ordering::SeqCst), before, "delivered while disabled");
+                assert_eq!(
+                    fired.load(Ordering::SeqCst),
+                    before,
+                    "delivered while disabled"
+                );
             }
         }
         assert_eq!(m.pending() >> 4, 0, "pending bit past the vectors");
@@ -105,6 +109,10 @@ fuzz_target!(|data: &[u8]| {
         }
         let mut pba = [0u8; 8];
         m.read_pba(0, &mut pba);
-        assert_eq!(u64::from_le_bytes(pba) >> VECTORS, 0, "pending bit past the table");
+        assert_eq!(
+            u64::from_le_bytes(pba) >> VECTORS,
+            0,
+            "pending bit past the table"
+        );
     }
 });

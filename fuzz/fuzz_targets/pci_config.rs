@@ -56,7 +56,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let blk = devices::virtio::block::Block::open(&path, false).unwrap();
     let mut root = PciRoot::new(WINDOWS);
-    root.add(0, Arc::new(Mutex::new(HostBridge::new()))).unwrap();
+    root.add(0, Arc::new(Mutex::new(HostBridge::new())))
+        .unwrap();
     let kind = BarKind::Memory64 {
         prefetchable: false,
     };

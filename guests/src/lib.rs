@@ -135,6 +135,11 @@ guest!(
     /// scenarios are the letters of its command line (see `asm/pci_hostile.S`).
     PCI_HOSTILE, "pci_hostile.elf");
 guest!(
+    /// Drives the fake VFIO device (1b36:0100) through vibe-vmm's passthrough layer: finds
+    /// it, sizes its BARs and moves BAR 2, registers through BAR 0, fills BAR 2, a DMA into
+    /// RAM completed by MSI-X vector 0; exits 0 or the failed check's number.
+    VFIO, "vfio.elf");
+guest!(
     /// 1000 `out`s to port 0x80, then a 64-bit progress counter at [`COUNTER_ADDR`] that goes
     /// up for ever (the API tests pause it and watch).
     COUNTER, "counter.elf");

@@ -147,6 +147,12 @@ pub trait MsiLine: Send + Sync {
     fn set_message(&self, message: Option<MsiMessage>) -> io::Result<()>;
     /// Delivers the programmed message, if any.
     fn trigger(&self) -> io::Result<()>;
+    /// The eventfd the hypervisor turns into this line's message (KVM: the irqfd of its GSI),
+    /// so that something outside the VMM (a passed-through device, through VFIO) can raise it
+    /// directly. Only meaningful while a message is set. `None` where each trigger is a call.
+    fn irqfd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// Stops a running vCPU from any thread: its `run` returns [`VmExit::Interrupted`] promptly,
@@ -194,6 +200,31 @@ pub trait Vm: Send + Sync {
     fn unregister_mmio_notify_any(&self, evt: &Event, addr: u64) -> Result<()>;
 
     fn create_vcpu(&self, id: u32) -> Result<Self::Vcpu>;
+
+    /// Maps `size` bytes of host memory at `hva` (a passed-through device's BAR) into the
+    /// guest at `gpa` as a slot of its own, from any thread while the VM runs; returns the
+    /// slot for [`Vm::unmap_device_memory`]. Guest accesses there then never exit.
+    /// [`Error::Unsupported`] where the backend cannot (the access keeps trapping).
+    ///
+    /// # Safety
+    /// The host range must stay mapped until the slot is unmapped or the VM is gone.
+    unsafe fn map_device_memory(&self, _gpa: u64, _size: u64, _hva: u64) -> Result<u32> {
+        Err(Error::Unsupported)
+    }
+
+    /// Removes a slot [`Vm::map_device_memory`] made.
+    fn unmap_device_memory(&self, _slot: u32) -> Result<()> {
+        Err(Error::Unsupported)
+    }
+
+    /// A level-triggered line for `gsi` driven from outside the VMM (a passed-through
+    /// device's INTx, through VFIO): a signal on `trigger` raises it, and when the guest
+    /// acknowledges it (EOI) the hypervisor lowers it and signals `resample`, which the
+    /// device takes as "unmask". KVM: an irqfd with KVM_IRQFD_FLAG_RESAMPLE. Needs the
+    /// in-kernel irqchip; [`Error::Unsupported`] elsewhere.
+    fn level_irqfd(&self, _gsi: u32, _trigger: &Event, _resample: &Event) -> Result<()> {
+        Err(Error::Unsupported)
+    }
 }
 
 /// One virtual CPU. Its methods are called only from the thread that runs it. What depends on

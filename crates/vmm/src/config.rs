@@ -22,6 +22,21 @@ pub enum SerialOutput {
     None,
 }
 
+/// A PCI function passed through with VFIO (x86_64: it joins the PCI bus whatever the
+/// virtio transport).
+pub enum VfioConfig {
+    /// A host function by its sysfs directory (`/sys/bus/pci/devices/0000:3b:02.1`), opened
+    /// through the kernel's VFIO (Linux).
+    Host(PathBuf),
+    /// A backend already open: a test's fake device (`vfio::fake::FakeDevice`).
+    Backend {
+        name: String,
+        backend: Box<dyn vfio::VfioBackend>,
+        /// The function's counters, for the caller to read.
+        stats: std::sync::Arc<vfio::device::Stats>,
+    },
+}
+
 /// The console devices a VM can have; the CLI connects one of them to the terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsoleKind {
@@ -117,6 +132,8 @@ pub struct VmConfig {
     pub transport: Transport,
     /// Print a line per VM exit (`--trace exits`).
     pub trace: Option<crate::trace::TraceConfig>,
+    /// Host PCI functions passed through with VFIO, in bus order after the virtio devices.
+    pub vfio: Vec<VfioConfig>,
 }
 
 impl VmConfig {
@@ -142,6 +159,7 @@ impl VmConfig {
             seccomp: SeccompMode::default(),
             transport: Transport::Mmio,
             trace: None,
+            vfio: Vec::new(),
         }
     }
 }

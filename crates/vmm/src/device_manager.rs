@@ -354,6 +354,16 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
             virtio_console = Some(Arc::new(Mutex::new(handle)));
         }
     }
+    let vfio = std::mem::take(&mut config.vfio);
+    match &mut pci {
+        Some((root, p)) => {
+            for device in vfio {
+                add_vfio(vm, msi, mem, root, p, &mut events, device, config.memory)?;
+            }
+        }
+        None if !vfio.is_empty() => return Err(Error::NoPci),
+        None => {}
+    }
     if let Some((root, p)) = pci {
         let root = root.into_shared();
         let (io_base, io_size) = p.windows.io;
@@ -503,6 +513,136 @@ fn add_virtio_pci<V: hypervisor::Vm + 'static>(
     let dev = Arc::new(Mutex::new(dev));
     root.add(n, dev.clone())?;
     Ok(dev)
+}
+
+/// Maps a passed-through function's BARs into the guest through the hypervisor. Holds the VM
+/// weakly, as [`IoEventBinding`] does.
+struct VmDeviceMemory<V>(Weak<V>);
+
+impl<V: hypervisor::Vm> vfio::device::DeviceMemory for VmDeviceMemory<V> {
+    fn map(&self, gpa: u64, size: u64, hva: u64) -> io::Result<u32> {
+        let vm = self.0.upgrade().ok_or(io::ErrorKind::NotConnected)?;
+        // SAFETY: the function keeps its BAR mapped until it unmaps the slot (or the VM goes).
+        unsafe { vm.map_device_memory(gpa, size, hva) }.map_err(io::Error::other)
+    }
+
+    fn unmap(&self, slot: u32) -> io::Result<()> {
+        match self.0.upgrade() {
+            Some(vm) => vm.unmap_device_memory(slot).map_err(io::Error::other),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Opens a host function through the kernel's VFIO, after the host-side checks that name
+/// what to fix.
+#[cfg(target_os = "linux")]
+fn open_host(path: &std::path::Path, ram: u64) -> Result<(String, Box<dyn vfio::VfioBackend>)> {
+    let bdf = vfio::sysfs::Host::bdf_of(path).map_err(|e| Error::Vfio {
+        device: path.display().to_string(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, e),
+    })?;
+    let host = vfio::sysfs::Host::system();
+    host.check_passthrough(bdf)?;
+    vfio::sysfs::check_memlock(vfio::sysfs::memlock_limit(), ram)?;
+    let dev =
+        vfio::linux::HostDevice::open(&host.device_dir(bdf)).map_err(|source| Error::Vfio {
+            device: bdf.to_string(),
+            source,
+        })?;
+    Ok((bdf.to_string(), Box::new(dev)))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_host(_: &std::path::Path, _: u64) -> Result<(String, Box<dyn vfio::VfioBackend>)> {
+    Err(Error::Unsupported(
+        "VFIO passthrough (a Linux host feature)",
+    ))
+}
+
+/// Puts a passed-through function on the PCI bus as the next device: BARs assigned in the
+/// windows, one MSI line per MSI-X vector (their VMM-side events served on the event loop),
+/// INTA as a level irqfd where the hypervisor has one, all guest RAM mapped for its DMA.
+#[allow(clippy::too_many_arguments)]
+fn add_vfio<V: hypervisor::Vm + 'static>(
+    vm: &Arc<V>,
+    msi: &MsiSource,
+    mem: &GuestMemoryMmap,
+    root: &mut PciRoot,
+    platform: &PciPlatform,
+    events: &mut EventLoopBuilder,
+    device: crate::VfioConfig,
+    ram: u64,
+) -> Result<()> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    let (name, mut backend, stats) = match device {
+        crate::VfioConfig::Host(path) => {
+            let (name, backend) = open_host(&path, ram)?;
+            (name, backend, Default::default())
+        }
+        crate::VfioConfig::Backend {
+            name,
+            backend,
+            stats,
+        } => (name, backend, stats),
+    };
+    let err = |source| Error::Vfio {
+        device: name.clone(),
+        source,
+    };
+    let n = root.free_device_number().ok_or(Error::TooManyDevices {
+        count: devices::pci::root::DEVICES,
+        max: devices::pci::root::DEVICES as u32 - 1,
+    })?;
+    let gsi = (platform.intx_gsi)(n, 0);
+    let intx = (|| {
+        let (trigger, resample) = (Event::new().ok()?, Event::new().ok()?);
+        match vm.level_irqfd(gsi, &trigger, &resample) {
+            Ok(()) => Some((gsi as u8, trigger, resample)),
+            Err(e) => {
+                log::debug!("{name}: no INTx: {e}");
+                None
+            }
+        }
+    })();
+    let probe = vfio::VfioPciDevice::probe(&mut *backend, intx.is_some()).map_err(err)?;
+    let bar_addresses = probe
+        .bars()
+        .iter()
+        .map(|b| root.allocate_bar(b.kind, b.size))
+        .collect::<std::result::Result<_, _>>()?;
+    let msi = (0..probe.msix_vectors())
+        .map(|_| msi())
+        .collect::<Result<_>>()?;
+    let wiring = vfio::device::Wiring {
+        bar_addresses,
+        msi,
+        intx,
+        memory: Some(Box::new(VmDeviceMemory(Arc::downgrade(vm)))),
+        ram: mem
+            .iter()
+            .map(|r| (r.start_addr().0, r.len(), r.as_ptr() as u64))
+            .collect(),
+        ram_owner: Box::new(mem.clone()),
+        stats,
+    };
+    let dev = vfio::VfioPciDevice::new(name.clone(), backend, probe, wiring).map_err(err)?;
+    let vectors = dev.vector_events().map_err(err)?;
+    let dev = Arc::new(Mutex::new(dev));
+    for (v, evt) in vectors {
+        let d = dev.clone();
+        events.add(
+            evt.as_raw_fd(),
+            Box::new(move || {
+                // The device reads the event itself; `evt` keeps the descriptor open.
+                let _ = &evt;
+                lock(&d).serve_vector(v);
+                Interest::Readable
+            }),
+        );
+    }
+    root.add(n, dev)?;
+    Ok(())
 }
 
 /// Runs a device's queues on the event loop when their notify events fire.

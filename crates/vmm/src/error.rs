@@ -79,6 +79,14 @@ pub enum Error {
     Pci(#[from] devices::pci::root::PciError),
     #[error("this platform has no PCI bus: use the mmio transport")]
     NoPci,
+    #[error("VFIO device {device}")]
+    Vfio {
+        device: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    VfioHost(#[from] vfio::sysfs::HostError),
     #[error("the VM was already started")]
     AlreadyStarted,
 }

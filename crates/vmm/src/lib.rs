@@ -32,7 +32,7 @@ mod x86_64;
 pub use aarch64::MAX_VCPUS;
 pub use config::{
     ConsoleKind, DiskConfig, IrqchipMode, KernelImage, NetBackendConfig, NetConfig, SerialOutput,
-    Transport, VmConfig,
+    Transport, VfioConfig, VmConfig,
 };
 pub use control::{ControlError, RunState, VmController, VmInfo};
 pub use error::{Error, Result};

@@ -240,6 +240,21 @@ impl PciConfig {
         }
     }
 
+    /// Sets registers outright, with the bits the driver may change: a passed-through
+    /// function copies the device's own registers (capabilities at the device's offsets)
+    /// this way. Out-of-range parts are ignored.
+    pub fn set_raw(&mut self, offset: usize, bytes: &[u8], writable: &[u8]) {
+        let Some(end) = offset
+            .checked_add(bytes.len())
+            .filter(|&e| e <= CONFIG_SPACE_SIZE)
+        else {
+            return;
+        };
+        self.bytes[offset..end].copy_from_slice(bytes);
+        let w = writable.len().min(bytes.len());
+        self.writable[offset..offset + w].copy_from_slice(&writable[..w]);
+    }
+
     /// The raw bytes, for a device's own capability registers.
     pub fn bytes(&self, offset: usize, len: usize) -> &[u8] {
         self.bytes.get(offset..offset + len).unwrap_or(&[])

@@ -164,6 +164,36 @@ impl Msix {
         }
     }
 
+    /// Whether `vector` would be delivered now (MSI-X enabled, neither it nor the function
+    /// masked). If so, its line gets the current message first, so that something outside
+    /// the VMM may raise the line directly ([`MsiLine::irqfd`]: a passed-through device).
+    pub fn program(&mut self, vector: u16) -> bool {
+        let v = usize::from(vector);
+        let Some(e) = self.entries.get_mut(v) else {
+            return false;
+        };
+        if !self.enabled || self.function_masked || e.masked() {
+            return false;
+        }
+        if e.stale {
+            let message = MsiMessage {
+                address: e.address,
+                data: e.data,
+            };
+            if let Err(err) = self.lines[v].set_message(Some(message)) {
+                log::warn!("MSI-X vector {v}: cannot program the message: {err}");
+                return false;
+            }
+            e.stale = false;
+        }
+        true
+    }
+
+    /// The eventfd behind `vector`'s line, if the hypervisor gave it one.
+    pub fn irqfd(&self, vector: u16) -> Option<std::os::fd::RawFd> {
+        self.lines.get(usize::from(vector))?.irqfd()
+    }
+
     /// A read in the table: aligned 4- or 8-byte accesses; others read 0.
     pub fn read_table(&self, offset: u64, data: &mut [u8]) {
         data.fill(0);

@@ -17,6 +17,12 @@ ioctl_iow_nr!(
 );
 ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_bindings::kvm_irqfd);
 ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_bindings::kvm_ioeventfd);
+ioctl_iow_nr!(
+    KVM_SET_USER_MEMORY_REGION,
+    KVMIO,
+    0x46,
+    kvm_bindings::kvm_userspace_memory_region
+);
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -77,6 +83,12 @@ pub fn msi_routing() -> Vec<(u64, &'static str)> {
     ]
 }
 
+/// KVM_SET_USER_MEMORY_REGION on the VM: a vCPU that moves a passed-through device's BAR
+/// maps (or unmaps) the device memory behind it as a slot of its own.
+pub fn set_user_memory_region() -> u64 {
+    KVM_SET_USER_MEMORY_REGION()
+}
+
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
@@ -102,5 +114,6 @@ mod tests {
         assert_eq!(signal_msi(), 0x4020_aea5);
         let got: Vec<u64> = msi_routing().into_iter().map(|(n, _)| n).collect();
         assert_eq!(got, [0x4008_ae6a, 0x4040_ae79, 0x4020_ae76]);
+        assert_eq!(set_user_memory_region(), 0x4020_ae46);
     }
 }

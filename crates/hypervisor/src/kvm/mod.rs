@@ -10,6 +10,7 @@ mod vcpu;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
 use std::mem::ManuallyDrop;
@@ -134,6 +135,7 @@ impl crate::Hypervisor for Kvm {
             vm: ManuallyDrop::new(Arc::new(vm)),
             run_size,
             routes: OnceLock::new(),
+            device_slots: Mutex::new(BTreeSet::new()),
             #[cfg(target_arch = "x86_64")]
             cpuid: self
                 .kvm
@@ -167,9 +169,16 @@ pub struct KvmVm {
     /// exists, with `None` inside where KVM cannot route (no KVM_CAP_IRQ_ROUTING). Shared with
     /// the MSI lines, which change it; it holds no descriptor.
     routes: OnceLock<Option<Arc<Mutex<Routes>>>>,
+    /// Slots of device memory mapped while the VM runs ([`crate::Vm::map_device_memory`]).
+    device_slots: Mutex<BTreeSet<u32>>,
     #[cfg(target_arch = "x86_64")]
     cpuid: kvm_bindings::CpuId,
 }
+
+/// Device memory slots are numbered from here up, far above guest RAM's few slots and below
+/// the 509 user slots the oldest kernels this VMM runs on give x86 (KVM_CAP_NR_MEMSLOTS).
+const FIRST_DEVICE_SLOT: u32 = 256;
+const MAX_DEVICE_SLOTS: u32 = 200;
 
 /// An irqfd: writing the eventfd pulses the GSI in the in-kernel irqchip.
 struct KvmIrqLine(EventFd);
@@ -318,6 +327,39 @@ impl crate::Vm for KvmVm {
         self.vm
             .unregister_ioevent(evt.eventfd(), &IoEventAddress::Mmio(addr), NoDatamatch)
             .map_err(os_err("KVM_IOEVENTFD (deassign)"))
+    }
+
+    unsafe fn map_device_memory(&self, gpa: u64, size: u64, hva: u64) -> Result<u32> {
+        let mut slots = self.device_slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = (FIRST_DEVICE_SLOT..FIRST_DEVICE_SLOT + MAX_DEVICE_SLOTS)
+            .find(|s| !slots.contains(s))
+            .ok_or(Error::MissingCapability(
+                "a free KVM memory slot for device memory",
+            ))?;
+        // SAFETY: the caller keeps the host range mapped until the slot goes.
+        unsafe { self.map_memory(slot, gpa, size, hva) }?;
+        slots.insert(slot);
+        Ok(slot)
+    }
+
+    fn unmap_device_memory(&self, slot: u32) -> Result<()> {
+        let mut slots = self.device_slots.lock().unwrap_or_else(|e| e.into_inner());
+        if !slots.remove(&slot) {
+            return Ok(());
+        }
+        let region = kvm_userspace_memory_region {
+            slot,
+            ..Default::default()
+        };
+        // SAFETY: a size of 0 deletes the slot; no host memory is named.
+        unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(os_err("KVM_SET_USER_MEMORY_REGION (delete a device slot)"))
+    }
+
+    fn level_irqfd(&self, gsi: u32, trigger: &crate::Event, resample: &crate::Event) -> Result<()> {
+        self.vm
+            .register_irqfd_with_resample(trigger.eventfd(), resample.eventfd(), gsi)
+            .map_err(os_err("KVM_IRQFD (resample)"))
     }
 
     fn create_vcpu(&self, id: u32) -> Result<KvmVcpu> {

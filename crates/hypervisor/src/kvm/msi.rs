@@ -221,6 +221,11 @@ impl MsiLine for RoutedMsi {
         }
         self.evt.write(1)
     }
+
+    fn irqfd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        Some(self.evt.as_raw_fd())
+    }
 }
 
 impl Drop for RoutedMsi {

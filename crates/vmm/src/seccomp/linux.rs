@@ -60,8 +60,13 @@ const POLL: &[i64] = &[libc::SYS_ppoll];
 /// Calls, beyond [`COMMON`], that each kind of thread makes without argument checks.
 fn plain_calls(kind: ThreadKind) -> Vec<i64> {
     match kind {
-        // The kick's handler returns through `rt_sigreturn`.
-        ThreadKind::Vcpu => vec![libc::SYS_rt_sigreturn],
+        // The kick's handler returns through `rt_sigreturn`; a trapped access to a
+        // passed-through function's BAR is a pread/pwrite on its VFIO descriptor.
+        ThreadKind::Vcpu => vec![
+            libc::SYS_rt_sigreturn,
+            libc::SYS_pread64,
+            libc::SYS_pwrite64,
+        ],
         // Events (poll, read), disks (pread/pwrite, preadv2 with RWF_NOWAIT, io_uring for
         // reads that wait, fdatasync for flushes), TAP (read/write) and socket back ends.
         ThreadKind::Devices => [
@@ -145,6 +150,13 @@ fn ioctl_rules(kind: ThreadKind) -> Result<Vec<SeccompRule>, BackendError> {
         ThreadKind::Vcpu | ThreadKind::Devices | ThreadKind::Main
     ) {
         for (n, _) in ioctls::msi_routing() {
+            rules.push(request(n)?);
+        }
+        // A passed-through function: a vCPU maps its BAR as a memory slot when the guest
+        // moves it, and rewires its MSI-X vectors in VFIO; the owner resets it and unmaps
+        // its DMA on stop.
+        rules.push(request(ioctls::set_user_memory_region())?);
+        for (n, _) in vfio::linux::running_ioctls() {
             rules.push(request(n)?);
         }
     }
