@@ -48,6 +48,8 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
     ("pci_intx", "pci_intx.S", &[]),
     ("pci_hostile", "pci_hostile.S", &[]),
     ("vfio", "vfio.S", &[]),
+    ("counter", "counter.S", &[]),
+    ("trace", "trace.S", &[]),
 ];
 
 fn main() {

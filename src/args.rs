@@ -26,9 +26,39 @@ pub enum Command {
     Run(RunArgs),
     /// Show the platform, the hypervisor, its API version and capabilities.
     Info,
+    /// Control a running VM through its API socket (see `run --api-socket`).
+    Ctl(CtlArgs),
     /// SR-IOV virtual functions on the host: list, enable PF N, disable PF, bind VF, unbind VF.
     #[command(subcommand)]
     Sriov(SriovCommand),
+}
+
+#[derive(Parser, Clone)]
+pub struct CtlArgs {
+    /// The VM's API socket.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: PathBuf,
+    /// Print the API's JSON answer instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub action: CtlAction,
+}
+
+#[derive(Subcommand, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtlAction {
+    /// State, uptime and configuration.
+    Info,
+    /// Pause every vCPU and the devices.
+    Pause,
+    /// Resume a paused VM.
+    Resume,
+    /// Ask the guest to shut down (today: stop the VM; see docs/api.md).
+    Shutdown,
+    /// Stop the VM now.
+    Stop,
+    /// Exit statistics: per reason, per vCPU and per device.
+    Stats,
 }
 
 /// `vibe-vmm sriov ...` (src/sriov.rs runs it).
@@ -81,6 +111,7 @@ impl Default for Command {
 
 #[derive(Parser, Clone)]
 #[command(
+    args_override_self = true,
     after_help = "Console: with --serial stdio the terminal is put in raw mode and every key \
                   goes to the guest, Ctrl-C included. Press Ctrl-A then x to stop the VM \
                   (Ctrl-A Ctrl-A sends a literal Ctrl-A).\n\n\
@@ -89,6 +120,10 @@ impl Default for Command {
                   (130 for Ctrl-A x)."
 )]
 pub struct RunArgs {
+    /// Read these flags from a file (TOML, or JSON for a .json file): keys are the flags'
+    /// names (memory = "256M", disk = ["a.img"], stats = true); flags given here win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[arg(long, value_name = "PATH", help = KERNEL_HELP)]
     pub kernel: Option<PathBuf>,
     /// Initial ramdisk.
@@ -157,6 +192,20 @@ pub struct RunArgs {
     #[cfg(target_os = "linux")]
     #[arg(long, value_name = "MODE", default_value = "kill", value_parser = parse_seccomp)]
     pub seccomp: vmm::SeccompMode,
+    /// Serve the HTTP/JSON control API on this Unix socket (must not exist; created
+    /// owner-only, removed at exit). `vibe-vmm ctl` and `curl --unix-socket` speak it.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// Print exit statistics (per reason, per vCPU, per device) on stderr when the VM ends.
+    #[arg(long)]
+    pub stats: bool,
+    /// Print one line per VM exit: "exits" for all, or "exits=pio,mmio,hlt,..." (exit kinds
+    /// or the groups pio and mmio). Lines go to stderr, or to --trace-file.
+    #[arg(long, value_name = "exits[=FILTER]", value_parser = vmm::trace::TraceFilter::parse)]
+    pub trace: Option<vmm::trace::TraceFilter>,
+    /// Write the --trace lines to this file instead of stderr.
+    #[arg(long, value_name = "PATH", requires = "trace")]
+    pub trace_file: Option<PathBuf>,
 }
 
 #[cfg(target_arch = "x86_64")]

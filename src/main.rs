@@ -2,7 +2,9 @@
 //! the VM, wires the console and signals, and turns how the guest ended into an exit status.
 
 mod args;
+mod config_file;
 mod console;
+mod ctl;
 mod signals;
 mod sriov;
 
@@ -73,11 +75,25 @@ fn main() -> ExitCode {
         logger.target(env_logger::Target::Pipe(Box::new(out.clone())));
     }
     logger.init();
+    let command = match command {
+        Command::Run(args) if args.config.is_some() => match with_config_file(args) {
+            Ok(args) => Command::Run(args),
+            Err(e) => {
+                say!("vibe-vmm: error: {e:#}");
+                if let Some(out) = MESSAGES.get() {
+                    out.finish(Instant::now() + MESSAGES_GRACE);
+                }
+                return ExitCode::from(EXIT_VMM_ERROR);
+            }
+        },
+        other => other,
+    };
     let result = match command {
         Command::Run(args) => signals
             .context("cannot block signals")
             .and_then(|signals| run(args, signals)),
         Command::Info => info().map(|_| 0),
+        Command::Ctl(args) => ctl::run(&args),
         Command::Sriov(c) => sriov::run(c).map(|_| 0),
     };
     let code = match result {
@@ -91,6 +107,43 @@ fn main() -> ExitCode {
         out.finish(Instant::now() + MESSAGES_GRACE);
     }
     ExitCode::from(code)
+}
+
+/// `run --config FILE`: the file's keys become flags placed before the command line's, so
+/// the command line wins; each key is checked alone first, so an error names it and its line.
+fn with_config_file(args: RunArgs) -> anyhow::Result<RunArgs> {
+    let path = args.config.clone().unwrap_or_default();
+    let entries = config_file::read(&path).map_err(anyhow::Error::msg)?;
+    let argv: Vec<String> = std::env::args().collect();
+    let cli: Vec<String> = argv
+        .iter()
+        .skip_while(|a| *a != "run")
+        .skip(1)
+        .cloned()
+        .collect();
+    let given = |flag: &str| {
+        cli.iter()
+            .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    };
+    let flags = config_file::to_flags(&entries, given)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    for (at, one) in &flags {
+        if let Err(e) =
+            RunArgs::try_parse_from(std::iter::once("run").chain(one.iter().map(String::as_str)))
+        {
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or_default();
+            anyhow::bail!(
+                "{}: {at}: {}",
+                path.display(),
+                first.trim_start_matches("error: ")
+            );
+        }
+    }
+    let all = std::iter::once("run".to_string())
+        .chain(flags.into_iter().flat_map(|(_, f)| f))
+        .chain(cli);
+    Ok(RunArgs::try_parse_from(all).unwrap_or_else(|e| e.exit()))
 }
 
 /// Descriptors inherited beyond stdin, stdout and stderr are nothing vibe-vmm uses, and code
@@ -186,6 +239,28 @@ fn run(args: RunArgs, signals: signals::SignalThread) -> anyhow::Result<u8> {
         ConsoleKind::Mmio => config.mmio_console = Some(SerialOutput::Stdout),
     }
 
+    if let Some(filter) = &args.trace {
+        let out: Box<dyn std::io::Write + Send> = match &args.trace_file {
+            Some(p) => Box::new(
+                std::fs::File::create(p)
+                    .with_context(|| format!("cannot create the trace file {}", p.display()))?,
+            ),
+            None => Box::new(std::io::stderr()),
+        };
+        config.trace = Some(vmm::trace::TraceConfig {
+            filter: filter.clone(),
+            out,
+        });
+    }
+    // Bound before the VM is built, so that a path in use fails at once.
+    let listener = match &args.api_socket {
+        Some(p) => Some(
+            vmm::api::Listener::bind(p)
+                .with_context(|| format!("cannot create the API socket {}", p.display()))?,
+        ),
+        None => None,
+    };
+
     let hv = hypervisor::default_hypervisor().context("no usable hypervisor")?;
     let mut vm = create_vm(&hv, config).context("cannot create the VM")?;
     let stop = vm.stop_handle();
@@ -195,7 +270,26 @@ fn run(args: RunArgs, signals: signals::SignalThread) -> anyhow::Result<u8> {
         Some(input) if terminal => Some(console::Console::attach(input, stop.clone(), seccomp)?),
         _ => None,
     };
+    let mut api = None;
+    let mut controller = None;
     let outcome = vm.start().and_then(|()| {
+        controller = vm.controller();
+        // Started before this thread is confined: a thread inherits its parent's filter.
+        if let (Some(listener), Some(c)) = (listener, controller.clone()) {
+            match vmm::api::ApiServer::start(listener, c, Default::default(), seccomp) {
+                Ok(server) => api = Some(server),
+                Err(e) => {
+                    stop.stop(Outcome::Stopped(
+                        "the API socket could not be served".into(),
+                    ));
+                    drop(vm.wait());
+                    return Err(vmm::Error::Os {
+                        op: "start the API thread",
+                        source: e,
+                    });
+                }
+            }
+        }
         // Every other thread is confined by now. This one only waits and tears down and
         // handles nothing from the guest, which is why it may be confined a moment after the
         // guest starts (before, the vCPU threads it starts would inherit its filter).
@@ -210,8 +304,12 @@ fn run(args: RunArgs, signals: signals::SignalThread) -> anyhow::Result<u8> {
     });
     // Restore the terminal and stop helper threads before reporting anything.
     drop(console);
+    drop(api);
     let signal = signals.finish();
     let outcome = outcome.context("cannot start the VM")?;
+    if let (true, Some(c)) = (args.stats, &controller) {
+        say!("{}", c.stats().render().trim_end());
+    }
     Ok(report(&outcome, signal))
 }
 
@@ -274,6 +372,10 @@ fn report(outcome: &Outcome, signal: Option<i32>) -> u8 {
         Outcome::Crash { .. } => {
             say!("vibe-vmm: {outcome}");
             EXIT_GUEST_CRASH
+        }
+        Outcome::Requested(_) => {
+            say!("vibe-vmm: {outcome}");
+            0
         }
         Outcome::Stopped(_) => {
             say!("vibe-vmm: {outcome}");

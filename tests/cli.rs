@@ -713,3 +713,206 @@ fn ctrl_a_x_stops_the_vm_and_restores_the_terminal() {
     assert_eq!(pty.wait(), 130);
     assert_eq!(pty.lflag(), before, "terminal settings restored");
 }
+
+fn ctl(socket: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = bin()
+        .args(["ctl", "--api-socket", socket.to_str().unwrap()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `vibe-vmm ctl` against `vibe-vmm run --api-socket`: info, pause, a second pause refused,
+/// resume, stats as text and JSON, stop; the VMM then exits 0 and removes its socket.
+#[test]
+fn ctl_drives_a_running_vm_through_its_api_socket() {
+    if !kvm_usable() {
+        return;
+    }
+    let guest = temp_file("counter.elf", test_guests::COUNTER);
+    let socket = guest.with_file_name("api.sock");
+    let mut child = bin()
+        .args([
+            "run",
+            "--kernel",
+            guest.to_str().unwrap(),
+            "--serial",
+            "none",
+        ])
+        .args(["--memory", "32M", "--api-socket", socket.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !socket.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no API socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (code, out, err) = ctl(&socket, &["info"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("state:    running"), "{out}");
+    assert!(out.contains("memory:   32 MiB"), "{out}");
+    assert!(out.contains("counter.elf"), "{out}");
+    assert_eq!(ctl(&socket, &["pause"]).1.trim(), "paused");
+    let (code, _, err) = ctl(&socket, &["pause"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already paused (HTTP 409)"), "{err}");
+    assert_eq!(ctl(&socket, &["resume"]).1.trim(), "running");
+    let (code, out, err) = ctl(&socket, &["stats"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("pio_out"), "{out}");
+    assert!(out.contains("unclaimed"), "{out}");
+    let (_, json, _) = ctl(&socket, &["--json", "stats"]);
+    assert!(
+        json.starts_with('{') && json.contains("\"pio_out\""),
+        "{json}"
+    );
+    assert_eq!(ctl(&socket, &["stop"]).1.trim(), "stopped");
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(err.contains("stop requested through the API"), "{err}");
+    assert!(!socket.exists(), "socket left behind");
+    // Nobody listening any more.
+    let (code, _, err) = ctl(&socket, &["info"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot connect to the API socket"), "{err}");
+}
+
+#[test]
+fn an_api_socket_path_in_use_is_refused() {
+    let taken = temp_file("taken.sock", b"not a socket");
+    assert_error(
+        &["run", "--api-socket", taken.to_str().unwrap()],
+        "already exists",
+    );
+    assert_eq!(std::fs::read(&taken).unwrap(), b"not a socket");
+}
+
+/// `--stats` prints the exit counts when the guest ends; `--trace` writes one line per exit.
+#[test]
+fn stats_and_trace_are_printed() {
+    if !kvm_usable() {
+        return;
+    }
+    let trace = temp_file("trace.txt", b"");
+    let out = run(&[
+        "run",
+        "--stats",
+        "--trace",
+        "exits=pio_out",
+        "--trace-file",
+        trace.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("exits: "), "{err}");
+    assert!(err.contains("serial"), "{err}");
+    let lines = std::fs::read_to_string(&trace).unwrap();
+    let first = lines.lines().next().unwrap_or_default();
+    assert!(first.starts_with("vcpu0 pio_out"), "{first}");
+    assert!(first.contains("-> serial"), "{first}");
+    assert!(first.contains("  rip 0x"), "{first}");
+    assert!(
+        lines.lines().last().unwrap().contains("-> debug-exit"),
+        "{lines}"
+    );
+    let bad = run(&["run", "--trace", "exits=nope"]);
+    assert_eq!(bad.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("\"nope\" is not an exit kind"));
+}
+
+/// `run --config`: a good TOML and a good JSON file boot the guest with their settings, and
+/// a flag on the command line wins over the file.
+#[test]
+fn a_config_file_sets_the_flags_and_flags_win() {
+    if !kvm_usable() {
+        return;
+    }
+    let toml = temp_file(
+        "vm.toml",
+        b"# the demo guest, small\nmemory = \"64M\"\ncpus = 2\ncmdline = \"from the file\"\nstats = true\n",
+    );
+    let out = run(&["run", "--config", toml.to_str().unwrap()]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("vCPUs: 2"), "{stdout}");
+    assert!(
+        stdout.contains("command line: \"from the file\""),
+        "{stdout}"
+    );
+    assert!(stderr.contains("exits: "), "stats = true: {stderr}");
+    let out = run(&["run", "--config", toml.to_str().unwrap(), "--cpus", "1"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("vCPUs: 1"));
+    let json = temp_file(
+        "vm.json",
+        br#"{ "memory": "64M", "cmdline": "json", "cpus": 1 }"#,
+    );
+    let out = run(&["run", "--config", json.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("command line: \"json\""));
+}
+
+/// Unknown keys, wrong types and bad values are one-line errors naming the key and the line.
+#[test]
+fn bad_config_files_name_the_key_and_line() {
+    let cases: &[(&str, &[u8], &str)] = &[
+        (
+            "a.toml",
+            b"cpus = 1\nmemroy = \"1G\"\n",
+            "line 2: unknown key \"memroy\"",
+        ),
+        (
+            "b.toml",
+            b"\n\ncpus = \"two\"\n",
+            "line 3: cpus: invalid value 'two'",
+        ),
+        (
+            "c.toml",
+            b"stats = \"yes\"\n",
+            "line 1: stats: expected true or false",
+        ),
+        (
+            "d.toml",
+            b"memory = \"12Q\"\n",
+            "line 1: memory: invalid value '12Q'",
+        ),
+        (
+            "e.toml",
+            b"disk = 3\n",
+            "line 1: disk: expected an array of strings",
+        ),
+        (
+            "f.json",
+            b"{\n \"cpus\": 1,\n \"kernel\": 7\n}",
+            "line 3: kernel: expected a string, found an integer",
+        ),
+        ("g.json", b"{ \"cpus\": ", "EOF while parsing"),
+        ("h.toml", b"[vm]\ncpus = 1\n", "line 1: tables"),
+    ];
+    for (name, text, needle) in cases {
+        let f = temp_file(name, text);
+        assert_error(&["run", "--config", f.to_str().unwrap()], needle);
+    }
+    assert_error(
+        &["run", "--config", "/nonexistent/vm.toml"],
+        "cannot read the config file",
+    );
+}

@@ -15,9 +15,10 @@
 //!   `declared_names` for what counts). `VIBE_*` names are environment variables: they must
 //!   appear in a .rs or .sh file. Plain words in code font (`vmm`, `pread`) are not checked.
 //! - a flag: in a span that starts with `--` or `vibe-vmm`, and on the `vibe-vmm` command
-//!   lines of fenced blocks, each `--flag` must be listed by `vibe-vmm run --help` or
-//!   `vibe-vmm --help`, and a word after `vibe-vmm` must be one of its commands. Other tools'
-//!   flags stay in spans that start with the tool (`cargo test -- --ignored`).
+//!   lines of fenced blocks, each `--flag` must be listed by `vibe-vmm run --help`,
+//!   `vibe-vmm ctl --help` or `vibe-vmm --help`, and a word after `vibe-vmm` must be one of its
+//!   commands. Other tools' flags stay in spans that start with the tool
+//!   (`cargo test -- --ignored`).
 //!
 //! Not ours: a name from another project, a spec or the kernel (`kvm_run`, `hv_vcpu_run`,
 //! `GuestMemoryMmap`) is marked as such on its page, and then skipped:
@@ -190,7 +191,8 @@ fn rust_sources(paths: &[String]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The flags and commands the built binary lists: `vibe-vmm --help` and `vibe-vmm run --help`.
+/// The flags and commands the built binary lists: `vibe-vmm --help`, `vibe-vmm run --help`
+/// and `vibe-vmm ctl --help`.
 struct Cli {
     flags: HashSet<String>,
     commands: HashSet<String>,
@@ -209,7 +211,11 @@ fn cli() -> Cli {
         flags: HashSet::new(),
         commands: HashSet::new(),
     };
-    for text in [help(&["--help"]), help(&["run", "--help"])] {
+    for text in [
+        help(&["--help"]),
+        help(&["run", "--help"]),
+        help(&["ctl", "--help"]),
+    ] {
         let mut in_commands = false;
         for line in text.lines() {
             let entry = line.trim_start();

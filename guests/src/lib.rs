@@ -139,3 +139,16 @@ guest!(
     /// it, sizes its BARs and moves BAR 2, registers through BAR 0, fills BAR 2, a DMA into
     /// RAM completed by MSI-X vector 0; exits 0 or the failed check's number.
     VFIO, "vfio.elf");
+guest!(
+    /// 1000 `out`s to port 0x80, then a 64-bit progress counter at [`COUNTER_ADDR`] that goes
+    /// up for ever (the API tests pause it and watch).
+    COUNTER, "counter.elf");
+/// Where [`COUNTER`] keeps its progress counter.
+pub const COUNTER_ADDR: u64 = 0x1f_0000;
+/// How many port writes [`COUNTER`] makes before it counts.
+pub const COUNTER_WRITES: u64 = 1000;
+guest!(
+    /// A known sequence of exits for the exit-trace test: `out` to port 0x80, `out` and `in`
+    /// of 4 bytes at the test device's port 0x510, an MMIO write and read in its page at
+    /// 0xd1001000, then exit 0.
+    TRACE, "trace.elf");

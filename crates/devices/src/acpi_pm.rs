@@ -34,6 +34,10 @@ impl AcpiPm {
 }
 
 impl BusDevice for AcpiPm {
+    fn name(&self) -> String {
+        "acpi-pm".into()
+    }
+
     /// Sleep status reads 0: the machine never sleeps, so WAK_STS is never set.
     fn read(&mut self, _offset: u64, data: &mut [u8]) {
         data.fill(0);

@@ -12,6 +12,10 @@ use crate::lock;
 pub trait BusDevice: Send {
     fn read(&mut self, offset: u64, data: &mut [u8]);
     fn write(&mut self, offset: u64, data: &[u8]);
+    /// A short name for statistics and exit traces ("serial", "virtio-mmio-blk", ...).
+    fn name(&self) -> String {
+        "device".into()
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -73,7 +77,7 @@ impl Bus {
     }
 
     /// The device covering `addr` and the offset of `addr` in it.
-    fn find(&self, addr: u64, size: usize) -> Option<(&Entry, u64)> {
+    fn find(&self, addr: u64, size: usize) -> Option<(usize, &Entry, u64)> {
         let i = self
             .entries
             .partition_point(|e| e.base <= addr)
@@ -81,29 +85,50 @@ impl Bus {
         let e = &self.entries[i];
         let offset = addr - e.base;
         // The whole access must lie inside the device's range.
-        (offset.checked_add(size as u64)? <= e.len).then_some((e, offset))
+        (offset.checked_add(size as u64)? <= e.len).then_some((i, e, offset))
     }
 
     /// Routes a read; returns false (and leaves `data` as is) if no device covers it.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
-        match self.find(addr, data.len()) {
-            Some((e, offset)) => {
-                lock(&e.device).read(offset, data);
-                true
-            }
-            None => false,
-        }
+        self.read_at(addr, data).is_some()
     }
 
     /// Routes a write; returns false if no device covers it.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
-        match self.find(addr, data.len()) {
-            Some((e, offset)) => {
-                lock(&e.device).write(offset, data);
-                true
-            }
-            None => false,
-        }
+        self.write_at(addr, data).is_some()
+    }
+
+    /// Routes a read; returns the index of the device that answered (its place in
+    /// [`Bus::devices`]), or `None` (and leaves `data` as is) if no device covers it.
+    pub fn read_at(&self, addr: u64, data: &mut [u8]) -> Option<usize> {
+        let (i, e, offset) = self.find(addr, data.len())?;
+        lock(&e.device).read(offset, data);
+        Some(i)
+    }
+
+    /// Routes a write; returns the index of the device that took it, if one did.
+    pub fn write_at(&self, addr: u64, data: &[u8]) -> Option<usize> {
+        let (i, e, offset) = self.find(addr, data.len())?;
+        lock(&e.device).write(offset, data);
+        Some(i)
+    }
+
+    /// How many devices sit on the bus.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// (base, length, name) of every device, in address order: index `i` is the device
+    /// [`Bus::read_at`] and [`Bus::write_at`] report as `i`. Locks each device once.
+    pub fn devices(&self) -> Vec<(u64, u64, String)> {
+        self.entries
+            .iter()
+            .map(|e| (e.base, e.len, lock(&e.device).name()))
+            .collect()
     }
 }
 
@@ -144,5 +169,8 @@ mod tests {
         // An access straddling the end of a device is not routed.
         assert!(!bus.read(0x10e, &mut [0u8; 4]));
         assert!(bus.write(0x100, &[1]));
+        assert_eq!(bus.write_at(0x200, &[1]), Some(1));
+        assert_eq!(bus.read_at(0x100, &mut b), Some(0));
+        assert_eq!(bus.devices()[1], (0x200, 0x10, "device".to_string()));
     }
 }

@@ -18,6 +18,10 @@ impl DebugExit {
 }
 
 impl BusDevice for DebugExit {
+    fn name(&self) -> String {
+        "debug-exit".into()
+    }
+
     fn read(&mut self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }

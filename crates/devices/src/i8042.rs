@@ -59,6 +59,10 @@ impl I8042 {
 }
 
 impl BusDevice for I8042 {
+    fn name(&self) -> String {
+        "i8042".into()
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         let Some(first) = data.first_mut() else {

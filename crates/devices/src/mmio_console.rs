@@ -50,6 +50,10 @@ impl ConsoleInput for MmioConsole {
 }
 
 impl BusDevice for MmioConsole {
+    fn name(&self) -> String {
+        "mmio-console".into()
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let value = match offset {
             REG_DATA => self.input.pop_front().map_or(0, u32::from),

@@ -112,6 +112,10 @@ impl crate::ConsoleInput for Serial {
 }
 
 impl BusDevice for Serial {
+    fn name(&self) -> String {
+        "serial".into()
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         // Registers are one byte wide; wider reads see the register then zeros.
         data.fill(0);

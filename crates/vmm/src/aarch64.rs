@@ -35,6 +35,7 @@ where
 {
     check_cpus(config.cpus, hv.max_vcpus(), layout::MAX_CPUS)?;
     crate::seccomp::check(config.seccomp)?;
+    let settings = crate::vm::Settings::take(&mut config);
     let mem = memory::allocate_ranges(config.memory, MIN_RAM, |size| {
         vec![(layout::RAM_START, size)]
     })?;
@@ -86,15 +87,7 @@ where
         entry: placed.kernel,
         fdt: placed.fdt,
     });
-    Ok(Vm::assemble(
-        vm,
-        mem,
-        state,
-        devices,
-        setup,
-        config.cpus,
-        config.seccomp,
-    ))
+    Ok(Vm::assemble(vm, mem, state, devices, setup, settings))
 }
 
 /// Where the boot vCPU starts; the others wait for the guest's PSCI CPU_ON.

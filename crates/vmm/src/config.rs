@@ -130,6 +130,8 @@ pub struct VmConfig {
     pub seccomp: SeccompMode,
     /// How the virtio devices attach (x86_64: mmio or pci; arm64: mmio).
     pub transport: Transport,
+    /// Print a line per VM exit (`--trace exits`).
+    pub trace: Option<crate::trace::TraceConfig>,
     /// Host PCI functions passed through with VFIO, in bus order after the virtio devices.
     pub vfio: Vec<VfioConfig>,
 }
@@ -156,6 +158,7 @@ impl VmConfig {
             cpuid_hide: Vec::new(),
             seccomp: SeccompMode::default(),
             transport: Transport::Mmio,
+            trace: None,
             vfio: Vec::new(),
         }
     }

@@ -165,11 +165,31 @@ impl EventLoop {
         }
     }
 
-    /// Returns once no handler runs and none will until [`EventLoop::resume`]: no device
+    /// A handle that pauses and resumes the loop from another thread.
+    pub fn pauser(&self) -> Pauser {
+        Pauser(self.control.clone())
+    }
+
+    /// See [`Pauser::pause`].
+    pub fn pause(&self) {
+        self.pauser().pause()
+    }
+
+    pub fn resume(&self) {
+        self.pauser().resume()
+    }
+}
+
+/// Pauses and resumes the device loop (the VM's controller holds one).
+#[derive(Clone)]
+pub(crate) struct Pauser(Arc<Control>);
+
+impl Pauser {
+    /// Returns once no handler runs and none will until [`Pauser::resume`]: no device
     /// touches guest memory or raises an interrupt in between. Notifications that arrive
     /// meanwhile wait in their events.
     pub fn pause(&self) {
-        let c = &self.control;
+        let c = &self.0;
         let mut s = lock(&c.state);
         s.pause = true;
         let _ = c.wake.signal();
@@ -179,8 +199,8 @@ impl EventLoop {
     }
 
     pub fn resume(&self) {
-        lock(&self.control.state).pause = false;
-        self.control.changed.notify_all();
+        lock(&self.0.state).pause = false;
+        self.0.changed.notify_all();
     }
 }
 

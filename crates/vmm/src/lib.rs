@@ -10,7 +10,9 @@
 //! ```
 
 pub mod aarch64;
+pub mod api;
 pub mod config;
+mod control;
 mod device_manager;
 mod error;
 mod event_loop;
@@ -18,6 +20,8 @@ mod image_file;
 pub mod memory;
 pub mod seccomp;
 mod state;
+pub mod stats;
+pub mod trace;
 mod vcpu;
 mod vm;
 #[cfg(target_arch = "x86_64")]
@@ -30,6 +34,7 @@ pub use config::{
     ConsoleKind, DiskConfig, IrqchipMode, KernelImage, NetBackendConfig, NetConfig, SerialOutput,
     Transport, VfioConfig, VmConfig,
 };
+pub use control::{ControlError, RunState, VmController, VmInfo};
 pub use error::{Error, Result};
 pub use seccomp::SeccompMode;
 pub use state::{Outcome, StopHandle};

@@ -21,6 +21,9 @@ pub enum Outcome {
     Crash { vcpu: u32, reason: String },
     /// The host stopped the VM (a signal, the user's escape key, the VM being dropped).
     Stopped(String),
+    /// Someone asked for the stop through the VM's controller (the API socket's stop or
+    /// shutdown): an orderly end, not an interruption.
+    Requested(String),
 }
 
 impl fmt::Display for Outcome {
@@ -30,7 +33,7 @@ impl fmt::Display for Outcome {
             Outcome::Reset => write!(f, "guest reset the machine"),
             Outcome::PowerOff => write!(f, "guest powered off"),
             Outcome::Crash { vcpu, reason } => write!(f, "guest crashed on vCPU {vcpu}: {reason}"),
-            Outcome::Stopped(why) => write!(f, "VM stopped: {why}"),
+            Outcome::Stopped(why) | Outcome::Requested(why) => write!(f, "VM stopped: {why}"),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
+use std::time::Instant;
 
 use devices::Bus;
 use hypervisor::exit::{Data, SystemEvent};
@@ -12,7 +13,25 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::state::{Outcome, VmState};
+use crate::stats::{ExitKind, Target, VcpuStats};
+use crate::trace::Trace;
 use crate::Result;
+
+/// An access as the exit trace describes it.
+enum Access {
+    None,
+    /// Port, the value written or read, who answered, direction.
+    Pio(u16, Data, Target, &'static str),
+    /// Port, element size, element count, who answered (the last element), direction.
+    PioString(u16, usize, u32, Target, &'static str),
+    Mmio(u64, Data, Target, &'static str),
+    /// An access the VMM decodes itself: only its guest-physical address is known yet.
+    Gpa(u64),
+}
+
+fn target(index: Option<usize>) -> Target {
+    index.map_or(Target::Unclaimed, Target::Device)
+}
 
 /// What a guest architecture adds to the vCPU thread.
 pub(crate) trait VcpuSetup<V: hypervisor::Vm>: Send + Sync {
@@ -28,6 +47,14 @@ pub(crate) trait VcpuSetup<V: hypervisor::Vm>: Send + Sync {
 
     /// ", at PC ..." for error reports: where the guest was and what it ran.
     fn location(&self, vcpu: &V::Vcpu, mem: &GuestMemoryMmap) -> String;
+
+    /// Where the guest is, for the exit trace: "rip 0x..." and, with `bytes`, the bytes of
+    /// the one instruction there.
+    fn trace_location(&self, vcpu: &V::Vcpu, mem: &GuestMemoryMmap, _bytes: bool) -> String {
+        self.location(vcpu, mem)
+            .trim_start_matches(", at ")
+            .to_string()
+    }
 
     /// Emulates the instruction at the vCPU's PC, which accessed unbacked `gpa`, against
     /// guest memory and `mmio` (for hypervisors that do not decode MMIO instructions).
@@ -100,6 +127,10 @@ pub(crate) struct VcpuContext<V: hypervisor::Vm> {
     pub mmio: Arc<Bus>,
     pub mem: Arc<GuestMemoryMmap>,
     pub seccomp: SeccompMode,
+    /// This vCPU's exit counters (only this thread writes them).
+    pub stats: Arc<VcpuStats>,
+    /// `--trace exits`: one line per exit.
+    pub trace: Option<Arc<Trace>>,
 }
 
 /// What an unbacked read returns: all ones, as an open bus does.
@@ -158,89 +189,195 @@ impl<V: hypervisor::Vm> VcpuContext<V> {
                 Ok(exit) => exit,
                 Err(e) => return self.crash(e.to_string()),
             };
+            let t0 = Instant::now();
             entry = VmEntry::None;
-            match exit {
+            // What the exit trace says about the access, when it is on.
+            let mut access = Access::None;
+            let kind = match exit {
                 VmExit::IoOut { port, data } => {
-                    self.pio.write(u64::from(port), data.as_slice());
+                    let target = target(self.pio.write_at(u64::from(port), data.as_slice()));
+                    self.stats.pio(target);
+                    access = Access::Pio(port, data, target, "->");
+                    ExitKind::PioOut
                 }
                 VmExit::IoIn { port, size } => {
                     let mut data = Data::new(&[OPEN_BUS; 8][..usize::from(size)]);
-                    self.pio.read(u64::from(port), data.as_mut_slice());
+                    let target = target(self.pio.read_at(u64::from(port), data.as_mut_slice()));
+                    self.stats.pio(target);
+                    access = Access::Pio(port, data, target, "<-");
                     entry = VmEntry::IoIn(data);
+                    ExitKind::PioIn
                 }
                 // `rep ins`/`rep outs`: each element is its own access, as on hardware (a
                 // device may count them or return a different value each time).
-                VmExit::IoInString { port, size, .. } => {
+                VmExit::IoInString { port, size, count } => {
                     let size = usize::from(size.max(1));
+                    let mut t = None;
                     for element in vcpu.string_io_data().chunks_exact_mut(size) {
                         element.fill(OPEN_BUS);
-                        self.pio.read(u64::from(port), element);
+                        t = self.pio.read_at(u64::from(port), element);
                     }
+                    self.stats.pio(target(t));
+                    access = Access::PioString(port, size, count, target(t), "<-");
+                    ExitKind::PioString
                 }
-                VmExit::IoOutString { port, size, .. } => {
+                VmExit::IoOutString { port, size, count } => {
                     let size = usize::from(size.max(1));
+                    let mut t = None;
                     for element in vcpu.string_io_data().chunks_exact(size) {
-                        self.pio.write(u64::from(port), element);
+                        t = self.pio.write_at(u64::from(port), element);
                     }
+                    self.stats.pio(target(t));
+                    access = Access::PioString(port, size, count, target(t), "->");
+                    ExitKind::PioString
                 }
                 VmExit::MmioWrite { addr, data } => {
-                    if !self.setup.local_write(self.id, addr, data.as_slice())
-                        && !self.mmio.write(addr, data.as_slice())
-                    {
+                    let target = if self.setup.local_write(self.id, addr, data.as_slice()) {
+                        Target::LocalApic
+                    } else {
+                        target(self.mmio.write_at(addr, data.as_slice()))
+                    };
+                    if target == Target::Unclaimed {
                         log::debug!("vcpu{}: unhandled MMIO write at {addr:#x}", self.id);
                     }
+                    self.stats.mmio(target);
+                    access = Access::Mmio(addr, data, target, "->");
+                    ExitKind::MmioWrite
                 }
                 VmExit::MmioRead { addr, size } => {
                     let mut data = Data::new(&[OPEN_BUS; 8][..usize::from(size)]);
-                    if !self.setup.local_read(self.id, addr, data.as_mut_slice())
-                        && !self.mmio.read(addr, data.as_mut_slice())
-                    {
+                    let target = if self.setup.local_read(self.id, addr, data.as_mut_slice()) {
+                        Target::LocalApic
+                    } else {
+                        target(self.mmio.read_at(addr, data.as_mut_slice()))
+                    };
+                    if target == Target::Unclaimed {
                         log::debug!("vcpu{}: unhandled MMIO read at {addr:#x}", self.id);
                     }
+                    self.stats.mmio(target);
+                    access = Access::Mmio(addr, data, target, "<-");
                     entry = VmEntry::MmioRead(data);
+                    ExitKind::MmioRead
                 }
                 VmExit::MmioInstruction { gpa } => {
+                    // The instruction is traced before it runs: the trace shows its bytes.
+                    self.trace_exit(&vcpu, ExitKind::MmioEmulated, &Access::Gpa(gpa));
                     let done = self
                         .setup
                         .emulate_mmio(self.id, &mut vcpu, &self.mem, &self.mmio, gpa);
+                    self.stats.exit(ExitKind::MmioEmulated, t0.elapsed());
                     if let Err(why) = done {
                         let at = self.setup.location(&vcpu, &self.mem);
                         return self.crash(format!("{why}{at}"));
                     }
+                    continue;
                 }
-                VmExit::Interrupted | VmExit::InterruptWindow => {}
-                VmExit::Halt => self.setup.halt(self.id, &self.state),
-                VmExit::Shutdown => return self.crash("triple fault (CPU shutdown)".into()),
-                VmExit::SystemEvent(SystemEvent::Shutdown) => {
-                    return self.state.request_stop(Outcome::PowerOff)
+                VmExit::Interrupted => ExitKind::Interrupted,
+                VmExit::InterruptWindow => ExitKind::InterruptWindow,
+                VmExit::Halt => {
+                    self.trace_exit(&vcpu, ExitKind::Halt, &access);
+                    self.setup.halt(self.id, &self.state);
+                    self.stats.exit(ExitKind::Halt, t0.elapsed());
+                    continue;
                 }
-                VmExit::SystemEvent(SystemEvent::Reset) => {
-                    return self.state.request_stop(Outcome::Reset)
+                VmExit::Shutdown => {
+                    self.end_exit(&vcpu, ExitKind::Shutdown, t0);
+                    return self.crash("triple fault (CPU shutdown)".into());
                 }
-                VmExit::SystemEvent(SystemEvent::Crash) => {
-                    return self.crash("guest reported a crash".into())
+                VmExit::SystemEvent(event) => {
+                    self.end_exit(&vcpu, ExitKind::SystemEvent, t0);
+                    return match event {
+                        SystemEvent::Shutdown => self.state.request_stop(Outcome::PowerOff),
+                        SystemEvent::Reset => self.state.request_stop(Outcome::Reset),
+                        SystemEvent::Crash => self.crash("guest reported a crash".into()),
+                    };
                 }
                 VmExit::InternalError {
                     emulation,
                     description,
                 } => {
-                    if emulation && self.setup.finish_instruction(&vcpu, &self.mem) {
-                        continue;
+                    if emulation {
+                        self.trace_exit(&vcpu, ExitKind::EmulationFallback, &access);
+                        if self.setup.finish_instruction(&vcpu, &self.mem) {
+                            self.stats.exit(ExitKind::EmulationFallback, t0.elapsed());
+                            continue;
+                        }
                     }
+                    self.end_exit(&vcpu, ExitKind::Error, t0);
                     let at = self.setup.location(&vcpu, &self.mem);
                     return self.crash(format!("{description}{at}"));
                 }
                 VmExit::FailEntry { reason } => {
+                    self.end_exit(&vcpu, ExitKind::Error, t0);
                     return self.crash(format!(
                         "hypervisor refused to enter the guest (hardware reason {reason:#x})"
-                    ))
+                    ));
                 }
                 VmExit::Unhandled { reason } => {
+                    self.end_exit(&vcpu, ExitKind::Error, t0);
                     let at = self.setup.location(&vcpu, &self.mem);
                     return self.crash(format!("unhandled exit reason {reason}{at}"));
                 }
-            }
+            };
+            self.stats.exit(kind, t0.elapsed());
+            self.trace_exit(&vcpu, kind, &access);
         }
+    }
+
+    /// Counts and traces an exit that ends the VM.
+    fn end_exit(&self, vcpu: &V::Vcpu, kind: ExitKind, t0: Instant) {
+        self.stats.exit(kind, t0.elapsed());
+        self.trace_exit(vcpu, kind, &Access::None);
+    }
+
+    /// Writes the exit's trace line, if `--trace` asked for exits of this kind.
+    #[inline]
+    fn trace_exit(&self, vcpu: &V::Vcpu, kind: ExitKind, access: &Access) {
+        let Some(trace) = &self.trace else { return };
+        if !trace.wants(kind) {
+            return;
+        }
+        // KVM leaves RIP on a read (it completes the instruction with the value at the next
+        // entry) but reports a write with RIP already past it: the bytes at RIP would be the
+        // next instruction's, so a write shows RIP alone.
+        let bytes = matches!(
+            kind,
+            ExitKind::PioIn
+                | ExitKind::MmioRead
+                | ExitKind::MmioEmulated
+                | ExitKind::EmulationFallback
+                | ExitKind::Error
+        );
+        let at = self.setup.trace_location(vcpu, &self.mem, bytes);
+        let names = |t: Target, devices: &[(u64, u64, String)]| match t {
+            Target::Device(i) => devices
+                .get(i)
+                .map_or("device", |d| d.2.as_str())
+                .to_string(),
+            Target::LocalApic => "local-apic".into(),
+            Target::Unclaimed => "unclaimed".into(),
+        };
+        let what = match access {
+            Access::None => String::new(),
+            Access::Pio(port, data, t, dir) => format!(
+                "port {port:#06x} size {} value {:#x} {dir} {}",
+                data.len(),
+                data.to_u64(),
+                names(*t, &trace.pio)
+            ),
+            Access::PioString(port, size, count, t, dir) => format!(
+                "port {port:#06x} size {size} count {count} {dir} {}",
+                names(*t, &trace.pio)
+            ),
+            Access::Mmio(addr, data, t, dir) => format!(
+                "addr {addr:#x} size {} value {:#x} {dir} {}",
+                data.len(),
+                data.to_u64(),
+                names(*t, &trace.mmio)
+            ),
+            Access::Gpa(gpa) => format!("gpa {gpa:#x}"),
+        };
+        trace.line(self.id, kind, &what, &at);
     }
 
     fn crash(&self, reason: String) {

@@ -11,10 +11,13 @@ use devices::{Bus, BusDevice, ConsoleInput};
 use vm_memory::GuestMemoryMmap;
 
 use crate::config::ConsoleKind;
+use crate::control::{VmController, VmInfo};
 use crate::device_manager::Devices;
 use crate::event_loop::{EventLoop, EventLoopBuilder};
 use crate::seccomp::SeccompMode;
 use crate::state::{Outcome, StopHandle, VmState};
+use crate::stats::{Stats, StatsRegistry};
+use crate::trace::{Trace, TraceConfig};
 use crate::vcpu::{VcpuContext, VcpuSetup};
 use crate::{Error, Result};
 
@@ -46,6 +49,32 @@ pub struct Vm<V: hypervisor::Vm + 'static> {
     /// Device handlers, until `start` runs them on the event-loop thread.
     events: Option<EventLoopBuilder>,
     event_loop: Option<EventLoop>,
+    info: Arc<VmInfo>,
+    /// `--trace`, until `start` hands it to the vCPU threads.
+    trace: Option<TraceConfig>,
+    /// Set by `start`: the exit counters and the controller of the running VM.
+    stats: Option<Arc<StatsRegistry>>,
+    controller: Option<VmController>,
+}
+
+/// What a machine hands [`Vm::assemble`] from the config, besides its devices.
+pub(crate) struct Settings {
+    pub cpus: u32,
+    pub seccomp: SeccompMode,
+    pub info: VmInfo,
+    pub trace: Option<TraceConfig>,
+}
+
+impl Settings {
+    /// Takes what the VM keeps from `config` (its trace writer, among others).
+    pub(crate) fn take(config: &mut crate::VmConfig) -> Self {
+        Settings {
+            cpus: config.cpus,
+            seccomp: config.seccomp,
+            info: VmInfo::new(config),
+            trace: config.trace.take(),
+        }
+    }
 }
 
 /// Checks the vCPU count against the hypervisor's and the platform's limits.
@@ -65,8 +94,7 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
         state: Arc<VmState>,
         devices: Devices,
         setup: Arc<dyn VcpuSetup<V>>,
-        cpus: u32,
-        seccomp: SeccompMode,
+        settings: Settings,
     ) -> Self {
         Vm {
             vm,
@@ -80,11 +108,15 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
             mmio_console: devices.mmio_console,
             outputs: devices.outputs,
             setup,
-            cpus,
-            seccomp,
+            cpus: settings.cpus,
+            seccomp: settings.seccomp,
             threads: Vec::new(),
             events: Some(devices.events),
             event_loop: None,
+            info: Arc::new(settings.info),
+            trace: settings.trace,
+            stats: None,
+            controller: None,
         }
     }
 
@@ -144,6 +176,14 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
         let (Some(pio), Some(mmio)) = (self.pio.take(), self.mmio.take()) else {
             return Err(Error::AlreadyStarted);
         };
+        let (pio_devices, mmio_devices) = (pio.devices(), mmio.devices());
+        let trace = self
+            .trace
+            .take()
+            .map(|t| Arc::new(Trace::new(t, pio_devices.clone(), mmio_devices.clone())));
+        let stats = Arc::new(StatsRegistry::new(self.cpus, pio_devices, mmio_devices));
+        self.stats = Some(stats.clone());
+        let started = std::time::Instant::now();
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
         self.started_buses = Some((pio.clone(), mmio.clone()));
         if let Some(events) = self.events.take().filter(|e| !e.is_empty()) {
@@ -166,6 +206,8 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
                 mmio: mmio.clone(),
                 mem: self.mem.clone(),
                 seccomp: self.seccomp,
+                stats: stats.vcpus[id as usize].clone(),
+                trace: trace.clone(),
             };
             let ready = ready_tx.clone();
             let handle = std::thread::Builder::new()
@@ -197,7 +239,18 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
             let _ = g.send(ok);
         }
         match first_err {
-            None => Ok(()),
+            None => {
+                self.controller = Some(VmController {
+                    state: self.state.clone(),
+                    devices: self.event_loop.as_ref().map(EventLoop::pauser),
+                    vcpus: self.threads.len(),
+                    info: self.info.clone(),
+                    stats,
+                    started,
+                    op: Default::default(),
+                });
+                Ok(())
+            }
             Some(e) => {
                 self.state
                     .request_stop(Outcome::Stopped("vCPU set-up failed".into()));
@@ -221,6 +274,22 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
             l.resume();
         }
         self.state.resume();
+    }
+
+    /// What the VM was built with.
+    pub fn info(&self) -> &VmInfo {
+        &self.info
+    }
+
+    /// A handle for controlling and observing the VM from other threads; `None` until
+    /// [`Vm::start`] succeeded.
+    pub fn controller(&self) -> Option<VmController> {
+        self.controller.clone()
+    }
+
+    /// The exit counters so far; `None` before [`Vm::start`].
+    pub fn stats(&self) -> Option<Stats> {
+        self.stats.as_ref().map(|s| s.snapshot())
     }
 
     /// Blocks until the VM stops, stops every vCPU, and reports how the guest ended.

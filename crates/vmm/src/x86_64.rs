@@ -35,6 +35,7 @@ impl<V: X86Vm + 'static> Vm<V> {
     pub fn new<H: Hypervisor<Vm = V>>(hv: &H, mut config: VmConfig) -> Result<Self> {
         check_cpus(config.cpus, hv.max_vcpus(), MAX_VCPUS)?;
         seccomp::check(config.seccomp)?;
+        let settings = crate::vm::Settings::take(&mut config);
         let mem = memory::allocate(config.memory)?;
         let vm = Arc::new(hv.create_vm()?);
         memory::register(&*vm, &mem)?;
@@ -112,15 +113,7 @@ impl<V: X86Vm + 'static> Vm<V> {
             num_cpus: config.cpus,
             irqchip: chip,
         });
-        Ok(Vm::assemble(
-            vm,
-            mem,
-            state,
-            devices,
-            setup,
-            config.cpus,
-            config.seccomp,
-        ))
+        Ok(Vm::assemble(vm, mem, state, devices, setup, settings))
     }
 }
 
@@ -299,6 +292,21 @@ impl<V: X86Vm> VcpuSetup<V> for X86Setup {
                 .map(|b| format!("{b:02x}"))
                 .collect();
             s += &format!(" (gpa {:#x}), instruction bytes [{}]", f.gpa, hex.join(" "));
+        }
+        s
+    }
+
+    fn trace_location(&self, vcpu: &V::Vcpu, mem: &GuestMemoryMmap, bytes: bool) -> String {
+        let Some(at) = self.at_rip(vcpu, mem) else {
+            return String::new();
+        };
+        let mut s = format!("rip {:#x}", at.cpu.regs.rip);
+        if let (true, Ok(f)) = (bytes, at.fetched) {
+            // Only the instruction's own bytes, where it decodes.
+            let len = arch::x86_64::emulator::decode(&f.bytes[..f.len], &at.cpu)
+                .map_or(f.len, |i| i.len().min(f.len));
+            let hex: Vec<String> = f.bytes[..len].iter().map(|b| format!("{b:02x}")).collect();
+            s += &format!(" [{}]", hex.join(" "));
         }
         s
     }

@@ -305,6 +305,10 @@ impl ConfigPorts {
 }
 
 impl BusDevice for ConfigPorts {
+    fn name(&self) -> String {
+        "pci-config".into()
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0xff);
         if offset < 4 {
@@ -346,6 +350,10 @@ fn ecam_target(offset: u64) -> (u8, u8, u8, usize) {
 }
 
 impl BusDevice for Ecam {
+    fn name(&self) -> String {
+        "pci-ecam".into()
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let (bus, dev, func, reg) = ecam_target(offset);
         self.0.config_read(bus, dev, func, reg, data);
@@ -367,6 +375,10 @@ pub struct BarWindow {
 }
 
 impl BusDevice for BarWindow {
+    fn name(&self) -> String {
+        "pci-bar".into()
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if !self.root.bar_read(self.io, self.base + offset, data) {
             data.fill(0xff);

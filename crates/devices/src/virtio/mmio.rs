@@ -145,6 +145,16 @@ impl VirtioTransport for MmioTransport {
 }
 
 impl BusDevice for MmioTransport {
+    fn name(&self) -> String {
+        match self.state.device_type() {
+            1 => "virtio-net",
+            2 => "virtio-blk",
+            3 => "virtio-console",
+            _ => "virtio-mmio",
+        }
+        .into()
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= REG_CONFIG {
             self.state.read_config(offset - REG_CONFIG, data);

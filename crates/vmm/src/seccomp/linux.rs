@@ -89,6 +89,14 @@ fn plain_calls(kind: ThreadKind) -> Vec<i64> {
         ThreadKind::ConsoleOutput => vec![],
         ThreadKind::ConsoleInput => [POLL, &[libc::SYS_read]].concat(),
         ThreadKind::Signals => vec![libc::SYS_rt_sigtimedwait],
+        // Waits on its clients and its wake-up event (poll), takes connections (accept4,
+        // non-blocking), reads requests and writes answers (recvfrom/sendto, as std's
+        // sockets do). The socket was bound before; it never opens or connects.
+        ThreadKind::Api => [
+            POLL,
+            &[libc::SYS_accept4, libc::SYS_recvfrom, libc::SYS_sendto],
+        ]
+        .concat(),
         // Waits for the stop event (poll, read), then tears down: a socket back end removes
         // its own socket file, and the process exits.
         ThreadKind::Main => [
@@ -290,6 +298,8 @@ mod tests {
         assert!(has(ThreadKind::Devices, libc::SYS_io_uring_enter));
         assert!(!has(ThreadKind::Vcpu, libc::SYS_io_uring_enter));
         assert!(!has(ThreadKind::Vcpu, libc::SYS_read));
+        assert!(has(ThreadKind::Api, libc::SYS_accept4));
+        assert!(!has(ThreadKind::Devices, libc::SYS_accept4));
         for kind in ThreadKind::ALL {
             for n in [
                 libc::SYS_execve,

@@ -52,10 +52,12 @@ pub enum ThreadKind {
     Signals,
     /// The CLI's main thread once the VM runs: waits, tears down, restores the terminal.
     Main,
+    /// Serves the API socket (`--api-socket`): accepts, reads and answers its clients.
+    Api,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 7] = [
+    pub const ALL: [ThreadKind; 8] = [
         ThreadKind::Vcpu,
         ThreadKind::Devices,
         ThreadKind::ApicTimer,
@@ -63,6 +65,7 @@ impl ThreadKind {
         ThreadKind::ConsoleInput,
         ThreadKind::Signals,
         ThreadKind::Main,
+        ThreadKind::Api,
     ];
 }
 
@@ -76,6 +79,7 @@ impl fmt::Display for ThreadKind {
             ThreadKind::ConsoleInput => "console input",
             ThreadKind::Signals => "signal",
             ThreadKind::Main => "main",
+            ThreadKind::Api => "API",
         })
     }
 }

@@ -1,0 +1,168 @@
+//! Controlling a running VM from another thread (the API socket, a test): its state, pause,
+//! resume, stop, what it was built with, and its exit statistics.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::config::{KernelImage, NetBackendConfig, VmConfig};
+use crate::event_loop::Pauser;
+use crate::state::{Outcome, VmState};
+use crate::stats::{Stats, StatsRegistry};
+
+/// What a VM was built with, for people and the API's `GET /vm`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VmInfo {
+    pub cpus: u32,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    pub kernel: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    pub cmdline: String,
+    /// The guest's devices, one short description each ("virtio-blk /a/disk.img (read-only)").
+    pub devices: Vec<String>,
+}
+
+impl VmInfo {
+    pub(crate) fn new(config: &VmConfig) -> Self {
+        let mut devices = vec!["serial (COM1)".to_string()];
+        if config.virtio_console.is_some() {
+            devices.push("virtio-console".into());
+        }
+        if config.mmio_console.is_some() {
+            devices.push("mmio-console".into());
+        }
+        for d in &config.disks {
+            let ro = if d.read_only { " (read-only)" } else { "" };
+            devices.push(format!("virtio-blk {}{ro}", d.path.display()));
+        }
+        for n in &config.nets {
+            devices.push(match &n.backend {
+                NetBackendConfig::Tap(name) => format!("virtio-net tap {name}"),
+                NetBackendConfig::Socket { path, .. } => {
+                    format!("virtio-net socket {}", path.display())
+                }
+            });
+        }
+        VmInfo {
+            cpus: config.cpus,
+            memory: config.memory,
+            kernel: match &config.kernel {
+                KernelImage::Path(p) => p.display().to_string(),
+                KernelImage::Bytes(b) => format!("built-in image ({} bytes)", b.len()),
+            },
+            initrd: config.initrd.as_ref().map(|p| p.display().to_string()),
+            cmdline: config.cmdline.clone(),
+            devices,
+        }
+    }
+}
+
+/// Whether the guest runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Running,
+    Paused,
+    /// A stop was requested (or the guest ended); the VM is going away.
+    Stopped,
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+            RunState::Stopped => "stopped",
+        })
+    }
+}
+
+/// Why a control request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("the VM is already paused")]
+    AlreadyPaused,
+    #[error("the VM is not paused")]
+    NotPaused,
+    #[error("the VM is stopping")]
+    Stopped,
+}
+
+/// A handle on a started VM ([`crate::Vm::controller`]); cheap to clone, usable from any
+/// thread, and harmless once the VM is gone.
+#[derive(Clone)]
+pub struct VmController {
+    pub(crate) state: Arc<VmState>,
+    pub(crate) devices: Option<Pauser>,
+    pub(crate) vcpus: usize,
+    pub(crate) info: Arc<VmInfo>,
+    pub(crate) stats: Arc<StatsRegistry>,
+    pub(crate) started: Instant,
+    /// Pause and resume one at a time, so that "already paused" is always true when said.
+    pub(crate) op: Arc<Mutex<()>>,
+}
+
+impl VmController {
+    pub fn state(&self) -> RunState {
+        if self.state.stopping() {
+            RunState::Stopped
+        } else if self.state.pause_requested() {
+            RunState::Paused
+        } else {
+            RunState::Running
+        }
+    }
+
+    pub fn info(&self) -> &VmInfo {
+        &self.info
+    }
+
+    /// Time since the vCPUs started.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// Pauses every vCPU and then the device thread; returns once they are parked.
+    pub fn pause(&self) -> Result<(), ControlError> {
+        let _op = devices::lock(&self.op);
+        match self.state() {
+            RunState::Stopped => return Err(ControlError::Stopped),
+            RunState::Paused => return Err(ControlError::AlreadyPaused),
+            RunState::Running => {}
+        }
+        self.state.pause(self.vcpus);
+        if let Some(d) = &self.devices {
+            d.pause();
+        }
+        Ok(())
+    }
+
+    pub fn resume(&self) -> Result<(), ControlError> {
+        let _op = devices::lock(&self.op);
+        match self.state() {
+            RunState::Stopped => return Err(ControlError::Stopped),
+            RunState::Running => return Err(ControlError::NotPaused),
+            RunState::Paused => {}
+        }
+        if let Some(d) = &self.devices {
+            d.resume();
+        }
+        self.state.resume();
+        Ok(())
+    }
+
+    /// Ends the VM with `outcome` (the first stop request wins).
+    pub fn stop(&self, outcome: Outcome) -> Result<(), ControlError> {
+        if self.state.stopping() {
+            return Err(ControlError::Stopped);
+        }
+        self.state.request_stop(outcome);
+        Ok(())
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats.snapshot()
+    }
+}
