@@ -365,30 +365,7 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
         None => {}
     }
     if let Some((root, p)) = pci {
-        let root = root.into_shared();
-        let (io_base, io_size) = p.windows.io;
-        let (mmio_base, mmio_size) = p.windows.mmio;
-        let ports = Arc::new(Mutex::new(ConfigPorts(root.clone())));
-        insert(&mut pio, ports, p.config_port, CONFIG_PORTS_SIZE)?;
-        let io_window = BarWindow {
-            root: root.clone(),
-            io: true,
-            base: io_base,
-        };
-        insert(&mut pio, Arc::new(Mutex::new(io_window)), io_base, io_size)?;
-        let ecam = Arc::new(Mutex::new(Ecam(root.clone())));
-        insert(&mut mmio, ecam, p.ecam.0, p.ecam.1)?;
-        let mmio_window = BarWindow {
-            root,
-            io: false,
-            base: mmio_base,
-        };
-        insert(
-            &mut mmio,
-            Arc::new(Mutex::new(mmio_window)),
-            mmio_base,
-            mmio_size,
-        )?;
+        install_pci_bus(&mut pio, &mut mmio, root.into_shared(), p)?;
     }
     let mut mmio_console: Option<Arc<Mutex<dyn ConsoleInput>>> = None;
     if let Some(out) = config.mmio_console.take() {
@@ -412,6 +389,39 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
         mmio_console,
         outputs,
     })
+}
+
+/// Puts the PCI bus where the platform says: the configuration ports and the I/O window on
+/// the port bus, ECAM and the MMIO window on the MMIO bus.
+fn install_pci_bus(
+    pio: &mut Bus,
+    mmio: &mut Bus,
+    root: Arc<PciRoot>,
+    p: &PciPlatform,
+) -> Result<()> {
+    let (io_base, io_size) = p.windows.io;
+    let (mmio_base, mmio_size) = p.windows.mmio;
+    let ports = Arc::new(Mutex::new(ConfigPorts(root.clone())));
+    insert(pio, ports, p.config_port, CONFIG_PORTS_SIZE)?;
+    let io_window = BarWindow {
+        root: root.clone(),
+        io: true,
+        base: io_base,
+    };
+    insert(pio, Arc::new(Mutex::new(io_window)), io_base, io_size)?;
+    let ecam = Arc::new(Mutex::new(Ecam(root.clone())));
+    insert(mmio, ecam, p.ecam.0, p.ecam.1)?;
+    let mmio_window = BarWindow {
+        root,
+        io: false,
+        base: mmio_base,
+    };
+    insert(
+        mmio,
+        Arc::new(Mutex::new(mmio_window)),
+        mmio_base,
+        mmio_size,
+    )
 }
 
 /// Puts a virtio device on the MMIO bus behind a virtio-mmio transport at `slot`, with its
