@@ -1,6 +1,9 @@
 //! Helpers shared by the guest-booting tests.
 #![allow(dead_code)]
 
+#[cfg(target_os = "linux")]
+pub mod tap;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
