@@ -5,7 +5,7 @@
 #      scripts/check-fuzz.sh: the fuzz targets still type-check
 #   3. the slow tiers: Debian's Linux kernel booted under vibe-vmm (about a minute and a half
 #      on this project's nested KVM), then the device tier (a tiny kernel built from Debian's
-#      source drives every device: five boots, over mmio and pci; several minutes); skip both with
+#      source drives every device: six boots, over mmio and pci; several minutes); skip both with
 #      VIBE_SKIP_LINUX=1
 # Under CI=true a missing /dev/kvm fails the KVM tests instead of skipping them.
 set -euo pipefail

@@ -687,20 +687,12 @@ fn linux_drives_every_device_over_pci_on_userspace_irqchip() {
     });
 }
 
-/// Known defect (issue 16): without ACPI Linux expects a PIT, which vibe-vmm's own irqchip
-/// does not have. Its LAPIC-timer verification then counts no jiffies ("APIC timer disabled
-/// due to verification failure"), time stands still and the first timed sleep (netconsole's
-/// 4-second wait) never ends. Runs only with VIBE_LINUX_KNOWN_DEFECTS=1 until a PIT lands.
+/// Without ACPI Linux needs a PIT and finds the 8259s by their mask register: the userspace
+/// irqchip has both there (without them its APIC-timer check counted no jiffies and the boot
+/// stopped at its first timed sleep).
 #[test]
 #[ignore = "slow tier: boots a real Linux kernel; see the module comment"]
 fn linux_drives_every_device_without_acpi_on_userspace_irqchip() {
-    if std::env::var("VIBE_LINUX_KNOWN_DEFECTS").as_deref() != Ok("1") {
-        eprintln!(
-            "SKIPPED: known defect, no PIT on the userspace irqchip without ACPI \
-             (set VIBE_LINUX_KNOWN_DEFECTS=1 to run it)"
-        );
-        return;
-    }
     check(Machine {
         acpi: false,
         irqchip: "userspace",

@@ -152,3 +152,8 @@ guest!(
     /// of 4 bytes at the test device's port 0x510, an MMIO write and read in its page at
     /// 0xd1001000, then exit 0.
     TRACE, "trace.elf");
+guest!(
+    /// Masks the 8259s found by their mask register, takes 10 PIT ticks through IOAPIC pin 0,
+    /// reads channel 0's latched count and times channel 2 through port B; prints
+    /// `PIT ticks: 10` and exits 0, or the failed check's number. Needs `--no-acpi`.
+    PIT, "pit.elf");

@@ -34,6 +34,8 @@ pub enum BusError {
 struct Entry {
     base: u64,
     len: u64,
+    /// The device's own offset at `base` (nonzero for a device placed in pieces).
+    offset: u64,
     device: Arc<Mutex<dyn BusDevice>>,
 }
 
@@ -55,6 +57,19 @@ impl Bus {
         base: u64,
         len: u64,
     ) -> Result<(), BusError> {
+        self.insert_part(device, base, len, 0)
+    }
+
+    /// Adds the part of `device` from its offset `offset` on at `[base, base + len)`: for a
+    /// device whose registers are not contiguous on the bus (the i8042 at ports 0x60 and
+    /// 0x64, with port B of the PIT between them).
+    pub fn insert_part(
+        &mut self,
+        device: Arc<Mutex<dyn BusDevice>>,
+        base: u64,
+        len: u64,
+        offset: u64,
+    ) -> Result<(), BusError> {
         let end = base
             .checked_add(len)
             .filter(|_| len > 0)
@@ -72,7 +87,15 @@ impl Bus {
             });
         }
         let at = self.entries.partition_point(|e| e.base < base);
-        self.entries.insert(at, Entry { base, len, device });
+        self.entries.insert(
+            at,
+            Entry {
+                base,
+                len,
+                offset,
+                device,
+            },
+        );
         Ok(())
     }
 
@@ -85,7 +108,7 @@ impl Bus {
         let e = &self.entries[i];
         let offset = addr - e.base;
         // The whole access must lie inside the device's range.
-        (offset.checked_add(size as u64)? <= e.len).then_some((i, e, offset))
+        (offset.checked_add(size as u64)? <= e.len).then_some((i, e, e.offset.checked_add(offset)?))
     }
 
     /// Routes a read; returns false (and leaves `data` as is) if no device covers it.
@@ -172,5 +195,22 @@ mod tests {
         assert_eq!(bus.write_at(0x200, &[1]), Some(1));
         assert_eq!(bus.read_at(0x100, &mut b), Some(0));
         assert_eq!(bus.devices()[1], (0x200, 0x10, "device".to_string()));
+    }
+
+    #[test]
+    fn a_device_in_pieces_sees_its_own_offsets() {
+        let mut bus = Bus::new();
+        let d = dev(0);
+        bus.insert_part(d.clone(), 0x60, 1, 0).unwrap();
+        bus.insert_part(d, 0x64, 1, 4).unwrap();
+        bus.insert(dev(0x80), 0x61, 1).unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(bus.read_at(0x64, &mut b), Some(2));
+        assert_eq!(b[0], 4);
+        assert_eq!(bus.read_at(0x60, &mut b), Some(0));
+        assert_eq!(b[0], 0);
+        assert_eq!(bus.read_at(0x61, &mut b), Some(1));
+        assert_eq!(b[0], 0x80);
+        assert!(!bus.read(0x62, &mut b));
     }
 }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use crate::{BusDevice, StopReason, VmControl};
 
 pub const I8042_DATA_PORT: u64 = 0x60;
-/// Covers 0x60..=0x64 (data, and the command/status register at offset 4).
-pub const PORT_RANGE: u64 = 5;
+/// The data port's offset, and the command/status register's (port 0x64).
+pub const DATA: u64 = 0;
+pub const COMMAND: u64 = 4;
 
 const STATUS_OUTPUT_FULL: u8 = 0x01;
 const STATUS_SYSTEM_FLAG: u8 = 0x04;
@@ -69,8 +70,8 @@ impl BusDevice for I8042 {
             return;
         };
         *first = match offset {
-            0 => self.output.take().unwrap_or(0),
-            4 => {
+            DATA => self.output.take().unwrap_or(0),
+            COMMAND => {
                 self.status
                     | if self.output.is_some() {
                         STATUS_OUTPUT_FULL
@@ -85,8 +86,8 @@ impl BusDevice for I8042 {
     fn write(&mut self, offset: u64, data: &[u8]) {
         let Some(&value) = data.first() else { return };
         match offset {
-            4 => self.command(value),
-            0 => {
+            COMMAND => self.command(value),
+            DATA => {
                 self.status &= !STATUS_COMMAND;
                 match self.pending.take() {
                     Some(CMD_WRITE_CTR) => self.ctr = value,

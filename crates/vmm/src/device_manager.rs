@@ -273,13 +273,14 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
     insert(serial_bus, serial.clone(), serial_base, serial::PORT_RANGE)?;
     if let Some(acpi_pm_port) = platform.pc_ports {
         let control: Arc<dyn VmControl> = state.clone();
+        // Data and command ports only: 0x61 between them is port B (the PIT's, where there is
+        // one).
         let keyboard = Arc::new(Mutex::new(I8042::new(control.clone())));
-        insert(
-            &mut pio,
-            keyboard,
-            i8042::I8042_DATA_PORT,
-            i8042::PORT_RANGE,
-        )?;
+        for offset in [i8042::DATA, i8042::COMMAND] {
+            let base = i8042::I8042_DATA_PORT + offset;
+            pio.insert_part(keyboard.clone(), base, 1, offset)
+                .map_err(|source| Error::Bus { base, source })?;
+        }
         let debug_exit = Arc::new(Mutex::new(DebugExit::new(control.clone())));
         insert(&mut pio, debug_exit, DEBUG_EXIT_PORT, 1)?;
         let pm = Arc::new(Mutex::new(AcpiPm::new(control)));

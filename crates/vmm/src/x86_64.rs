@@ -4,14 +4,15 @@
 
 pub(crate) mod boot;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arch::x86_64::emulator::CpuState;
 use arch::x86_64::linear::{Fetched, Linear, PhysBus};
 use arch::x86_64::mmu::{PagingRegs, PhysRead};
 use arch::x86_64::{cpuid, layout, regs};
-use devices::irqchip::{IoapicDevice, Irqchip, OwnedIrqchip};
-use devices::Bus;
+use devices::irqchip::pic::{self, Pic};
+use devices::irqchip::{pit, IoapicDevice, Irqchip, OwnedIrqchip, PitDevice, PortB};
+use devices::{Bus, BusDevice};
 use hypervisor::x86_64::{CpuidEntry, Exception, X86Vcpu, X86Vm};
 use hypervisor::{Hypervisor, IrqLine, MsiLine, Vcpu, VcpuKicker};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -97,14 +98,7 @@ impl<V: X86Vm + 'static> Vm<V> {
             &platform,
         )?;
         if let Some(c) = &chip {
-            let ioapic = Arc::new(std::sync::Mutex::new(IoapicDevice(Arc::clone(c))));
-            devices
-                .mmio
-                .insert(ioapic, layout::IOAPIC_START, layout::IOAPIC_SIZE)
-                .map_err(|source| Error::Bus {
-                    base: layout::IOAPIC_START,
-                    source,
-                })?;
+            add_chip_devices(&mut devices, c, config.acpi)?;
         }
         let setup = Arc::new(X86Setup {
             plan,
@@ -115,6 +109,41 @@ impl<V: X86Vm + 'static> Vm<V> {
         });
         Ok(Vm::assemble(vm, mem, state, devices, setup, settings))
     }
+}
+
+/// The userspace irqchip's registers on the buses: the IOAPIC, and on a machine without ACPI
+/// the PIT, port B and the PICs that Linux looks for there (the in-kernel irqchip's
+/// counterparts are KVM's, created with it).
+fn add_chip_devices(
+    devices: &mut device_manager::Devices,
+    chip: &Arc<Irqchip>,
+    acpi: bool,
+) -> Result<()> {
+    fn insert(bus: &mut Bus, dev: impl BusDevice + 'static, base: u64, len: u64) -> Result<()> {
+        bus.insert(Arc::new(Mutex::new(dev)), base, len)
+            .map_err(|source| Error::Bus { base, source })
+    }
+    let ioapic = IoapicDevice(chip.clone());
+    insert(
+        &mut devices.mmio,
+        ioapic,
+        layout::IOAPIC_START,
+        layout::IOAPIC_SIZE,
+    )?;
+    if !acpi {
+        chip.add_pit();
+        let pio = &mut devices.pio;
+        insert(
+            pio,
+            PitDevice(chip.clone()),
+            pit::PORT_BASE,
+            pit::PORT_COUNT,
+        )?;
+        insert(pio, PortB(chip.clone()), pit::PORT_B, 1)?;
+        insert(pio, Pic::default(), pic::MASTER_PORT, pic::PORT_COUNT)?;
+        insert(pio, Pic::default(), pic::SLAVE_PORT, pic::PORT_COUNT)?;
+    }
+    Ok(())
 }
 
 /// What every x86 vCPU is set up with.

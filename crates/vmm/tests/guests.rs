@@ -88,6 +88,12 @@ fn timer_interrupt_reaches_the_guest_handler() {
     timer_interrupt(IrqchipMode::Kernel);
 }
 
+/// KVM's PIT and PIC, as the userspace irqchip's twin test checks ours.
+#[test]
+fn pit_ticks_reach_the_guest_without_acpi() {
+    pit_ticks(IrqchipMode::Kernel);
+}
+
 #[test]
 fn the_timer_storm_guest_gets_its_interrupts_from_kvms_apic_too() {
     // KVM clamps the 1 ns periodic timer itself (min_timer_period_us); the userspace irqchip's

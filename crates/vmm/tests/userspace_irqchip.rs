@@ -7,7 +7,7 @@
 mod common;
 
 use common::{
-    boot_on, second_vcpu_starts, stop_pause_and_resume, string_io, timer_interrupt,
+    boot_on, pit_ticks, second_vcpu_starts, stop_pause_and_resume, string_io, timer_interrupt,
     virtio_interrupt,
 };
 use vmm::{IrqchipMode, Outcome};
@@ -19,6 +19,13 @@ fn boot(guest: &'static [u8], cpus: u32) -> Option<(Outcome, String)> {
 #[test]
 fn timer_interrupt_reaches_the_guest_handler() {
     timer_interrupt(IrqchipMode::Userspace);
+}
+
+/// Without ACPI the machine has a PIT (ours, on this irqchip) and 8259s the guest can mask:
+/// what Linux needs there to count time (issue 16).
+#[test]
+fn pit_ticks_reach_the_guest_without_acpi() {
+    pit_ticks(IrqchipMode::Userspace);
 }
 
 #[test]

@@ -7,12 +7,17 @@
 //! inject it (on KVM with `KVM_INTERRUPT` once the guest opens an interrupt window). A timer
 //! thread fires the APIC timers. vCPUs other than the boot one wait for INIT and STARTUP IPIs,
 //! as on hardware. Message-signalled interrupts (PCI MSI/MSI-X, decoded by [`msi`]) go
-//! straight to the APICs they name, as an IOAPIC redirection entry's do. No PIC or PIT: the platform is ACPI hardware-reduced, and the MP table
-//! routes every device line through the IOAPIC.
+//! straight to the APICs they name, as an IOAPIC redirection entry's do.
+//!
+//! With ACPI the platform is hardware-reduced: no PIC, no PIT. Without it (the MP table), a
+//! guest also finds a PIT ([`pit`], fired by the same timer thread into ISA IRQ 0) and a pair
+//! of 8259As that it can only mask ([`pic`]): every line still goes through the IOAPIC.
 
 pub mod ioapic;
 pub mod lapic;
 pub mod msi;
+pub mod pic;
+pub mod pit;
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -23,6 +28,7 @@ use hypervisor::{IrqLine, MsiLine, MsiMessage, VcpuKicker};
 use crate::lock;
 use ioapic::Ioapic;
 use lapic::{Destination, Ipi, Lapic, WriteEffect};
+use pit::Pit;
 
 /// Whether a vCPU runs or waits for a STARTUP IPI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +46,8 @@ struct Inner {
     /// notify wakes it, no signal needed.
     asleep: Vec<bool>,
     ioapic: Ioapic,
+    /// The PIT, on a machine without ACPI ([`Irqchip::add_pit`]).
+    pit: Option<Pit>,
     shutdown: bool,
 }
 
@@ -82,6 +90,7 @@ impl Irqchip {
                     .collect(),
                 asleep: vec![false; n],
                 ioapic: Ioapic::default(),
+                pit: None,
                 shutdown: false,
             }),
             changed: Condvar::new(),
@@ -333,6 +342,28 @@ impl Irqchip {
             .is_some_and(|p| *p != Power::Running)
     }
 
+    /// Gives the chip a PIT (ports [`pit::PORT_BASE`] and [`pit::PORT_B`], through
+    /// [`PitDevice`]), its channel 0 firing ISA IRQ 0 from the timer thread.
+    pub fn add_pit(&self) {
+        self.lock().pit = Some(Pit::new());
+    }
+
+    /// Runs `f` on the PIT (if there is one) at the current time; wakes the timer thread if
+    /// that moved channel 0's deadline.
+    fn with_pit<R: Default>(&self, f: impl FnOnce(&mut Pit, u64) -> R) -> R {
+        let now = self.now();
+        let mut inner = self.lock();
+        let Some(pit) = inner.pit.as_mut() else {
+            return R::default();
+        };
+        let deadline = pit.deadline();
+        let r = f(pit, now);
+        if pit.deadline() != deadline {
+            self.timer_changed.notify_all();
+        }
+        r
+    }
+
     fn timer_thread(&self) {
         let mut inner = self.lock();
         while !inner.shutdown {
@@ -343,12 +374,29 @@ impl Irqchip {
                     fired.push(i);
                 }
             }
+            if inner.pit.as_mut().is_some_and(|p| p.tick(now)) {
+                if let Some(route) = inner.ioapic.raise(pit::IRQ) {
+                    fired.extend(deliver(
+                        &mut inner,
+                        route.vector,
+                        route.dest,
+                        route.level,
+                        0,
+                    ));
+                }
+            }
             if !fired.is_empty() {
                 self.wake(inner, &fired);
                 inner = self.lock();
                 continue;
             }
-            let next = inner.lapics.iter().filter_map(Lapic::timer_deadline).min();
+            let pit_deadline = inner.pit.as_ref().and_then(Pit::deadline);
+            let next = inner
+                .lapics
+                .iter()
+                .filter_map(Lapic::timer_deadline)
+                .chain(pit_deadline)
+                .min();
             inner = match next {
                 Some(d) => {
                     let wait = Duration::from_nanos(d.saturating_sub(now));
@@ -467,6 +515,46 @@ impl crate::BusDevice for IoapicDevice {
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
         self.0.lock().ioapic.write(offset, data);
+    }
+}
+
+/// The PIT's counters and command register on the port bus ([`pit::PORT_BASE`], 4 ports).
+pub struct PitDevice(pub Arc<Irqchip>);
+
+impl crate::BusDevice for PitDevice {
+    fn name(&self) -> String {
+        "pit".into()
+    }
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if let Some(b) = data.first_mut() {
+            *b = self.0.with_pit(|p, now| p.read(offset, now));
+        }
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let Some(&v) = data.first() {
+            self.0.with_pit(|p, now| p.write(offset, v, now));
+        }
+    }
+}
+
+/// System control port B ([`pit::PORT_B`]): the PIT's channel 2 gate and output.
+pub struct PortB(pub Arc<Irqchip>);
+
+impl crate::BusDevice for PortB {
+    fn name(&self) -> String {
+        "port-b".into()
+    }
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if let Some(b) = data.first_mut() {
+            *b = self.0.with_pit(|p, now| p.read_port_b(now));
+        }
+    }
+    fn write(&mut self, _offset: u64, data: &[u8]) {
+        if let Some(&v) = data.first() {
+            self.0.with_pit(|p, now| p.write_port_b(v, now));
+        }
     }
 }
 
@@ -623,6 +711,44 @@ mod tests {
         line.set_message(None).unwrap();
         line.trigger().unwrap();
         assert_eq!(taken(&chip, 2), [None, None]);
+    }
+
+    #[test]
+    fn the_pit_raises_isa_irq_0_through_the_ioapic() {
+        use crate::BusDevice;
+        let chip = Irqchip::start(1).unwrap();
+        w(&chip, 0, lapic::REG_SVR, 0x1ff);
+        // Pin 0 -> vector 0x30 on APIC 0, edge.
+        let mut ioapic = IoapicDevice(chip.clone());
+        ioapic.write(ioapic::REG_SELECT, &[0x10]);
+        ioapic.write(ioapic::REG_WINDOW, &0x30u32.to_le_bytes());
+        // No PIT yet: its ports read 0 and writes go nowhere.
+        let mut pit = PitDevice(chip.clone());
+        pit.write(3, &[0x34]);
+        let mut b = [0xff];
+        pit.read(0, &mut b);
+        assert_eq!(b, [0]);
+        chip.add_pit();
+        // Channel 0, mode 2, 2 ms.
+        let count = (pit::FREQUENCY_HZ / 500) as u16;
+        pit.write(3, &[0x34]);
+        pit.write(0, &[count as u8]);
+        pit.write(0, &[(count >> 8) as u8]);
+        let t = Instant::now();
+        chip.wait_for_interrupt(0, || t.elapsed() > Duration::from_secs(5));
+        assert_eq!(chip.take_interrupt(0, || true), (Some(0x30), false));
+        assert!(t.elapsed() >= Duration::from_millis(1), "{:?}", t.elapsed());
+        assert!(t.elapsed() < Duration::from_secs(5), "woken by the PIT");
+        // Periodic: it comes again after the EOI.
+        w(&chip, 0, lapic::REG_EOI, 0);
+        let t = Instant::now();
+        chip.wait_for_interrupt(0, || t.elapsed() > Duration::from_secs(5));
+        assert_eq!(chip.take_interrupt(0, || true), (Some(0x30), false));
+        // Port B reaches channel 2's gate.
+        let mut port_b = PortB(chip.clone());
+        port_b.write(0, &[1]);
+        port_b.read(0, &mut b);
+        assert_eq!(b[0] & 1, 1);
     }
 
     #[test]

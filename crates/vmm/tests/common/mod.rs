@@ -126,6 +126,25 @@ pub fn timer_interrupt(irqchip: IrqchipMode) {
     assert!(out.contains("timer interrupt delivered"));
 }
 
+/// The PIT guest on a machine without ACPI: 10 ticks of channel 0 at 100 Hz through IOAPIC
+/// pin 0 (so at least 90 ms), channel 2 through port B, the 8259s found and masked.
+pub fn pit_ticks(irqchip: IrqchipMode) {
+    let Some(kvm) = kvm() else { return };
+    let out = Capture::default();
+    let mut c = config(test_guests::PIT, 1, &out);
+    c.irqchip = irqchip;
+    c.acpi = false;
+    let t = std::time::Instant::now();
+    let outcome = run_with_limit(build(&kvm, c), Duration::from_secs(60));
+    assert_eq!(outcome, Outcome::DebugExit(0), "{}", out.text());
+    assert!(out.text().contains("PIT ticks: 10"), "{}", out.text());
+    assert!(
+        t.elapsed() >= Duration::from_millis(90),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
 /// The SMP guest: INIT and STARTUP IPIs start vCPU 1.
 pub fn second_vcpu_starts(irqchip: IrqchipMode) {
     let Some((outcome, out)) = boot_on(irqchip, test_guests::SMP, 2) else {
