@@ -32,6 +32,7 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
     ("emulate", "emulate.S", &[]),
     ("string_io", "string_io.S", &[]),
     ("timer_storm", "timer_storm.S", &[]),
+    ("timer_storm_pit", "timer_storm.S", &["-DPIT"]),
     ("serial_irq", "serial_irq.S", &[]),
     ("virtq_abuse", "virtq_abuse.S", &[]),
     ("window_chaos", "window_chaos.S", &[]),

@@ -87,6 +87,10 @@ guest!(
     /// prints `100 timer interrupts` once it has them.
     TIMER_STORM, "timer_storm.elf");
 guest!(
+    /// The timer storm from the PIT: channel 0 in mode 2 with a count of 1, through IOAPIC
+    /// pin 0 (needs `--no-acpi`); prints `100 timer interrupts` after the first 100.
+    TIMER_STORM_PIT, "timer_storm_pit.elf");
+guest!(
     /// Routes the serial line (IOAPIC pin 4) to APIC 0, enables the received-data interrupt,
     /// exits 0.
     SERIAL_IRQ, "serial_irq.elf");
