@@ -40,9 +40,10 @@ use vm_memory::GuestMemoryMmap;
 use acpi_tables::mcfg::MCFG;
 
 use super::layout::{
-    self, VirtioMmioSlot, ACPI_GED_GSI, ACPI_GED_PORT, ACPI_PM_PORT, ACPI_START, APIC_START, COM1_IRQ, COM1_PORT, IOAPIC_START,
-    PCIE_ECAM_SIZE, PCIE_ECAM_START, PCI_BUS_COUNT, PCI_CONFIG_PORT, PCI_CONFIG_PORT_SIZE,
-    PCI_INTX_PINS, PCI_IO_SIZE, PCI_IO_START, PCI_MMIO_SIZE, PCI_MMIO_START,
+    self, VirtioMmioSlot, ACPI_GED_GSI, ACPI_GED_PORT, ACPI_PM_PORT, ACPI_START, APIC_START,
+    COM1_IRQ, COM1_PORT, IOAPIC_START, PCIE_ECAM_SIZE, PCIE_ECAM_START, PCI_BUS_COUNT,
+    PCI_CONFIG_PORT, PCI_CONFIG_PORT_SIZE, PCI_INTX_PINS, PCI_IO_SIZE, PCI_IO_START, PCI_MMIO_SIZE,
+    PCI_MMIO_START,
 };
 use super::mptable::MAX_CPUS;
 use super::{write_bytes, Error, Result};
@@ -565,7 +566,10 @@ mod iasl {
         };
         let ged = &dsl[dsl.find("Device (GED0)").expect("GED0 in the DSDT")..];
         let ged = &ged[..ged.find("Device (PWRB)").expect("PWRB after GED0")];
-        assert!(ged.contains("Name (_HID, \"ACPI0013\" /* Generic Event Device */)"), "{dsl}");
+        assert!(
+            ged.contains("Name (_HID, \"ACPI0013\" /* Generic Event Device */)"),
+            "{dsl}"
+        );
         assert!(
             ged.contains(&format!(
                 "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )\n                {{\n                    0x{ACPI_GED_GSI:08X},\n"
@@ -587,7 +591,10 @@ mod iasl {
         assert!(ged.contains("If ((Local0 & One))"), "{dsl}");
         assert!(ged.contains("Notify (\\_SB.PWRB, 0x80)"), "{dsl}");
         let pwrb = &dsl[dsl.find("Device (PWRB)").unwrap()..];
-        assert!(pwrb.contains("EisaId (\"PNP0C0C\") /* Power Button Device */"), "{dsl}");
+        assert!(
+            pwrb.contains("EisaId (\"PNP0C0C\") /* Power Button Device */"),
+            "{dsl}"
+        );
     }
 
     /// `\_SB_.PCI0` decompiles to a PCI Express host bridge for segment 0, bus 0, with its
