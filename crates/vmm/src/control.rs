@@ -98,7 +98,7 @@ pub enum ControlError {
     NotPaused,
     #[error("the VM is stopping")]
     Stopped,
-    #[error("the guest has no ACPI power button (it runs without ACPI)")]
+    #[error("the guest has no ACPI power button (it runs without ACPI, or is rebooting)")]
     NoPowerButton,
     #[error("cannot raise the power button's interrupt: {0}")]
     PowerButton(String),
@@ -178,17 +178,31 @@ impl VmController {
         Ok(())
     }
 
-    /// Ends the VM with `outcome` (the first stop request wins).
+    /// Ends the VM with `outcome` (the first stop request wins). A guest that reset is
+    /// between boots: the stop is kept for [`VmController::stopped_after_reset`], so that a
+    /// rebooting VMM ends instead.
     pub fn stop(&self, outcome: Outcome) -> Result<(), ControlError> {
         if self.state.stopping() {
-            return Err(ControlError::Stopped);
+            return match self.state.stop_after_reset(outcome) {
+                true => Ok(()),
+                false => Err(ControlError::Stopped),
+            };
         }
         self.state.request_stop(outcome);
         Ok(())
     }
 
+    /// The stop asked for after the guest reset, if any: a rebooting VMM ends with it.
+    pub fn stopped_after_reset(&self) -> Option<Outcome> {
+        self.state.stopped_after_reset()
+    }
+
     /// Presses the ACPI power button. A paused guest sees the press when resumed.
     pub fn press_power_button(&self) -> Result<(), ControlError> {
+        if self.state.outcome() == Some(Outcome::Reset) {
+            // Between boots there is no guest to ask: a shutdown stops (see `stop`).
+            return Err(ControlError::NoPowerButton);
+        }
         if self.state.stopping() {
             return Err(ControlError::Stopped);
         }
