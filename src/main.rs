@@ -368,7 +368,7 @@ fn run(args: RunArgs, signals: signals::SignalThread) -> anyhow::Result<u8> {
         let mut outcome = match outcome.context("cannot start the VM") {
             Ok(o) => o,
             Err(e) => {
-                drop(running_signals.finish());
+                let _ = running_signals.finish();
                 return Err(e);
             }
         };
