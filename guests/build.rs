@@ -42,6 +42,7 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
         &["-DUSERSPACE_IRQCHIP"],
     ),
     ("acpi_poweroff", "acpi_poweroff.S", &[]),
+    ("power_button", "power_button.S", &[]),
     ("pci_enum", "pci_enum.S", &[]),
     ("pci_bar", "pci_bar.S", &[]),
     ("pci_virtio_blk", "pci_virtio_blk.S", &[]),

@@ -53,7 +53,7 @@ pub enum CtlAction {
     Pause,
     /// Resume a paused VM.
     Resume,
-    /// Ask the guest to shut down (today: stop the VM; see docs/api.md).
+    /// Ask the guest to shut down: press its ACPI power button (without ACPI: stop the VM).
     Shutdown,
     /// Stop the VM now.
     Stop,
@@ -196,6 +196,10 @@ pub struct RunArgs {
     /// owner-only, removed at exit). `vibe-vmm ctl` and `curl --unix-socket` speak it.
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
+    /// With --api-socket, a guest reset ends vibe-vmm instead of rebooting the VM (without
+    /// --api-socket a reset always ends it).
+    #[arg(long)]
+    pub no_reboot: bool,
     /// Print exit statistics (per reason, per vCPU, per device) on stderr when the VM ends.
     #[arg(long)]
     pub stats: bool,

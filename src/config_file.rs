@@ -68,6 +68,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("vfio", Kind::Repeat),
     ("seccomp", Kind::Text),
     ("api_socket", Kind::Text),
+    ("no_reboot", Kind::Switch),
     ("stats", Kind::Switch),
     ("trace", Kind::Text),
     ("trace_file", Kind::Text),
@@ -333,6 +334,16 @@ mod tests {
     }
 
     #[test]
+    fn no_reboot_is_a_switch() {
+        let on = parse_toml("no_reboot = true\napi_socket = \"/tmp/a.sock\"\n").unwrap();
+        let flags = to_flags(&on, |_| false).unwrap();
+        assert_eq!(flags[0].1, ["--no-reboot"]);
+        assert_eq!(flags[1].1, ["--api-socket", "/tmp/a.sock"]);
+        let off = parse_json("{\"no_reboot\": false}").unwrap();
+        assert!(to_flags(&off, |_| false).unwrap().is_empty());
+    }
+
+    #[test]
     fn errors_name_the_key_and_the_line() {
         let err = |t: &str| {
             parse_toml(t)
@@ -343,7 +354,7 @@ mod tests {
             err("cpus = 1\nmemroy = \"1G\"\n"),
             "line 2: unknown key \"memroy\" (known: kernel, initrd, cmdline, memory, cpus, \
              console, serial, disk, net, no_acpi, irqchip, transport, cpuid_hide, device, vfio, \
-             seccomp, api_socket, stats, trace, trace_file)"
+             seccomp, api_socket, no_reboot, stats, trace, trace_file)"
         );
         assert_eq!(
             err("\nstats = \"yes\""),

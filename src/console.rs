@@ -37,12 +37,14 @@ fn enter_raw_mode() -> io::Result<bool> {
         if libc::tcgetattr(libc::STDIN_FILENO, &mut t) != 0 {
             return Err(io::Error::last_os_error());
         }
-        let _ = SAVED_TERMIOS.set(t);
-        let hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            restore_terminal();
-            hook(info);
-        }));
+        // Once per process: a reboot attaches again, to the same terminal settings.
+        if SAVED_TERMIOS.set(t).is_ok() {
+            let hook = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                restore_terminal();
+                hook(info);
+            }));
+        }
         let mut raw = t;
         libc::cfmakeraw(&mut raw);
         // Keep output post-processing so host-side messages still start at column 0.

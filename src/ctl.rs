@@ -41,6 +41,12 @@ pub fn run(args: &CtlArgs) -> anyhow::Result<u8> {
                 serde_json::from_value(json).context("the statistics are not in the format")?;
             print!("{}", stats.render());
         }
+        CtlAction::Shutdown => match json["shutdown"].as_str() {
+            Some("power_button") => {
+                println!("power button pressed (the guest decides when to power off)")
+            }
+            _ => println!("stopped (the guest has no ACPI power button)"),
+        },
         _ => println!("{}", json["state"].as_str().unwrap_or("?")),
     }
     Ok(0)
@@ -67,6 +73,7 @@ fn print_info(v: &serde_json::Value) {
     println!("state:    {}", v["state"].as_str().unwrap_or("?"));
     let ms = v["uptime_ms"].as_u64().unwrap_or(0);
     println!("uptime:   {}.{} s", ms / 1000, ms % 1000 / 100);
+    println!("boot:     {}", v["boot"].as_u64().unwrap_or(1));
     println!("vCPUs:    {}", v["vcpus"]);
     println!("memory:   {} MiB", c["memory"].as_u64().unwrap_or(0) >> 20);
     println!("kernel:   {}", c["kernel"].as_str().unwrap_or("?"));

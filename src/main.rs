@@ -180,12 +180,28 @@ fn info() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(args: RunArgs, signals: signals::SignalThread) -> anyhow::Result<u8> {
+/// A reboot follows the previous boot's start by at least this much: a guest that resets as
+/// soon as it runs costs one VM build a second, not a core.
+const REBOOT_MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The host files every boot writes to, opened once so that a reboot appends to them.
+struct HostFiles {
+    trace: Option<std::fs::File>,
+}
+
+/// Builds the VM config of boot number `boot` from the arguments; returns it with where the
+/// serial port's output goes.
+fn vm_config(
+    args: &RunArgs,
+    files: &HostFiles,
+    boot: u32,
+) -> anyhow::Result<(VmConfig, SerialArg)> {
     let kernel = match &args.kernel {
         Some(path) => KernelImage::Path(path.clone()),
         None => demo_guest()?,
     };
     let mut config = VmConfig::new(kernel);
+    config.boot = boot;
     config.initrd = args.initrd.clone();
     config.cmdline = args.cmdline.clone().unwrap_or_else(|| {
         if args.kernel.is_some() {
@@ -215,7 +231,6 @@ fn run(args: RunArgs, signals: signals::SignalThread) -> anyhow::Result<u8> {
     {
         config.seccomp = args.seccomp;
     }
-    let seccomp = config.seccomp;
     // The terminal belongs to one console device; COM1 goes elsewhere unless it is that one.
     let serial = match (&args.serial, args.console) {
         (Some(SerialArg::Stdio), ConsoleKind::Virtio | ConsoleKind::Mmio) => {
@@ -230,7 +245,14 @@ fn run(args: RunArgs, signals: signals::SignalThread) -> anyhow::Result<u8> {
     };
     config.serial = match &serial {
         SerialArg::Stdio => SerialOutput::Stdout,
-        SerialArg::File(p) => SerialOutput::File(p.clone()),
+        // The first boot creates the file; a reboot goes on writing after what it has.
+        SerialArg::File(p) if boot == 1 => SerialOutput::File(p.clone()),
+        SerialArg::File(p) => SerialOutput::Writer(Box::new(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(p)
+                .with_context(|| format!("cannot reopen the serial file {}", p.display()))?,
+        )),
         SerialArg::None => SerialOutput::None,
     };
     match args.console {
@@ -240,11 +262,8 @@ fn run(args: RunArgs, signals: signals::SignalThread) -> anyhow::Result<u8> {
     }
 
     if let Some(filter) = &args.trace {
-        let out: Box<dyn std::io::Write + Send> = match &args.trace_file {
-            Some(p) => Box::new(
-                std::fs::File::create(p)
-                    .with_context(|| format!("cannot create the trace file {}", p.display()))?,
-            ),
+        let out: Box<dyn std::io::Write + Send> = match &files.trace {
+            Some(f) => Box::new(f.try_clone().context("cannot share the trace file")?),
             None => Box::new(std::io::stderr()),
         };
         config.trace = Some(vmm::trace::TraceConfig {
@@ -252,8 +271,26 @@ fn run(args: RunArgs, signals: signals::SignalThread) -> anyhow::Result<u8> {
             out,
         });
     }
+    Ok((config, serial))
+}
+
+/// Runs the VM, and in API mode builds it afresh each time the guest resets (unless
+/// `--no-reboot`): same config, same process, same API socket.
+fn run(args: RunArgs, signals: signals::SignalThread) -> anyhow::Result<u8> {
+    // A reboot needs a long-running VMM that something controls; a one-shot run (a test, a
+    // script, the demo) that resets is done, and its caller sees status 0.
+    let reboot = args.api_socket.is_some() && !args.no_reboot;
+    let files = HostFiles {
+        trace: match &args.trace_file {
+            Some(p) => Some(
+                std::fs::File::create(p)
+                    .with_context(|| format!("cannot create the trace file {}", p.display()))?,
+            ),
+            None => None,
+        },
+    };
     // Bound before the VM is built, so that a path in use fails at once.
-    let listener = match &args.api_socket {
+    let mut listener = match &args.api_socket {
         Some(p) => Some(
             vmm::api::Listener::bind(p)
                 .with_context(|| format!("cannot create the API socket {}", p.display()))?,
@@ -262,55 +299,114 @@ fn run(args: RunArgs, signals: signals::SignalThread) -> anyhow::Result<u8> {
     };
 
     let hv = hypervisor::default_hypervisor().context("no usable hypervisor")?;
-    let mut vm = create_vm(&hv, config).context("cannot create the VM")?;
-    let stop = vm.stop_handle();
-    let signals = signals.spawn(stop.clone(), seccomp)?;
-    let terminal = matches!(serial, SerialArg::Stdio) || args.console != ConsoleKind::Serial;
-    let console = match vm.console_input(args.console) {
-        Some(input) if terminal => Some(console::Console::attach(input, stop.clone(), seccomp)?),
-        _ => None,
-    };
-    let mut api = None;
-    let mut controller = None;
-    let outcome = vm.start().and_then(|()| {
-        controller = vm.controller();
-        // Started before this thread is confined: a thread inherits its parent's filter.
-        if let (Some(listener), Some(c)) = (listener, controller.clone()) {
-            match vmm::api::ApiServer::start(listener, c, Default::default(), seccomp) {
-                Ok(server) => api = Some(server),
-                Err(e) => {
+    let mut signals = signals;
+    let mut api: Option<vmm::api::ApiServer> = None;
+    // The controller of the boot before, whose API clients may have asked for a stop while
+    // the next VM was being built.
+    let mut previous: Option<vmm::VmController> = None;
+    let mut boot = 1;
+    loop {
+        let started = Instant::now();
+        let (config, serial) = vm_config(&args, &files, boot)?;
+        let seccomp = config.seccomp;
+        let mut vm = create_vm(&hv, config).context("cannot create the VM")?;
+        let stop = vm.stop_handle();
+        let running_signals = signals.spawn(stop.clone(), seccomp)?;
+        let terminal = matches!(serial, SerialArg::Stdio) || args.console != ConsoleKind::Serial;
+        let console = match vm.console_input(args.console) {
+            Some(input) if terminal => {
+                Some(console::Console::attach(input, stop.clone(), seccomp)?)
+            }
+            _ => None,
+        };
+        let mut controller = None;
+        let outcome = vm.start().and_then(|()| {
+            controller = vm.controller();
+            // Started before this thread is confined: a thread inherits its parent's filter.
+            // After a reboot the same server goes on, serving the new VM.
+            match (&api, listener.take(), controller.clone()) {
+                (Some(server), _, Some(c)) => {
+                    server.serve_vm(c);
+                    if let Some(o) = previous.take().and_then(|p| p.stopped_after_reset()) {
+                        stop.stop(o);
+                    }
+                }
+                (None, Some(listener), Some(c)) => {
+                    match vmm::api::ApiServer::start(listener, c, Default::default(), seccomp) {
+                        Ok(server) => api = Some(server),
+                        Err(e) => {
+                            stop.stop(Outcome::Stopped(
+                                "the API socket could not be served".into(),
+                            ));
+                            drop(vm.wait());
+                            return Err(vmm::Error::Os {
+                                op: "start the API thread",
+                                source: e,
+                            });
+                        }
+                    }
+                }
+                _ => {}
+            }
+            // Every other thread is confined by now. This one only waits and tears down and
+            // handles nothing from the guest, which is why it may be confined a moment after
+            // the guest starts (before, the vCPU threads it starts would inherit its filter).
+            // A VMM that reboots cannot confine it: it builds the next VM (docs/security.md).
+            if !reboot {
+                if let Err(e) = vmm::seccomp::confine(ThreadKind::Main, seccomp) {
                     stop.stop(Outcome::Stopped(
-                        "the API socket could not be served".into(),
+                        "the main thread could not be confined".into(),
                     ));
                     drop(vm.wait());
-                    return Err(vmm::Error::Os {
-                        op: "start the API thread",
-                        source: e,
-                    });
+                    return Err(e.into());
                 }
             }
+            Ok(vm.wait())
+        });
+        // Restore the terminal before reporting anything.
+        drop(console);
+        let mut outcome = match outcome.context("cannot start the VM") {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = running_signals.finish();
+                return Err(e);
+            }
+        };
+        if let (true, Some(c)) = (args.stats, &controller) {
+            say!("{}", c.stats().render().trim_end());
         }
-        // Every other thread is confined by now. This one only waits and tears down and
-        // handles nothing from the guest, which is why it may be confined a moment after the
-        // guest starts (before, the vCPU threads it starts would inherit its filter).
-        if let Err(e) = vmm::seccomp::confine(ThreadKind::Main, seccomp) {
-            stop.stop(Outcome::Stopped(
-                "the main thread could not be confined".into(),
-            ));
-            drop(vm.wait());
-            return Err(e.into());
+        if reboot && outcome == Outcome::Reset {
+            // Between boots, for the rest of the rate limit: an API stop or a signal ends
+            // vibe-vmm instead (an API stop during the build is handed to the next VM).
+            let deadline = started + REBOOT_MIN_INTERVAL;
+            let cancelled = loop {
+                if let Some(o) = controller.as_ref().and_then(|c| c.stopped_after_reset()) {
+                    break Some(o);
+                }
+                if running_signals.received().is_some() || Instant::now() >= deadline {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            let (signal, blocked) = running_signals.finish();
+            match (cancelled, signal) {
+                (None, None) => {
+                    boot += 1;
+                    say!("vibe-vmm: {outcome}; rebooting (boot {boot})");
+                    signals = blocked;
+                    previous = controller;
+                    continue;
+                }
+                (Some(o), None) => outcome = o,
+                (_, Some(sig)) => outcome = Outcome::Stopped(format!("received signal {sig}")),
+            }
+            drop(api);
+            return Ok(report(&outcome, signal, true));
         }
-        Ok(vm.wait())
-    });
-    // Restore the terminal and stop helper threads before reporting anything.
-    drop(console);
-    drop(api);
-    let signal = signals.finish();
-    let outcome = outcome.context("cannot start the VM")?;
-    if let (true, Some(c)) = (args.stats, &controller) {
-        say!("{}", c.stats().render().trim_end());
+        let (signal, _) = running_signals.finish();
+        drop(api);
+        return Ok(report(&outcome, signal, args.api_socket.is_some()));
     }
-    Ok(report(&outcome, signal))
 }
 
 /// The built-in demo guest, an x86_64 program (empty when the build host had no toolchain
@@ -361,12 +457,18 @@ fn create_vm<H: Hypervisor>(_hv: &H, _config: VmConfig) -> vmm::Result<Vm<H::Vm>
 }
 
 /// Prints how the guest ended when it was not a plain exit, and picks the exit status.
-fn report(outcome: &Outcome, signal: Option<i32>) -> u8 {
+/// `api`: there was an API socket (so a reset ended vibe-vmm because of `--no-reboot`).
+fn report(outcome: &Outcome, signal: Option<i32>, api: bool) -> u8 {
     match outcome {
         Outcome::DebugExit(code) => *code,
         Outcome::PowerOff => 0,
         Outcome::Reset => {
-            say!("vibe-vmm: {outcome}; stopping (reboot is not supported)");
+            let why = if api {
+                "--no-reboot"
+            } else {
+                "vibe-vmm reboots only with --api-socket"
+            };
+            say!("vibe-vmm: {outcome}; stopping ({why})");
             0
         }
         Outcome::Crash { .. } => {

@@ -70,16 +70,23 @@ impl SignalThread {
 }
 
 impl RunningSignals {
-    /// Ends the signal thread; returns the signal that stopped the VM, if one did.
-    pub fn finish(mut self) -> Option<i32> {
+    /// The signal taken so far, if any.
+    pub fn received(&self) -> Option<i32> {
+        match self.received.load(Ordering::SeqCst) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+
+    /// Ends the signal thread; returns the signal that stopped the VM, if one did, and the
+    /// signals, still blocked, for the thread of the next boot. A signal that arrives in
+    /// between stays pending until that thread takes it.
+    pub fn finish(mut self) -> (Option<i32>, SignalThread) {
         if let Some(t) = self.thread.take() {
             // SAFETY: the thread is alive until joined below.
             unsafe { libc::pthread_kill(self.pthread, WAKE) };
             let _ = t.join();
         }
-        match self.received.load(Ordering::SeqCst) {
-            0 => None,
-            s => Some(s),
-        }
+        (self.received(), SignalThread)
     }
 }

@@ -774,6 +774,12 @@ fn ctl_drives_a_running_vm_through_its_api_socket() {
         json.starts_with('{') && json.contains("\"pio_out\""),
         "{json}"
     );
+    assert!(ctl(&socket, &["info"]).1.contains("boot:     1"));
+    // The counter guest has ACPI: shutdown presses its button, which it ignores.
+    assert_eq!(
+        ctl(&socket, &["shutdown"]).1.trim(),
+        "power button pressed (the guest decides when to power off)"
+    );
     assert_eq!(ctl(&socket, &["stop"]).1.trim(), "stopped");
     let status = child.wait().unwrap();
     let mut err = String::new();
@@ -791,6 +797,117 @@ fn ctl_drives_a_running_vm_through_its_api_socket() {
     let (code, _, err) = ctl(&socket, &["info"]);
     assert_eq!(code, 1);
     assert!(err.contains("cannot connect to the API socket"), "{err}");
+}
+
+/// The boot number `ctl info` reports, 0 if it cannot say (between boots it may not).
+fn boot_of(socket: &std::path::Path) -> u32 {
+    let (_, out, _) = ctl(socket, &["info"]);
+    out.lines()
+        .find_map(|l| l.strip_prefix("boot:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// In API mode a guest reset reboots the VM in the same process, behind the same socket, at
+/// most once a second; the serial file keeps every boot's output; a stop ends it all.
+#[test]
+fn a_reset_reboots_in_api_mode_until_stopped() {
+    if !kvm_usable() {
+        return;
+    }
+    let guest = temp_file("reset.elf", test_guests::RESET);
+    let socket = guest.with_file_name("api.sock");
+    let serial = guest.with_file_name("serial.txt");
+    let mut child = bin()
+        .args([
+            "run",
+            "--kernel",
+            guest.to_str().unwrap(),
+            "--memory",
+            "32M",
+        ])
+        .args(["--serial", &format!("file:{}", serial.display())])
+        .args(["--api-socket", socket.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while boot_of(&socket) < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no third boot");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Boots 2 and 3 each waited for the rate limit (1 s after the boot before started).
+    assert!(
+        t0.elapsed() > Duration::from_millis(1500),
+        "{:?}",
+        t0.elapsed()
+    );
+    // Whether the guest runs or is between boots, the stop ends vibe-vmm.
+    let (code, _, err) = ctl(&socket, &["stop"]);
+    assert_eq!(code, 0, "{err}");
+    let since = Instant::now();
+    let status = child.wait().unwrap();
+    assert!(
+        since.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        since.elapsed()
+    );
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("guest reset the machine; rebooting (boot 2)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("guest reset the machine; rebooting (boot 3)"),
+        "{err}"
+    );
+    assert!(err.contains("stop requested through the API"), "{err}");
+    let text = std::fs::read_to_string(&serial).unwrap();
+    assert!(text.matches("resetting").count() >= 3, "{text}");
+    assert!(!socket.exists(), "socket left behind");
+}
+
+/// `--no-reboot` keeps the one-shot behaviour in API mode; without an API socket a reset
+/// always ends vibe-vmm (status 0), each saying why.
+#[test]
+fn a_reset_ends_the_vm_with_no_reboot_or_without_an_api_socket() {
+    if !kvm_usable() {
+        return;
+    }
+    let guest = temp_file("reset.elf", test_guests::RESET);
+    let socket = guest.with_file_name("api.sock");
+    let kernel = guest.to_str().unwrap();
+    let out = run(&[
+        "run",
+        "--kernel",
+        kernel,
+        "--api-socket",
+        socket.to_str().unwrap(),
+        "--no-reboot",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("guest reset the machine; stopping (--no-reboot)"),
+        "{err}"
+    );
+    assert!(!socket.exists(), "socket left behind");
+    let out = run(&["run", "--kernel", kernel]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("stopping (vibe-vmm reboots only with --api-socket)"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -54,6 +54,11 @@ guest!(
     /// `_S5_` value; exits 1 if the machine stays on, 2 and up if a table is missing.
     ACPI_POWEROFF, "acpi_poweroff.elf");
 guest!(
+    /// Routes the ACPI GED's interrupt (IOAPIC pin 3) to its handler and waits in HLT; the
+    /// handler reads the GED's event status and, for a power-button press, powers off with
+    /// S5 on the sleep control register. Exits 1 if the machine stays on.
+    POWER_BUTTON, "power_button.elf");
+guest!(
     /// Faults with no IDT: a triple fault.
     TRIPLE_FAULT, "triple_fault.elf");
 guest!(

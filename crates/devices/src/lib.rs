@@ -3,6 +3,7 @@
 //! A device implements [`BusDevice`] and never learns which hypervisor runs the guest: it gets
 //! an offset into its own window and raises interrupts through [`hypervisor::IrqLine`].
 
+pub mod acpi_ged;
 pub mod acpi_pm;
 pub mod bus;
 pub mod console_output;

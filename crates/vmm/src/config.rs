@@ -134,6 +134,9 @@ pub struct VmConfig {
     pub trace: Option<crate::trace::TraceConfig>,
     /// Host PCI functions passed through with VFIO, in bus order after the virtio devices.
     pub vfio: Vec<VfioConfig>,
+    /// Which boot of the VMM this VM is: 1, then one more for each reboot (a reboot builds
+    /// the VM afresh from the same config). Reported by the API.
+    pub boot: u32,
 }
 
 impl VmConfig {
@@ -160,6 +163,7 @@ impl VmConfig {
             transport: Transport::Mmio,
             trace: None,
             vfio: Vec::new(),
+            boot: 1,
         }
     }
 }

@@ -1,9 +1,12 @@
 //! Controlling a running VM from another thread (the API socket, a test): its state, pause,
-//! resume, stop, what it was built with, and its exit statistics.
+//! resume, graceful shutdown (the ACPI power button) and stop, what it was built with, and its
+//! exit statistics.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use devices::acpi_ged::PowerButton;
 
 use crate::config::{KernelImage, NetBackendConfig, VmConfig};
 use crate::event_loop::Pauser;
@@ -22,11 +25,17 @@ pub struct VmInfo {
     pub cmdline: String,
     /// The guest's devices, one short description each ("virtio-blk /a/disk.img (read-only)").
     pub devices: Vec<String>,
+    /// Which boot of the VMM this is (1, then 2 after the first reboot, ...).
+    pub boot: u32,
 }
 
 impl VmInfo {
     pub(crate) fn new(config: &VmConfig) -> Self {
         let mut devices = vec!["serial (COM1)".to_string()];
+        #[cfg(target_arch = "x86_64")]
+        if config.acpi {
+            devices.push("ACPI power button (GED)".into());
+        }
         if config.virtio_console.is_some() {
             devices.push("virtio-console".into());
         }
@@ -55,6 +64,7 @@ impl VmInfo {
             initrd: config.initrd.as_ref().map(|p| p.display().to_string()),
             cmdline: config.cmdline.clone(),
             devices,
+            boot: config.boot,
         }
     }
 }
@@ -88,6 +98,20 @@ pub enum ControlError {
     NotPaused,
     #[error("the VM is stopping")]
     Stopped,
+    #[error("the guest has no ACPI power button (it runs without ACPI, or is rebooting)")]
+    NoPowerButton,
+    #[error("cannot raise the power button's interrupt: {0}")]
+    PowerButton(String),
+}
+
+/// What a graceful shutdown did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shutdown {
+    /// Pressed the ACPI power button: the guest powers off when it is ready (or ignores it).
+    PowerButton,
+    /// The guest has no power button: the VM was stopped.
+    Stopped,
 }
 
 /// A handle on a started VM ([`crate::Vm::controller`]); cheap to clone, usable from any
@@ -98,6 +122,7 @@ pub struct VmController {
     pub(crate) devices: Option<Pauser>,
     pub(crate) vcpus: usize,
     pub(crate) info: Arc<VmInfo>,
+    pub(crate) power_button: Option<PowerButton>,
     pub(crate) stats: Arc<StatsRegistry>,
     pub(crate) started: Instant,
     /// Pause and resume one at a time, so that "already paused" is always true when said.
@@ -153,13 +178,51 @@ impl VmController {
         Ok(())
     }
 
-    /// Ends the VM with `outcome` (the first stop request wins).
+    /// Ends the VM with `outcome` (the first stop request wins). A guest that reset is
+    /// between boots: the stop is kept for [`VmController::stopped_after_reset`], so that a
+    /// rebooting VMM ends instead.
     pub fn stop(&self, outcome: Outcome) -> Result<(), ControlError> {
         if self.state.stopping() {
-            return Err(ControlError::Stopped);
+            return match self.state.stop_after_reset(outcome) {
+                true => Ok(()),
+                false => Err(ControlError::Stopped),
+            };
         }
         self.state.request_stop(outcome);
         Ok(())
+    }
+
+    /// The stop asked for after the guest reset, if any: a rebooting VMM ends with it.
+    pub fn stopped_after_reset(&self) -> Option<Outcome> {
+        self.state.stopped_after_reset()
+    }
+
+    /// Presses the ACPI power button. A paused guest sees the press when resumed.
+    pub fn press_power_button(&self) -> Result<(), ControlError> {
+        if self.state.outcome() == Some(Outcome::Reset) {
+            // Between boots there is no guest to ask: a shutdown stops (see `stop`).
+            return Err(ControlError::NoPowerButton);
+        }
+        if self.state.stopping() {
+            return Err(ControlError::Stopped);
+        }
+        let button = self
+            .power_button
+            .as_ref()
+            .ok_or(ControlError::NoPowerButton)?;
+        button
+            .press()
+            .map_err(|e| ControlError::PowerButton(e.to_string()))
+    }
+
+    /// Asks the guest to power off: presses the power button where it has one, else stops
+    /// the VM with `outcome`.
+    pub fn shutdown(&self, outcome: Outcome) -> Result<Shutdown, ControlError> {
+        match self.press_power_button() {
+            Ok(()) => Ok(Shutdown::PowerButton),
+            Err(ControlError::NoPowerButton) => self.stop(outcome).map(|()| Shutdown::Stopped),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn stats(&self) -> Stats {

@@ -1,4 +1,5 @@
-//! The device manager: builds the port and MMIO buses, the platform devices on them, the PCI
+//! The device manager: builds the port and MMIO buses, the platform devices on them (on a PC:
+//! the i8042 reset line, the debug-exit port, the ACPI registers and power button), the PCI
 //! bus (x86_64), the virtio devices behind their transports (virtio-mmio windows or virtio-pci
 //! functions), and the event-loop handlers that serve them.
 //!
@@ -13,6 +14,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, Weak};
 
 use arch::VirtioMmioSlot;
+use devices::acpi_ged::{self, Ged, PowerButton};
 use devices::acpi_pm::{self, AcpiPm};
 use devices::console_output::ConsoleOutput;
 use devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT};
@@ -55,6 +57,15 @@ pub(crate) struct PciPlatform {
     intx_gsi: fn(u8, u8) -> u32,
 }
 
+/// Where a PC's ACPI devices are.
+pub(crate) struct PcPorts {
+    /// The power-management registers (base).
+    acpi_pm: u64,
+    /// The Generic Event Device's event status register, and its interrupt line.
+    ged: u64,
+    ged_gsi: u32,
+}
+
 /// Where a guest platform puts the devices this manager builds.
 pub(crate) struct Platform {
     /// Window and interrupt line of virtio-mmio device `n`.
@@ -63,9 +74,8 @@ pub(crate) struct Platform {
     /// The 16550: (on the port bus rather than in MMIO space, base, interrupt line).
     serial: (bool, u64, u32),
     mmio_console: u64,
-    /// The PC's i8042 reset line, the debug-exit port and the ACPI power-management ports
-    /// (base).
-    pc_ports: Option<u64>,
+    /// The PC's i8042 reset line, the debug-exit port, the ACPI registers and the GED's line.
+    pc_ports: Option<PcPorts>,
     pci: Option<PciPlatform>,
 }
 
@@ -78,7 +88,11 @@ impl Platform {
             max_virtio: layout::MAX_VIRTIO_DEVICES,
             serial: (true, layout::COM1_PORT, layout::COM1_IRQ),
             mmio_console: layout::platform_mmio_window(0),
-            pc_ports: Some(layout::ACPI_PM_PORT),
+            pc_ports: Some(PcPorts {
+                acpi_pm: layout::ACPI_PM_PORT,
+                ged: layout::ACPI_GED_PORT,
+                ged_gsi: layout::ACPI_GED_GSI,
+            }),
             pci: Some(PciPlatform {
                 windows: PciWindows {
                     mmio: (layout::PCI_MMIO_START, layout::PCI_MMIO_SIZE),
@@ -118,6 +132,7 @@ const _: () = {
     assert!(acpi::RESET_PORT == layout::ACPI_PM_PORT + acpi_pm::RESET);
     assert!(acpi::RESET_VALUE == acpi_pm::RESET_VALUE);
     assert!(acpi::S5_SLEEP_TYPE == acpi_pm::S5_SLEEP_TYPE);
+    assert!(acpi::GED_EVENT_POWER_BUTTON == acpi_ged::EVENT_POWER_BUTTON);
 };
 
 /// The virtio devices a config asks for, in window (or PCI device number) order, not yet
@@ -144,6 +159,8 @@ pub(crate) struct Devices {
     pub mmio_console: Option<Arc<Mutex<dyn ConsoleInput>>>,
     /// Every console's output, to be flushed when the VM stops.
     pub outputs: Vec<ConsoleOutput>,
+    /// The ACPI power button (a PC with ACPI tables).
+    pub power_button: Option<PowerButton>,
 }
 
 /// The host side of a console: a writer thread named `name` in front of the destination, so
@@ -271,7 +288,8 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
     let mut mmio = Bus::new();
     let serial_bus = if serial_on_ports { &mut pio } else { &mut mmio };
     insert(serial_bus, serial.clone(), serial_base, serial::PORT_RANGE)?;
-    if let Some(acpi_pm_port) = platform.pc_ports {
+    let mut power_button = None;
+    if let Some(pc) = &platform.pc_ports {
         let control: Arc<dyn VmControl> = state.clone();
         // Data and command ports only: 0x61 between them is port B (the PIT's, where there is
         // one).
@@ -284,7 +302,18 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
         let debug_exit = Arc::new(Mutex::new(DebugExit::new(control.clone())));
         insert(&mut pio, debug_exit, DEBUG_EXIT_PORT, 1)?;
         let pm = Arc::new(Mutex::new(AcpiPm::new(control)));
-        insert(&mut pio, pm, acpi_pm_port, acpi_pm::PORT_RANGE)?;
+        insert(&mut pio, pm, pc.acpi_pm, acpi_pm::PORT_RANGE)?;
+        // Only the DSDT tells the guest about the GED: without ACPI there is no button.
+        if config.acpi {
+            let ged = Ged::new(irq(pc.ged_gsi)?);
+            power_button = Some(ged.power_button());
+            insert(
+                &mut pio,
+                Arc::new(Mutex::new(ged)),
+                pc.ged,
+                acpi_ged::PORT_RANGE,
+            )?;
+        }
     }
 
     let mut events = EventLoopBuilder::default();
@@ -389,6 +418,7 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
         virtio_console,
         mmio_console,
         outputs,
+        power_button,
     })
 }
 

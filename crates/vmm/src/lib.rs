@@ -34,7 +34,7 @@ pub use config::{
     ConsoleKind, DiskConfig, IrqchipMode, KernelImage, NetBackendConfig, NetConfig, SerialOutput,
     Transport, VfioConfig, VmConfig,
 };
-pub use control::{ControlError, RunState, VmController, VmInfo};
+pub use control::{ControlError, RunState, Shutdown, VmController, VmInfo};
 pub use error::{Error, Result};
 pub use seccomp::SeccompMode;
 pub use state::{Outcome, StopHandle};

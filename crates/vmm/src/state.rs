@@ -13,7 +13,7 @@ use hypervisor::{Event, VcpuKicker};
 pub enum Outcome {
     /// The guest wrote this status to the debug-exit port.
     DebugExit(u8),
-    /// The guest reset the machine (i8042 or a reset request); vibe-vmm does not reboot.
+    /// The guest reset the machine (i8042 or a reset request). The CLI reboots in API mode.
     Reset,
     /// The guest powered the machine off.
     PowerOff,
@@ -50,6 +50,8 @@ pub(crate) struct VmState {
     paused: AtomicBool,
     /// Written once a stop is requested; `Vm::wait` blocks on it.
     exit_evt: Event,
+    /// A stop asked for after the guest reset: the VMM ends instead of rebooting.
+    after_reset: Mutex<Option<Outcome>>,
 }
 
 #[derive(Default)]
@@ -68,6 +70,7 @@ impl VmState {
             pause_changed: Condvar::new(),
             paused: AtomicBool::new(false),
             exit_evt: Event::new()?,
+            after_reset: Mutex::new(None),
         })
     }
 
@@ -115,6 +118,20 @@ impl VmState {
 
     pub(crate) fn outcome(&self) -> Option<Outcome> {
         lock(&self.outcome).clone()
+    }
+
+    /// Records a stop asked for after the guest reset (the first one wins); false if the VM
+    /// ended some other way, so there is nothing to stop.
+    pub(crate) fn stop_after_reset(&self, outcome: Outcome) -> bool {
+        if self.outcome() != Some(Outcome::Reset) {
+            return false;
+        }
+        lock(&self.after_reset).get_or_insert(outcome);
+        true
+    }
+
+    pub(crate) fn stopped_after_reset(&self) -> Option<Outcome> {
+        lock(&self.after_reset).clone()
     }
 
     /// Blocks until a stop is requested.

@@ -5,6 +5,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use devices::acpi_ged::PowerButton;
 use devices::console_output::{self, ConsoleOutput};
 use devices::serial::Serial;
 use devices::{Bus, BusDevice, ConsoleInput};
@@ -41,6 +42,8 @@ pub struct Vm<V: hypervisor::Vm + 'static> {
     mmio_console: Option<Arc<Mutex<dyn ConsoleInput>>>,
     /// The consoles' host sides, flushed (for a bounded time) when the VM stops.
     outputs: Vec<ConsoleOutput>,
+    /// The ACPI power button, where the guest has one.
+    power_button: Option<PowerButton>,
     /// How each vCPU is created and set up for the guest architecture.
     setup: Arc<dyn VcpuSetup<V>>,
     cpus: u32,
@@ -107,6 +110,7 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
             virtio_console: devices.virtio_console,
             mmio_console: devices.mmio_console,
             outputs: devices.outputs,
+            power_button: devices.power_button,
             setup,
             cpus: settings.cpus,
             seccomp: settings.seccomp,
@@ -245,6 +249,7 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
                     devices: self.event_loop.as_ref().map(EventLoop::pauser),
                     vcpus: self.threads.len(),
                     info: self.info.clone(),
+                    power_button: self.power_button.clone(),
                     stats,
                     started,
                     op: Default::default(),
@@ -274,6 +279,12 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
             l.resume();
         }
         self.state.resume();
+    }
+
+    /// The ACPI power button (`None` without ACPI, and on arm64), for pressing it from
+    /// another thread: [`VmController::shutdown`] does.
+    pub fn power_button(&self) -> Option<PowerButton> {
+        self.power_button.clone()
     }
 
     /// What the VM was built with.

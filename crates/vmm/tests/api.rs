@@ -38,9 +38,16 @@ struct Running {
 
 /// Boots the counter guest with the API on a fresh socket.
 fn start(limits: Limits) -> Option<Running> {
+    start_guest(test_guests::COUNTER, true, limits).map(|(r, _)| r)
+}
+
+/// Boots `guest`, with or without ACPI, with the API on a fresh socket.
+fn start_guest(guest: &'static [u8], acpi: bool, limits: Limits) -> Option<(Running, Capture)> {
     let kvm = kvm()?;
     let out = Capture::default();
-    let mut vm = build(&kvm, config(test_guests::COUNTER, 1, &out));
+    let mut c = config(guest, 1, &out);
+    c.acpi = acpi;
+    let mut vm = build(&kvm, c);
     let path = socket_path();
     let listener = Listener::bind(&path).unwrap();
     vm.start().unwrap();
@@ -58,7 +65,7 @@ fn start(limits: Limits) -> Option<Running> {
         std::thread::sleep(Duration::from_secs(60));
         stop.stop(Outcome::Stopped("test time limit".into()));
     });
-    Some(r)
+    Some((r, out))
 }
 
 impl Running {
@@ -139,6 +146,8 @@ fn info_pause_resume_stats_and_stop() {
     assert_eq!(info["vcpus"], 1);
     assert_eq!(info["config"]["memory"], 32 << 20);
     assert_eq!(info["devices"][0], "serial (COM1)");
+    assert_eq!(info["devices"][1], "ACPI power button (GED)");
+    assert_eq!(info["boot"], 1);
 
     // Every one of the guest's 1000 port writes is one exit, to no device.
     let (status, stats) = r.call("GET", "/vm/stats", "");
@@ -176,13 +185,57 @@ fn info_pause_resume_stats_and_stop() {
     }
 }
 
+/// With ACPI, shutdown presses the power button (202: the guest decides); a guest that
+/// ignores it keeps running. The power-button guest powers off.
 #[test]
-fn shutdown_ends_the_vm_and_stop_then_conflicts() {
+fn shutdown_presses_the_power_button_of_an_acpi_guest() {
     let Some(r) = start(Limits::default()) else {
         return;
     };
+    let c = r.counter_passes(0);
+    let (status, answer) = r.call("PUT", "/vm/shutdown", "");
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["shutdown"], "power_button");
+    assert_eq!(answer["state"], "running");
+    // The counter guest has interrupts off: it never hears the button.
+    r.counter_passes(c);
+    assert_eq!(r.call("GET", "/vm", "").1["state"], "running");
+    r.stop();
+
+    let Some((r, out)) = start_guest(test_guests::POWER_BUTTON, true, Limits::default()) else {
+        return;
+    };
+    let t0 = Instant::now();
+    while !out.text().contains("waiting for the power button") {
+        assert!(t0.elapsed() < Duration::from_secs(20), "{}", out.text());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (status, answer) = r.call("PUT", "/vm/shutdown", "");
+    assert_eq!(
+        (status, &answer["shutdown"]),
+        (202, &"power_button".into()),
+        "{answer}"
+    );
+    let Running { vm, mut api, .. } = r;
+    assert_eq!(vm.wait(), Outcome::PowerOff, "{}", out.text());
+    api.stop();
+    assert!(
+        out.text().contains("power button pressed"),
+        "{}",
+        out.text()
+    );
+}
+
+/// Without ACPI there is no button: shutdown stops the VM (200, "stopped").
+#[test]
+fn shutdown_stops_a_guest_without_acpi_and_stop_then_conflicts() {
+    let Some((r, _)) = start_guest(test_guests::COUNTER, false, Limits::default()) else {
+        return;
+    };
     r.counter_passes(0);
-    assert_eq!(r.call("PUT", "/vm/shutdown", "").0, 200);
+    let (status, answer) = r.call("PUT", "/vm/shutdown", "");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["shutdown"], "stopped");
     let (status, answer) = r.call("PUT", "/vm/stop", "");
     assert_eq!(status, 409, "{answer}");
     assert_eq!(r.call("GET", "/vm", "").1["state"], "stopped");

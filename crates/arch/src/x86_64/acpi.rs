@@ -11,6 +11,15 @@
 //! to the FADT's sleep control register, powers the machine off. The i8042 is not described:
 //! it has no keyboard behind it, only the reset line, which Linux pulses without a driver.
 //!
+//! The power button: a hardware-reduced platform has no fixed-feature events (no SCI, no
+//! PM1 registers), so it signals them through a Generic Event Device, `\_SB_.GED0`
+//! (`ACPI0013`, Linux's `drivers/acpi/evged.c`): an edge interrupt on
+//! `layout::ACPI_GED_GSI`, and an `_EVT` method that the kernel runs for it. `_EVT` reads the
+//! event status register (`layout::ACPI_GED_PORT`, cleared by the read) and, for the power
+//! button's bit, notifies `\_SB_.PWRB` (`PNP0C0C`, a control-method power button, which the
+//! FADT's PWR_BUTTON flag announces) with 0x80, "button pressed": Linux's `button.c` turns
+//! that into a KEY_POWER press for user space (systemd-logind, acpid) to act on.
+//!
 //! The PCI host bridge is always there: `\_SB_.PCI0` (`PNP0A08`, PCI Express root, segment 0,
 //! bus 0) with its windows (configuration ports 0xcf8-0xcff, I/O 0x1000-0xffff, memory
 //! `layout::PCI_MMIO_START`) and a `_PRT` routing every slot's INTA-INTD to GSIs 20-23; the
@@ -31,9 +40,10 @@ use vm_memory::GuestMemoryMmap;
 use acpi_tables::mcfg::MCFG;
 
 use super::layout::{
-    self, VirtioMmioSlot, ACPI_PM_PORT, ACPI_START, APIC_START, COM1_IRQ, COM1_PORT, IOAPIC_START,
-    PCIE_ECAM_SIZE, PCIE_ECAM_START, PCI_BUS_COUNT, PCI_CONFIG_PORT, PCI_CONFIG_PORT_SIZE,
-    PCI_INTX_PINS, PCI_IO_SIZE, PCI_IO_START, PCI_MMIO_SIZE, PCI_MMIO_START,
+    self, VirtioMmioSlot, ACPI_GED_GSI, ACPI_GED_PORT, ACPI_PM_PORT, ACPI_START, APIC_START,
+    COM1_IRQ, COM1_PORT, IOAPIC_START, PCIE_ECAM_SIZE, PCIE_ECAM_START, PCI_BUS_COUNT,
+    PCI_CONFIG_PORT, PCI_CONFIG_PORT_SIZE, PCI_INTX_PINS, PCI_IO_SIZE, PCI_IO_START, PCI_MMIO_SIZE,
+    PCI_MMIO_START,
 };
 use super::mptable::MAX_CPUS;
 use super::{write_bytes, Error, Result};
@@ -60,6 +70,10 @@ pub const RESET_PORT: u64 = ACPI_PM_PORT + 2;
 pub const RESET_VALUE: u8 = 1;
 /// SLP_TYP for S5 (soft off), the first element of the DSDT's `_S5_` package.
 pub const S5_SLEEP_TYPE: u8 = 5;
+/// The power button's bit in the GED's event status register (devices::acpi_ged sets it).
+pub const GED_EVENT_POWER_BUTTON: u8 = 1 << 0;
+/// What `_EVT` notifies the power button with: "the button was pressed" (ACPI 6.5, 4.8.2.2.1).
+const NOTIFY_BUTTON_PRESSED: u8 = 0x80;
 
 fn bytes(table: &dyn Aml) -> Vec<u8> {
     let mut v = Vec::new();
@@ -161,6 +175,73 @@ fn motherboard_resources() -> Encoded {
     Encoded(bytes(&dev))
 }
 
+/// `GED0`, the Generic Event Device, and `PWRB`, the power button it notifies (see the
+/// module comment). In ASL:
+///
+/// ```text
+/// Device (GED0) {
+///     Name (_HID, "ACPI0013")
+///     Name (_UID, 0)
+///     Name (_CRS, ResourceTemplate () { Interrupt (ResourceConsumer, Edge, ActiveHigh,
+///         Exclusive) { ACPI_GED_GSI } })
+///     OperationRegion (GDST, SystemIO, ACPI_GED_PORT, 1)
+///     Field (GDST, ByteAcc, NoLock, WriteAsZeros) { GDAT, 8 }
+///     Method (_EVT, 1, Serialized) {
+///         Local0 = GDAT                   // reading clears the events
+///         If (Local0 & GED_EVENT_POWER_BUTTON) { Notify (\_SB_.PWRB, 0x80) }
+///     }
+/// }
+/// Device (PWRB) { Name (_HID, EisaId ("PNP0C0C")) Name (_UID, 0) }
+/// ```
+///
+/// Linux looks for `_Exx` (here `_E03`) first and falls back to `_EVT`, passing the GSI; one
+/// interrupt carries every event, so `_EVT` ignores it and reads which events are pending.
+fn power_button() -> (Encoded, Encoded) {
+    let irq = aml::Interrupt::new(true, true, false, false, ACPI_GED_GSI);
+    let crs = aml::ResourceTemplate::new(vec![&irq]);
+    let region = aml::OpRegion::new(
+        "GDST".into(),
+        aml::OpRegionSpace::SystemIO,
+        &(ACPI_GED_PORT as u16),
+        &1u8,
+    );
+    let field = aml::Field::new(
+        "GDST".into(),
+        aml::FieldAccessType::Byte,
+        aml::FieldLockRule::NoLock,
+        aml::FieldUpdateRule::WriteAsZeroes,
+        vec![aml::FieldEntry::Named(*b"GDAT", 8)],
+    );
+    let events = aml::Local(0);
+    let status = aml::Path::new("GDAT");
+    let read = aml::Store::new(&events, &status);
+    let pressed = aml::And::new(&aml::ZERO, &events, &GED_EVENT_POWER_BUTTON);
+    let button = aml::Path::new("\\_SB_.PWRB");
+    let notify = aml::Notify::new(&button, &NOTIFY_BUTTON_PRESSED);
+    let if_pressed = aml::If::new(&pressed, vec![&notify]);
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&read, &if_pressed]);
+    let ged_fields: [&dyn Aml; 6] = [
+        &aml::Name::new("_HID".into(), &"ACPI0013"),
+        &aml::Name::new("_UID".into(), &aml::ZERO),
+        &aml::Name::new("_CRS".into(), &crs),
+        &region,
+        &field,
+        &evt,
+    ];
+    let ged = aml::Device::new("GED0".into(), ged_fields.to_vec());
+
+    let hid = aml::EISAName::new("PNP0C0C");
+    let pwrb_fields = [
+        aml::Name::new("_HID".into(), &hid),
+        aml::Name::new("_UID".into(), &aml::ZERO),
+    ];
+    let pwrb = aml::Device::new(
+        "PWRB".into(),
+        pwrb_fields.iter().map(|x| x as &dyn Aml).collect(),
+    );
+    (Encoded(bytes(&ged)), Encoded(bytes(&pwrb)))
+}
+
 /// The MCFG: one ECAM allocation, segment 0, for the buses behind the host bridge.
 pub fn mcfg() -> Vec<u8> {
     let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
@@ -173,7 +254,7 @@ fn io_register(port: u64) -> GAS {
     GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, port)
 }
 
-/// The DSDT: `_S5_`; COM1; the PCI host bridge and the motherboard resource that reserves its
+/// The DSDT: `_S5_`; COM1; the power button and the GED that signals it; the PCI host bridge and the motherboard resource that reserves its
 /// ECAM window; one `LNRO0005` (virtio-mmio) device per slot, with its window and interrupt,
 /// the way a stock kernel without command-line virtio devices finds them.
 pub fn dsdt(virtio: &[VirtioMmioSlot]) -> Vec<u8> {
@@ -231,7 +312,8 @@ pub fn dsdt(virtio: &[VirtioMmioSlot]) -> Vec<u8> {
         .collect();
     let pci0 = pci_host_bridge();
     let mbrd = motherboard_resources();
-    let mut children: Vec<&dyn Aml> = vec![&com1, &pci0, &mbrd];
+    let (ged, pwrb) = power_button();
+    let mut children: Vec<&dyn Aml> = vec![&com1, &ged, &pwrb, &pci0, &mbrd];
     children.extend(devices.iter().map(|d| d as &dyn Aml));
     let scope = aml::Scope::new("\\_SB_".into(), children);
     let mut table = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
@@ -360,7 +442,7 @@ mod tests {
             let dsdt = find(t.iter().find(|(_, d)| &d[..4] == b"DSDT").unwrap().0);
             let hids = dsdt.windows(8).filter(|w| w == b"LNRO0005").count();
             assert_eq!(hids, 3);
-            for name in [b"PCI0", b"_PRT", b"MBRD"] {
+            for name in [b"PCI0", b"_PRT", b"MBRD", b"GED0", b"PWRB", b"_EVT"] {
                 assert!(
                     dsdt.windows(4).any(|w| w == name),
                     "{name:?} not in the DSDT"
@@ -451,7 +533,8 @@ mod iasl {
         assert_eq!(
             dsl.matches("Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive")
                 .count(),
-            4
+            5,
+            "COM1, GED0 and the three virtio-mmio devices"
         );
         // COM1: a 16550 at 0x3f8-0x3ff with IRQ 4.
         let com1 = &dsl[dsl.find("Device (COM1)").expect("COM1 in the DSDT")..];
@@ -468,6 +551,48 @@ mod iasl {
             dsl.contains(
                 "Name (_S5, Package (0x02)  // _S5_: S5 System State\n    {\n        0x05, "
             ),
+            "{dsl}"
+        );
+    }
+
+    /// `\_SB_.GED0` decompiles to what Linux's evged.c and button.c expect: an `ACPI0013`
+    /// device with one edge interrupt on the GED's GSI and an `_EVT` method that reads the
+    /// event register on its port and notifies `\_SB_.PWRB` (`PNP0C0C`) with 0x80.
+    #[test]
+    fn iasl_decompiles_the_ged_and_the_power_button() {
+        use crate::x86_64::layout::{ACPI_GED_GSI, ACPI_GED_PORT};
+        let Some(dsl) = decompile("dsdt-ged", &super::dsdt(&[])) else {
+            return;
+        };
+        let ged = &dsl[dsl.find("Device (GED0)").expect("GED0 in the DSDT")..];
+        let ged = &ged[..ged.find("Device (PWRB)").expect("PWRB after GED0")];
+        assert!(
+            ged.contains("Name (_HID, \"ACPI0013\" /* Generic Event Device */)"),
+            "{dsl}"
+        );
+        assert!(
+            ged.contains(&format!(
+                "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )\n                {{\n                    0x{ACPI_GED_GSI:08X},\n"
+            )),
+            "{dsl}"
+        );
+        assert!(
+            ged.contains(&format!(
+                "OperationRegion (GDST, SystemIO, 0x{ACPI_GED_PORT:04X}, One)"
+            )),
+            "{dsl}"
+        );
+        assert!(
+            ged.contains("Field (GDST, ByteAcc, NoLock, WriteAsZeros)\n            {\n                GDAT,   8\n"),
+            "{dsl}"
+        );
+        assert!(ged.contains("Method (_EVT, 1, Serialized)"), "{dsl}");
+        assert!(ged.contains("Local0 = GDAT"), "{dsl}");
+        assert!(ged.contains("If ((Local0 & One))"), "{dsl}");
+        assert!(ged.contains("Notify (\\_SB.PWRB, 0x80)"), "{dsl}");
+        let pwrb = &dsl[dsl.find("Device (PWRB)").unwrap()..];
+        assert!(
+            pwrb.contains("EisaId (\"PNP0C0C\") /* Power Button Device */"),
             "{dsl}"
         );
     }

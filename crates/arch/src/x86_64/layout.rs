@@ -17,7 +17,11 @@
 //! ```
 //!
 //! The I/O port space: legacy devices below 0x1000 (i8042 0x60/0x64, debug exit 0xf4, COM1
-//! 0x3f8, ACPI PM 0x600-0x602, PCI configuration 0xcf8-0xcff), PCI I/O BARs 0x1000-0xffff.
+//! 0x3f8, ACPI PM 0x600-0x602, the ACPI GED's event status 0x603, PCI configuration
+//! 0xcf8-0xcff), PCI I/O BARs 0x1000-0xffff.
+//!
+//! IOAPIC lines (GSIs): i8042 1 and 12, the ACPI GED 3, COM1 4, virtio-mmio 5-19, PCI INTx
+//! 20-23 (0 and 2 are the PIT's, where there is one).
 //!
 //! The specification's own picture overlaps itself (virtio windows inside low RAM, a PCI hole
 //! below the end of low RAM); this map keeps its intent with ranges that never collide, and
@@ -87,6 +91,12 @@ pub const COM1_PORT: u64 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
 /// The ACPI sleep control, sleep status and reset registers (one byte each) of the FADT.
 pub const ACPI_PM_PORT: u64 = 0x600;
+/// The ACPI Generic Event Device's event status register (one byte, read-to-clear), right
+/// after the PM registers; the DSDT's `_EVT` reads it.
+pub const ACPI_GED_PORT: u64 = 0x603;
+/// The GED's interrupt: GSI 3, the ISA line of a COM2 this machine does not have, so it is
+/// edge-triggered, active-high as ISA lines are, and free on both interrupt controllers.
+pub const ACPI_GED_GSI: u32 = 3;
 /// PCI configuration mechanism #1: the address register at 0xcf8, data at 0xcfc-0xcff.
 pub const PCI_CONFIG_PORT: u64 = 0xcf8;
 pub const PCI_CONFIG_PORT_SIZE: u64 = 8;
@@ -99,7 +109,8 @@ pub const PCI_IO_SIZE: u64 = 0xf000;
 // with their devices, are below COM1) and the PCI I/O window ends with the 16-bit space.
 const _: () = {
     assert!(COM1_PORT + 8 <= ACPI_PM_PORT);
-    assert!(ACPI_PM_PORT + 3 <= PCI_CONFIG_PORT);
+    assert!(ACPI_PM_PORT + 3 <= ACPI_GED_PORT);
+    assert!(ACPI_GED_PORT < PCI_CONFIG_PORT);
     assert!(PCI_CONFIG_PORT + PCI_CONFIG_PORT_SIZE <= PCI_IO_START);
     assert!(PCI_IO_START + PCI_IO_SIZE == 0x1_0000);
     assert!(PCIE_ECAM_USED_SIZE <= PCIE_ECAM_SIZE);
@@ -128,7 +139,7 @@ pub const fn virtio_mmio_window(n: u64) -> u64 {
 }
 
 /// Interrupt lines for virtio-mmio devices: GSIs 5..=19 of the IOAPIC (0-4 are the PIT,
-/// keyboard, cascade and serial ports; 20-23 are PCI INTx).
+/// keyboard, cascade, the ACPI GED and COM1; 20-23 are PCI INTx).
 pub const VIRTIO_GSI_START: u32 = 5;
 pub const IOAPIC_PINS: u32 = 24;
 /// How many virtio-mmio devices a VM can have: one interrupt line each.
@@ -148,6 +159,7 @@ pub const fn pci_intx_gsi(slot: u8, pin: u8) -> u32 {
 // Virtio-mmio lines and PCI INTx lines never meet, and both fit in the IOAPIC.
 const _: () = {
     assert!(VIRTIO_GSI_START + MAX_VIRTIO_DEVICES <= PCI_INTX_GSI_BASE);
+    assert!(ACPI_GED_GSI < VIRTIO_GSI_START && ACPI_GED_GSI != COM1_IRQ);
     assert!(PCI_INTX_GSI_BASE + PCI_INTX_PINS <= IOAPIC_PINS);
     assert!(MAX_VIRTIO_DEVICES == 15);
 };

@@ -9,7 +9,7 @@
 //! | GET | /vm/stats | exit statistics | 200 |
 //! | PUT | /vm/pause | pause every vCPU and the devices | 200; 409 if paused |
 //! | PUT | /vm/resume | resume | 200; 409 if running |
-//! | PUT | /vm/shutdown | ask the guest to power off (here: stop, see docs/api.md) | 200 |
+//! | PUT | /vm/shutdown | press the ACPI power button; without ACPI, stop | 202; 200 |
 //! | PUT | /vm/stop | stop the VM now | 200 |
 
 pub mod http;
@@ -19,7 +19,7 @@ pub use server::{ApiServer, Limits, Listener};
 
 use http::{Request, Response};
 
-use crate::control::{ControlError, VmController};
+use crate::control::{ControlError, Shutdown, VmController};
 use crate::state::Outcome;
 
 /// The routes, for the 404 and 405 answers.
@@ -98,6 +98,7 @@ pub fn handle(vm: &VmController, req: &Request) -> Response {
                 "vcpus": vm.info().cpus,
                 "config": vm.info(),
                 "devices": vm.info().devices,
+                "boot": vm.info().boot,
             })
             .to_string(),
         ),
@@ -114,8 +115,24 @@ pub fn handle(vm: &VmController, req: &Request) -> Response {
                 || format!("{how} requested through the API"),
                 |r| format!("{how} requested through the API: {r}"),
             );
-            vm.stop(Outcome::Requested(why))
-                .map_or_else(conflict, |()| ok(vm))
+            if path == "/vm/stop" {
+                return vm
+                    .stop(Outcome::Requested(why))
+                    .map_or_else(conflict, |()| ok(vm));
+            }
+            // 202: the guest was asked and decides; 200: the VM was stopped (no ACPI).
+            match vm.shutdown(Outcome::Requested(why)) {
+                Ok(done) => Response::json(
+                    if done == Shutdown::PowerButton {
+                        202
+                    } else {
+                        200
+                    },
+                    serde_json::json!({ "state": vm.state(), "shutdown": done }).to_string(),
+                ),
+                Err(e @ ControlError::PowerButton(_)) => Response::error(500, e.to_string()),
+                Err(e) => conflict(e),
+            }
         }
         _ => Response::error(500, format!("{path} has no handler")),
     }

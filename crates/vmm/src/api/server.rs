@@ -3,6 +3,8 @@
 //! waits on a client: reads and writes are non-blocking, so a slow, silent or hostile client
 //! costs a slot until its deadline and nothing else. The thread touches the VM only through
 //! its [`VmController`] (a pause waits for the vCPUs to park; nothing waits for this thread).
+//! A reboot builds a new VM; [`ApiServer::serve_vm`] hands the server its controller, so the
+//! same socket serves every boot.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -11,6 +13,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use std::sync::{Arc, Mutex};
 
 use hypervisor::Event;
 
@@ -90,7 +94,9 @@ impl Drop for Listener {
 
 /// The running API thread; [`ApiServer::stop`] (or drop) ends it and removes the socket.
 pub struct ApiServer {
-    wake: std::sync::Arc<Event>,
+    wake: Arc<Event>,
+    /// The VM being served: replaced after a reboot.
+    current: Arc<Mutex<VmController>>,
     thread: Option<JoinHandle<()>>,
     /// Dropped (the socket file removed) after the thread ended.
     socket: Option<Listener>,
@@ -104,19 +110,28 @@ impl ApiServer {
         limits: Limits,
         mode: SeccompMode,
     ) -> io::Result<ApiServer> {
-        let wake = std::sync::Arc::new(Event::new()?);
+        let wake = Arc::new(Event::new()?);
         let w = wake.clone();
         let socket = listener.listener.take().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "the listener was already used")
         })?;
+        let current = Arc::new(Mutex::new(vm));
+        let c = current.clone();
         let thread = seccomp::spawn("api", ThreadKind::Api, mode, move || {
-            serve(&socket, &vm, limits, &w);
+            serve(&socket, &c, limits, &w);
         })?;
         Ok(ApiServer {
             wake,
+            current,
             thread: Some(thread),
             socket: Some(listener),
         })
+    }
+
+    /// Serves `vm` from now on (the VM a reboot built); a request being answered finishes
+    /// with the VM it started with.
+    pub fn serve_vm(&self, vm: VmController) {
+        *devices::lock(&self.current) = vm;
     }
 
     /// Ends the thread, waits for it, and removes the socket file.
@@ -242,7 +257,7 @@ fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
     }
 }
 
-fn serve(listener: &UnixListener, vm: &VmController, limits: Limits, wake: &Event) {
+fn serve(listener: &UnixListener, current: &Mutex<VmController>, limits: Limits, wake: &Event) {
     let mut clients: Vec<Client> = Vec::new();
     loop {
         let now = Instant::now();
@@ -283,6 +298,8 @@ fn serve(listener: &UnixListener, vm: &VmController, limits: Limits, wake: &Even
         if fds[0].revents != 0 {
             return;
         }
+        // Cloned, so that no lock is held while a request (a pause) waits for the vCPUs.
+        let vm = devices::lock(current).clone();
         // Clients first (their indices match `fds[2..]`), then new connections.
         let mut keep = Vec::with_capacity(clients.len());
         for (mut c, pfd) in clients.drain(..).zip(&fds[2..]) {
@@ -290,7 +307,7 @@ fn serve(listener: &UnixListener, vm: &VmController, limits: Limits, wake: &Even
             if pfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
                 && c.reply.is_none()
             {
-                alive = c.read(vm, &limits);
+                alive = c.read(&vm, &limits);
             }
             if alive && c.reply.is_some() {
                 alive = c.write();
