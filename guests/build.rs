@@ -50,6 +50,7 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
     ("vfio", "vfio.S", &[]),
     ("counter", "counter.S", &[]),
     ("trace", "trace.S", &[]),
+    ("snapshot", "snapshot.S", &[]),
 ];
 
 fn main() {

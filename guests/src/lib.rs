@@ -152,3 +152,11 @@ guest!(
     /// of 4 bytes at the test device's port 0x510, an MMIO write and read in its page at
     /// 0xd1001000, then exit 0.
     TRACE, "trace.elf");
+guest!(
+    /// Hashes 0..500,000 while its LAPIC timer ticks (the loop index at [`SNAPSHOT_COUNTER`]),
+    /// waits for 10 more ticks, prints `result <hash>`, exits 0: snapshotted mid-run by the
+    /// snapshot tests.
+    SNAPSHOT, "snapshot.elf");
+
+/// Where the snapshot guest keeps its loop index.
+pub const SNAPSHOT_COUNTER: u64 = 0x1f0000;

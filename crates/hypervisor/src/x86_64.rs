@@ -23,6 +23,13 @@ pub trait X86Vm: crate::Vm<Vcpu: X86Vcpu> {
     fn set_vm_state(&self, _state: &VmState) -> Result<()> {
         Err(crate::Error::Unsupported)
     }
+
+    /// Checks, before any vCPU is created, what can be checked of a saved vCPU state (the
+    /// backend's structures have the right sizes), so a bad snapshot fails before the VM
+    /// starts.
+    fn check_vcpu_state(&self, _state: &VcpuState) -> Result<()> {
+        Err(crate::Error::Unsupported)
+    }
 }
 
 /// The x86 side of a vCPU: register state and the set-up a boot protocol needs.

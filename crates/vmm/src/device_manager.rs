@@ -144,6 +144,8 @@ pub(crate) struct Devices {
     pub mmio_console: Option<Arc<Mutex<dyn ConsoleInput>>>,
     /// Every console's output, to be flushed when the VM stops.
     pub outputs: Vec<ConsoleOutput>,
+    /// The devices a snapshot saves (and names those it cannot).
+    pub saved: crate::snapshot::DeviceHandles,
 }
 
 /// The host side of a console: a writer thread named `name` in front of the destination, so
@@ -269,11 +271,18 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
     let serial = Arc::new(Mutex::new(Serial::new(irq(serial_irq)?, serial_output)));
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
+    let mut saved = crate::snapshot::DeviceHandles {
+        serial: serial.clone(),
+        i8042: None,
+        mmio_console: None,
+        unsaved: Vec::new(),
+    };
     let serial_bus = if serial_on_ports { &mut pio } else { &mut mmio };
     insert(serial_bus, serial.clone(), serial_base, serial::PORT_RANGE)?;
     if let Some(acpi_pm_port) = platform.pc_ports {
         let control: Arc<dyn VmControl> = state.clone();
         let keyboard = Arc::new(Mutex::new(I8042::new(control.clone())));
+        saved.i8042 = Some(keyboard.clone());
         insert(
             &mut pio,
             keyboard,
@@ -305,6 +314,12 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
         .transpose()?;
     let mut virtio_console: Option<Arc<Mutex<dyn ConsoleInput>>> = None;
     for (n, device) in devices.into_iter().enumerate() {
+        saved.unsaved.push(match device.device_type() {
+            1 => "virtio-net".to_string(),
+            2 => "virtio-blk".to_string(),
+            3 => "virtio-console".to_string(),
+            t => format!("virtio device type {t}"),
+        });
         let transport: Arc<Mutex<dyn VirtioTransport>> = match (transport, &mut pci) {
             (Transport::Pci, Some((root, p))) => {
                 add_virtio_pci(vm, irq, msi, mem, root, p, device, config.ioeventfd)?
@@ -355,6 +370,9 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
         }
     }
     let vfio = std::mem::take(&mut config.vfio);
+    if !vfio.is_empty() {
+        saved.unsaved.push("VFIO devices".into());
+    }
     match &mut pci {
         Some((root, p)) => {
             for device in vfio {
@@ -378,6 +396,7 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
             platform.mmio_console,
             mmio_console::WINDOW_SIZE,
         )?;
+        saved.mmio_console = Some(dev.clone());
         mmio_console = Some(dev);
     }
     Ok(Devices {
@@ -388,6 +407,7 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
         virtio_console,
         mmio_console,
         outputs,
+        saved,
     })
 }
 

@@ -15,6 +15,7 @@ use crate::control::{VmController, VmInfo};
 use crate::device_manager::Devices;
 use crate::event_loop::{EventLoop, EventLoopBuilder};
 use crate::seccomp::SeccompMode;
+use crate::snapshot::{SnapshotError, Snapshotter, Writer};
 use crate::state::{Outcome, StopHandle, VmState};
 use crate::stats::{Stats, StatsRegistry};
 use crate::trace::{Trace, TraceConfig};
@@ -55,6 +56,8 @@ pub struct Vm<V: hypervisor::Vm + 'static> {
     /// Set by `start`: the exit counters and the controller of the running VM.
     stats: Option<Arc<StatsRegistry>>,
     controller: Option<VmController>,
+    /// Writes snapshots of the paused VM (for `Vm::snapshot` and the controller).
+    snapshotter: Arc<dyn Snapshotter>,
 }
 
 /// What a machine hands [`Vm::assemble`] from the config, besides its devices.
@@ -96,9 +99,18 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
         setup: Arc<dyn VcpuSetup<V>>,
         settings: Settings,
     ) -> Self {
+        let mem = Arc::new(mem);
+        let snapshotter = Arc::new(Writer {
+            vm: Arc::downgrade(&vm),
+            setup: setup.clone(),
+            state: state.clone(),
+            mem: mem.clone(),
+            devices: devices.saved,
+            cpus: settings.cpus,
+        });
         Vm {
             vm,
-            mem: Arc::new(mem),
+            mem,
             state,
             pio: Some(devices.pio),
             mmio: Some(devices.mmio),
@@ -117,6 +129,7 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
             trace: settings.trace,
             stats: None,
             controller: None,
+            snapshotter,
         }
     }
 
@@ -248,6 +261,7 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
                     stats,
                     started,
                     op: Default::default(),
+                    snapshotter: self.snapshotter.clone(),
                 });
                 Ok(())
             }
@@ -274,6 +288,11 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
             l.resume();
         }
         self.state.resume();
+    }
+
+    /// Writes a snapshot of the paused VM into `dir` (see [`crate::snapshot`]).
+    pub fn snapshot(&self, dir: &std::path::Path) -> std::result::Result<(), SnapshotError> {
+        self.snapshotter.write(dir)
     }
 
     /// What the VM was built with.

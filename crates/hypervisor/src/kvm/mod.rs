@@ -427,6 +427,10 @@ impl crate::x86_64::X86Vm for KvmVm {
     fn set_vm_state(&self, state: &crate::x86_64::VmState) -> Result<()> {
         snapshot::set_vm_state(self, state)
     }
+
+    fn check_vcpu_state(&self, state: &crate::x86_64::VcpuState) -> Result<()> {
+        snapshot::check_state(state)
+    }
 }
 
 #[cfg(test)]

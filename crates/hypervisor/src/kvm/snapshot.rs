@@ -6,8 +6,8 @@
 
 use kvm_bindings::{
     kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
-    kvm_pit_state2, kvm_vcpu_events, kvm_xcr, kvm_xcrs, kvm_xsave, Msrs,
-    KVM_MAX_CPUID_ENTRIES, KVM_MAX_MSR_ENTRIES,
+    kvm_pit_state2, kvm_vcpu_events, kvm_xcr, kvm_xcrs, kvm_xsave, Msrs, KVM_MAX_CPUID_ENTRIES,
+    KVM_MAX_MSR_ENTRIES,
 };
 
 use super::{KvmVcpu, KvmVm};
@@ -32,8 +32,7 @@ unsafe impl Pod for kvm_clock_data {}
 
 fn to_blob<T: Pod>(v: &T) -> Blob {
     // SAFETY: `v` is a live `T` of `size_of::<T>()` bytes; `Pod` types are plain integers.
-    let bytes =
-        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()) };
+    let bytes = unsafe { std::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()) };
     Blob(bytes.to_vec())
 }
 
@@ -123,11 +122,12 @@ pub(super) fn state(v: &KvmVcpu) -> Result<VcpuState> {
     let debug_regs = v.fd.get_debug_regs().map_err(os_err("KVM_GET_DEBUGREGS"))?;
     // Without the in-kernel irqchip there is no local APIC in KVM to read.
     let lapic = v.fd.get_lapic().map_or(Blob::default(), |l| to_blob(&l));
-    let events = v.fd.get_vcpu_events().map_err(os_err("KVM_GET_VCPU_EVENTS"))?;
-    let cpuid = v
-        .fd
-        .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
-        .map_err(os_err("KVM_GET_CPUID2"))?;
+    let events =
+        v.fd.get_vcpu_events()
+            .map_err(os_err("KVM_GET_VCPU_EVENTS"))?;
+    let cpuid =
+        v.fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .map_err(os_err("KVM_GET_CPUID2"))?;
     Ok(VcpuState {
         regs,
         sregs,
@@ -146,6 +146,23 @@ pub(super) fn state(v: &KvmVcpu) -> Result<VcpuState> {
         lapic,
         events: to_blob(&events),
     })
+}
+
+/// Whether each KVM structure of `s` has KVM's size.
+pub(super) fn check_state(s: &VcpuState) -> Result<()> {
+    from_blob::<kvm_xsave>(&s.xsave, "XSAVE area")?;
+    from_blob::<kvm_debugregs>(&s.debug_regs, "debug registers")?;
+    from_blob::<kvm_vcpu_events>(&s.events, "vCPU events")?;
+    if !s.lapic.0.is_empty() {
+        from_blob::<kvm_lapic_state>(&s.lapic, "local APIC")?;
+    }
+    if s.xcrs.len() > 16 {
+        return Err(Error::BadState {
+            what: "XCRs",
+            detail: format!("{} saved, KVM takes at most 16", s.xcrs.len()),
+        });
+    }
+    Ok(())
 }
 
 pub(super) fn set_state(v: &KvmVcpu, s: &VcpuState) -> Result<()> {
@@ -214,7 +231,9 @@ pub(super) fn vm_state(vm: &KvmVm) -> Result<VmState> {
                 chip_id,
                 ..Default::default()
             };
-            vm.vm.get_irqchip(&mut c).map_err(os_err("KVM_GET_IRQCHIP"))?;
+            vm.vm
+                .get_irqchip(&mut c)
+                .map_err(os_err("KVM_GET_IRQCHIP"))?;
             irqchip.push(to_blob(&c));
         }
     }
