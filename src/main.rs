@@ -5,6 +5,7 @@ mod args;
 mod config_file;
 mod console;
 mod ctl;
+mod restore;
 mod signals;
 mod sriov;
 
@@ -34,6 +35,7 @@ static MESSAGES: OnceLock<ConsoleOutput> = OnceLock::new();
 const MESSAGES_GRACE: Duration = Duration::from_millis(150);
 
 /// Prints one line of the VMM's own on stderr, without blocking.
+#[macro_export]
 macro_rules! say {
     ($($arg:tt)*) => {
         say(format!($($arg)*))
@@ -94,6 +96,9 @@ fn main() -> ExitCode {
             .and_then(|signals| run(args, signals)),
         Command::Info => info().map(|_| 0),
         Command::Ctl(args) => ctl::run(&args),
+        Command::Restore(args) => signals
+            .context("cannot block signals")
+            .and_then(|signals| restore::run(args, signals)),
         Command::Sriov(c) => sriov::run(c).map(|_| 0),
     };
     let code = match result {
