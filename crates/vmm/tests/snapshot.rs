@@ -228,3 +228,55 @@ fn bad_snapshots_are_clear_errors() {
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_dir_all(src);
 }
+
+/// Restore time (snapshot read, memory mapped, machine built, vCPUs started) for 128 MiB and
+/// 2 GiB guests, against building the same guest cold. Run by hand: it writes a 2 GiB
+/// (sparse) file. `cargo test -p vmm --test snapshot -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn restore_time_does_not_grow_with_ram() {
+    let Some(kvm) = kvm() else { return };
+    let mut times = Vec::new();
+    for mib in [128u64, 2048] {
+        let dir = snapshot_dir(&format!("bench-{mib}"));
+        let out = Capture::default();
+        let mut c = config(test_guests::SNAPSHOT, 1, &out);
+        c.memory = mib << 20;
+        let t0 = Instant::now();
+        let mut vm = Vm::new(&kvm, c).unwrap();
+        vm.start().unwrap();
+        let cold = t0.elapsed();
+        while counter(&vm) < 1000 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let ctl = vm.controller().unwrap();
+        ctl.pause().unwrap();
+        let t0 = Instant::now();
+        ctl.snapshot(&dir).unwrap();
+        let save = t0.elapsed();
+        ctl.stop(Outcome::Stopped("saved".into())).unwrap();
+        vm.wait();
+        let mut best = Duration::MAX;
+        for _ in 0..5 {
+            let mut rc = RestoreConfig::new(&dir);
+            rc.serial = SerialOutput::None;
+            let t0 = Instant::now();
+            let mut vm = Vm::restore(&kvm, rc).unwrap();
+            vm.start().unwrap();
+            best = best.min(t0.elapsed());
+            vm.stop_handle().stop(Outcome::Stopped("measured".into()));
+            vm.wait();
+        }
+        eprintln!(
+            "{mib} MiB: cold create+start {cold:?}, snapshot {save:?}, restore+start {best:?} \
+             (ratio restore/cold {:.2})",
+            best.as_secs_f64() / cold.as_secs_f64()
+        );
+        times.push(best);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    assert!(
+        times[1] < times[0] * 4 + Duration::from_millis(20),
+        "restore grew with RAM: {times:?}"
+    );
+}
