@@ -175,6 +175,7 @@ pub struct Machine {
 }
 
 impl Machine {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn new(config: &VmConfig) -> Self {
         Machine {
             cpus: config.cpus,
@@ -257,6 +258,7 @@ impl DeviceHandles {
     }
 
     /// Loads saved device state into a machine built from the same [`Machine`].
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn restore(&self, s: &DeviceStates) -> Result<(), SnapshotError> {
         lock(&self.serial)
             .set_state(&s.serial)
@@ -490,6 +492,8 @@ impl RestoreConfig {
 }
 
 /// A loaded snapshot with its RAM mapped, ready for the machine to be built around.
+// Used by the x86 machine only until arm64 snapshots exist.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct Restore {
     pub snapshot: Snapshot,
     pub mem: GuestMemoryMmap,
@@ -497,6 +501,8 @@ pub(crate) struct Restore {
 
 /// Reads the snapshot in `rc.dir`, maps its memory, and gives the config to build the
 /// machine again with.
+// Used by the x86 machine only until arm64 snapshots exist.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn prepare(rc: &mut RestoreConfig) -> crate::Result<(VmConfig, Restore)> {
     let snapshot = load(&rc.dir)?;
     let m = &snapshot.machine;
