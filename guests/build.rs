@@ -53,6 +53,7 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
     ("counter", "counter.S", &[]),
     ("trace", "trace.S", &[]),
     ("pit", "pit.S", &[]),
+    ("snapshot", "snapshot.S", &[]),
 ];
 
 fn main() {

@@ -28,6 +28,8 @@ pub enum Command {
     Info,
     /// Control a running VM through its API socket (see `run --api-socket`).
     Ctl(CtlArgs),
+    /// Resume a VM from a snapshot directory (see `ctl snapshot` and docs/snapshot.md).
+    Restore(RestoreArgs),
     /// SR-IOV virtual functions on the host: list, enable PF N, disable PF, bind VF, unbind VF.
     #[command(subcommand)]
     Sriov(SriovCommand),
@@ -45,7 +47,7 @@ pub struct CtlArgs {
     pub action: CtlAction,
 }
 
-#[derive(Subcommand, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Subcommand, Clone, Debug, PartialEq, Eq)]
 pub enum CtlAction {
     /// State, uptime and configuration.
     Info,
@@ -59,6 +61,40 @@ pub enum CtlAction {
     Stop,
     /// Exit statistics: per reason, per vCPU and per device.
     Stats,
+    /// Write a snapshot of the paused VM into DIR (created if missing).
+    Snapshot {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+/// `vibe-vmm restore` (src/restore.rs runs it).
+#[derive(Parser, Clone)]
+pub struct RestoreArgs {
+    /// The snapshot directory (`state.json` and `memory`).
+    #[arg(long, value_name = "DIR")]
+    pub snapshot: PathBuf,
+    /// Serve the API on this Unix socket, as `run --api-socket` does.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// How guest RAM comes back: `private` maps the memory file copy-on-write (pages read on
+    /// first touch; the file must stay), `copy` reads it whole.
+    #[arg(long, value_name = "MODE", default_value = "private", value_parser = parse_memory_mode)]
+    pub memory_snapshot: vmm::snapshot::MemoryMode,
+    /// Where the serial console's output goes: stdio (default), file:PATH or none.
+    #[arg(long, value_name = "DEST", value_parser = parse_serial)]
+    pub serial: Option<SerialArg>,
+    /// Print exit statistics when the VM stops.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+fn parse_memory_mode(s: &str) -> Result<vmm::snapshot::MemoryMode, String> {
+    match s {
+        "private" => Ok(vmm::snapshot::MemoryMode::Private),
+        "copy" => Ok(vmm::snapshot::MemoryMode::Copy),
+        _ => Err(format!("{s:?}: expected private or copy")),
+    }
 }
 
 /// `vibe-vmm sriov ...` (src/sriov.rs runs it).

@@ -11,19 +11,28 @@ use vmm::stats::Stats;
 
 use crate::args::{CtlAction, CtlArgs};
 
-/// How long `ctl` waits for the VMM (a pause waits for every vCPU to leave the guest).
-const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `ctl` waits for the VMM (a pause waits for every vCPU to leave the guest, a
+/// snapshot writes all of guest RAM).
+const TIMEOUT: Duration = Duration::from_secs(120);
 
 pub fn run(args: &CtlArgs) -> anyhow::Result<u8> {
-    let (method, path) = match args.action {
+    let mut body = String::new();
+    let (method, path) = match &args.action {
         CtlAction::Info => ("GET", "/vm"),
         CtlAction::Stats => ("GET", "/vm/stats"),
         CtlAction::Pause => ("PUT", "/vm/pause"),
         CtlAction::Resume => ("PUT", "/vm/resume"),
         CtlAction::Shutdown => ("PUT", "/vm/shutdown"),
         CtlAction::Stop => ("PUT", "/vm/stop"),
+        CtlAction::Snapshot { dir } => {
+            // The VMM resolves a relative path from its own directory: send an absolute one.
+            let dir = std::path::absolute(dir)
+                .with_context(|| format!("bad snapshot directory {}", dir.display()))?;
+            body = serde_json::json!({ "destination": dir }).to_string();
+            ("PUT", "/vm/snapshot")
+        }
     };
-    let (status, body) = request(&args.api_socket, method, path)?;
+    let (status, body) = request(&args.api_socket, method, path, &body)?;
     let json: serde_json::Value = serde_json::from_str(&body)
         .with_context(|| format!("the VMM answered {status} with a body that is not JSON"))?;
     if !(200..300).contains(&status) {
@@ -34,7 +43,7 @@ pub fn run(args: &CtlArgs) -> anyhow::Result<u8> {
         println!("{body}");
         return Ok(0);
     }
-    match args.action {
+    match &args.action {
         CtlAction::Info => print_info(&json),
         CtlAction::Stats => {
             let stats: Stats =
@@ -47,20 +56,27 @@ pub fn run(args: &CtlArgs) -> anyhow::Result<u8> {
             }
             _ => println!("stopped (the guest has no ACPI power button)"),
         },
+        CtlAction::Snapshot { dir } => println!("snapshot written to {}", dir.display()),
         _ => println!("{}", json["state"].as_str().unwrap_or("?")),
     }
     Ok(0)
 }
 
 /// Sends one request and reads the whole answer (the server closes after it).
-fn request(socket: &std::path::Path, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+fn request(
+    socket: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
     let mut s = UnixStream::connect(socket)
         .with_context(|| format!("cannot connect to the API socket {}", socket.display()))?;
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_write_timeout(Some(TIMEOUT))?;
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )?;
     let mut answer = Vec::new();
     s.read_to_end(&mut answer)

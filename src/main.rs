@@ -5,6 +5,7 @@ mod args;
 mod config_file;
 mod console;
 mod ctl;
+mod restore;
 mod signals;
 mod sriov;
 
@@ -34,6 +35,7 @@ static MESSAGES: OnceLock<ConsoleOutput> = OnceLock::new();
 const MESSAGES_GRACE: Duration = Duration::from_millis(150);
 
 /// Prints one line of the VMM's own on stderr, without blocking.
+#[macro_export]
 macro_rules! say {
     ($($arg:tt)*) => {
         say(format!($($arg)*))
@@ -94,6 +96,9 @@ fn main() -> ExitCode {
             .and_then(|signals| run(args, signals)),
         Command::Info => info().map(|_| 0),
         Command::Ctl(args) => ctl::run(&args),
+        Command::Restore(args) => signals
+            .context("cannot block signals")
+            .and_then(|signals| restore::run(args, signals)),
         Command::Sriov(c) => sriov::run(c).map(|_| 0),
     };
     let code = match result {
@@ -401,11 +406,16 @@ fn run(args: RunArgs, signals: signals::SignalThread) -> anyhow::Result<u8> {
                 (_, Some(sig)) => outcome = Outcome::Stopped(format!("received signal {sig}")),
             }
             drop(api);
-            return Ok(report(&outcome, signal, true));
+            return Ok(report(&outcome, signal, NO_REBOOT_FLAG));
         }
         let (signal, _) = running_signals.finish();
         drop(api);
-        return Ok(report(&outcome, signal, args.api_socket.is_some()));
+        let why = if args.api_socket.is_some() {
+            NO_REBOOT_FLAG
+        } else {
+            "vibe-vmm reboots only with --api-socket"
+        };
+        return Ok(report(&outcome, signal, why));
     }
 }
 
@@ -456,19 +466,17 @@ fn create_vm<H: Hypervisor>(_hv: &H, _config: VmConfig) -> vmm::Result<Vm<H::Vm>
     ))
 }
 
+/// Why a reset ended vibe-vmm in API mode.
+const NO_REBOOT_FLAG: &str = "--no-reboot";
+
 /// Prints how the guest ended when it was not a plain exit, and picks the exit status.
-/// `api`: there was an API socket (so a reset ended vibe-vmm because of `--no-reboot`).
-fn report(outcome: &Outcome, signal: Option<i32>, api: bool) -> u8 {
+/// `no_reboot`: why a reset ends vibe-vmm rather than rebooting it.
+fn report(outcome: &Outcome, signal: Option<i32>, no_reboot: &str) -> u8 {
     match outcome {
         Outcome::DebugExit(code) => *code,
         Outcome::PowerOff => 0,
         Outcome::Reset => {
-            let why = if api {
-                "--no-reboot"
-            } else {
-                "vibe-vmm reboots only with --api-socket"
-            };
-            say!("vibe-vmm: {outcome}; stopping ({why})");
+            say!("vibe-vmm: {outcome}; stopping ({no_reboot})");
             0
         }
         Outcome::Crash { .. } => {

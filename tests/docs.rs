@@ -16,7 +16,7 @@
 //!   appear in a .rs or .sh file. Plain words in code font (`vmm`, `pread`) are not checked.
 //! - a flag: in a span that starts with `--` or `vibe-vmm`, and on the `vibe-vmm` command
 //!   lines of fenced blocks, each `--flag` must be listed by `vibe-vmm run --help`,
-//!   `vibe-vmm ctl --help` or `vibe-vmm --help`, and a word after `vibe-vmm` must be one of its
+//!   `vibe-vmm ctl --help`, `vibe-vmm restore --help` or `vibe-vmm --help`, and a word after `vibe-vmm` must be one of its
 //!   commands. Other tools' flags stay in spans that start with the tool
 //!   (`cargo test -- --ignored`).
 //!
@@ -215,6 +215,7 @@ fn cli() -> Cli {
         help(&["--help"]),
         help(&["run", "--help"]),
         help(&["ctl", "--help"]),
+        help(&["restore", "--help"]),
     ] {
         let mut in_commands = false;
         for line in text.lines() {

@@ -166,3 +166,11 @@ guest!(
     /// reads channel 0's latched count and times channel 2 through port B; prints
     /// `PIT ticks: 10` and exits 0, or the failed check's number. Needs `--no-acpi`.
     PIT, "pit.elf");
+guest!(
+    /// Hashes 0..500,000 while its LAPIC timer ticks (the loop index at [`SNAPSHOT_COUNTER`]),
+    /// waits for 10 more ticks, prints `result <hash>`, exits 0: snapshotted mid-run by the
+    /// snapshot tests.
+    SNAPSHOT, "snapshot.elf");
+
+/// Where the snapshot guest keeps its loop index.
+pub const SNAPSHOT_COUNTER: u64 = 0x1f0000;

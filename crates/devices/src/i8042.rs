@@ -59,6 +59,34 @@ impl I8042 {
     }
 }
 
+/// What a snapshot keeps of the controller.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct I8042State {
+    pub status: u8,
+    pub ctr: u8,
+    pub output: Option<u8>,
+    pub pending: Option<u8>,
+}
+
+impl I8042 {
+    pub fn state(&self) -> I8042State {
+        I8042State {
+            status: self.status,
+            ctr: self.ctr,
+            output: self.output,
+            pending: self.pending,
+        }
+    }
+
+    pub fn set_state(&mut self, s: &I8042State) {
+        self.status = s.status;
+        self.ctr = s.ctr;
+        self.output = s.output;
+        self.pending = s.pending;
+    }
+}
+
 impl BusDevice for I8042 {
     fn name(&self) -> String {
         "i8042".into()

@@ -41,6 +41,26 @@ impl MmioConsole {
     }
 }
 
+/// What a snapshot keeps of the console: input the guest has not read yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MmioConsoleState {
+    pub input: Vec<u8>,
+}
+
+impl MmioConsole {
+    pub fn state(&self) -> MmioConsoleState {
+        MmioConsoleState {
+            input: self.input.iter().copied().collect(),
+        }
+    }
+
+    /// Input beyond what the console holds is dropped.
+    pub fn set_state(&mut self, s: &MmioConsoleState) {
+        self.input = s.input.iter().take(INPUT_CAPACITY).copied().collect();
+    }
+}
+
 impl ConsoleInput for MmioConsole {
     fn queue_input(&mut self, bytes: &[u8]) -> usize {
         let n = bytes.len().min(INPUT_CAPACITY - self.input.len());

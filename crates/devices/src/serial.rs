@@ -95,6 +95,68 @@ impl Serial {
     }
 }
 
+/// What a snapshot keeps of the UART: its registers and the input FIFO (vm-superio's
+/// `SerialState`, as plain data).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialState {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
+impl Serial {
+    pub fn state(&self) -> SerialState {
+        let s = self.uart.state();
+        SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// Loads saved registers into the UART, keeping its interrupt line and output. Fails
+    /// (changing nothing) on more input than the FIFO holds.
+    pub fn set_state(&mut self, s: &SerialState) -> io::Result<()> {
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        };
+        let old = self.uart.interrupt_evt();
+        let irq = SerialIrq {
+            line: old.line.clone(),
+            out: old.out.clone(),
+            transmit: AtomicBool::new(false),
+            held: old.held.clone(),
+        };
+        self.uart = vm_superio::Serial::from_state(&state, irq, NoEvents, self.out.clone())
+            .map_err(|e| io::Error::other(format!("bad serial state: {e:?}")))?;
+        Ok(())
+    }
+}
+
 impl crate::ConsoleInput for Serial {
     fn queue_input(&mut self, bytes: &[u8]) -> usize {
         let room = self.uart.fifo_capacity().min(bytes.len());

@@ -82,6 +82,8 @@ pub enum Error {
     },
     #[error("{op} failed with Hypervisor.framework error {code:#x}")]
     Hvf { op: &'static str, code: i32 },
+    #[error("saved {what} cannot be loaded: {detail}")]
+    BadState { what: &'static str, detail: String },
     #[error("no hypervisor backend for this platform")]
     Unsupported,
     #[error("string port I/O (rep ins/outs) at port {port:#x} is not supported by {backend}")]
@@ -249,6 +251,14 @@ pub trait Vcpu: Send {
     /// for any other exit, and on backends that never report string I/O.
     fn string_io_data(&mut self) -> &mut [u8] {
         &mut []
+    }
+
+    /// Completes the last exit with `entry` without running a guest instruction, so that the
+    /// vCPU's registers are consistent for a snapshot (KVM finishes an IN or MMIO read only on
+    /// the next `KVM_RUN`; this one returns at once). [`Error::Unsupported`] where the backend
+    /// cannot.
+    fn finish_exit(&mut self, _entry: VmEntry) -> Result<()> {
+        Err(Error::Unsupported)
     }
 }
 

@@ -1,12 +1,35 @@
 //! Backend-neutral x86_64 register state (what `arch` computes and a backend loads) and the
 //! x86 parts of the VM and vCPU contracts.
 
+mod state;
+
+pub use state::{Blob, VcpuState, VmState};
+
 use crate::Result;
 
 /// The x86 side of a VM.
 pub trait X86Vm: crate::Vm<Vcpu: X86Vcpu> {
     /// The CPUID leaves the hypervisor can present to a guest.
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>>;
+
+    /// Reads the interrupt controllers, PIT and clock the hypervisor runs, for a snapshot
+    /// (every vCPU stopped). [`crate::Error::Unsupported`] where the backend cannot.
+    fn vm_state(&self) -> Result<VmState> {
+        Err(crate::Error::Unsupported)
+    }
+
+    /// Loads what [`X86Vm::vm_state`] saved into a new VM whose irqchip exists and whose vCPUs
+    /// do not run yet.
+    fn set_vm_state(&self, _state: &VmState) -> Result<()> {
+        Err(crate::Error::Unsupported)
+    }
+
+    /// Checks, before any vCPU is created, what can be checked of a saved vCPU state (the
+    /// backend's structures have the right sizes), so a bad snapshot fails before the VM
+    /// starts.
+    fn check_vcpu_state(&self, _state: &VcpuState) -> Result<()> {
+        Err(crate::Error::Unsupported)
+    }
 }
 
 /// The x86 side of a vCPU: register state and the set-up a boot protocol needs.
@@ -37,6 +60,19 @@ pub trait X86Vcpu: crate::Vcpu {
     /// Asks for a [`crate::VmExit::InterruptWindow`] exit as soon as the guest can take an
     /// interrupt (or stops asking).
     fn request_interrupt_window(&mut self, on: bool);
+
+    // For snapshots (the vCPU's own thread, the guest not running):
+
+    /// Reads everything of the vCPU a snapshot keeps. Complete the last exit first
+    /// ([`crate::Vcpu::finish_exit`]). [`crate::Error::Unsupported`] where the backend cannot.
+    fn state(&self) -> Result<VcpuState> {
+        Err(crate::Error::Unsupported)
+    }
+
+    /// Loads a saved state into a new vCPU (CPUID first, the events last).
+    fn set_state(&self, _state: &VcpuState) -> Result<()> {
+        Err(crate::Error::Unsupported)
+    }
 }
 
 /// An exception as the CPU raises it: what a handler in the guest receives.
@@ -86,7 +122,7 @@ impl Exception {
 }
 
 /// General-purpose registers, RIP and RFLAGS.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Regs {
     pub rax: u64,
     pub rbx: u64,
@@ -109,7 +145,7 @@ pub struct Regs {
 }
 
 /// A segment register with its hidden descriptor cache.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Segment {
     pub base: u64,
     pub limit: u32,
@@ -164,14 +200,14 @@ impl Segment {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DescriptorTable {
     pub base: u64,
     pub limit: u16,
 }
 
 /// Segment, control and descriptor-table registers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SpecialRegs {
     pub cs: Segment,
     pub ds: Segment,
@@ -193,7 +229,7 @@ pub struct SpecialRegs {
 }
 
 /// One CPUID leaf (and sub-leaf) as presented to the guest.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CpuidEntry {
     pub function: u32,
     pub index: u32,
@@ -205,7 +241,7 @@ pub struct CpuidEntry {
     pub edx: u32,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MsrEntry {
     pub index: u32,
     pub data: u64,

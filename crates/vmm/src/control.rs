@@ -127,6 +127,8 @@ pub struct VmController {
     pub(crate) started: Instant,
     /// Pause and resume one at a time, so that "already paused" is always true when said.
     pub(crate) op: Arc<Mutex<()>>,
+    /// Writes snapshots of the paused VM.
+    pub(crate) snapshotter: Arc<dyn crate::snapshot::Snapshotter>,
 }
 
 impl VmController {
@@ -227,5 +229,12 @@ impl VmController {
 
     pub fn stats(&self) -> Stats {
         self.stats.snapshot()
+    }
+
+    /// Writes a snapshot of the paused VM into `dir` (created if missing); the VM stays paused.
+    pub fn snapshot(&self, dir: &std::path::Path) -> Result<(), crate::snapshot::SnapshotError> {
+        // Not while a resume is under way.
+        let _op = devices::lock(&self.op);
+        self.snapshotter.write(dir)
     }
 }

@@ -161,6 +161,8 @@ pub(crate) struct Devices {
     pub outputs: Vec<ConsoleOutput>,
     /// The ACPI power button (a PC with ACPI tables).
     pub power_button: Option<PowerButton>,
+    /// The devices a snapshot saves (and names those it cannot).
+    pub saved: crate::snapshot::DeviceHandles,
 }
 
 /// The host side of a console: a writer thread named `name` in front of the destination, so
@@ -286,6 +288,12 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
     let serial = Arc::new(Mutex::new(Serial::new(irq(serial_irq)?, serial_output)));
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
+    let mut saved = crate::snapshot::DeviceHandles {
+        serial: serial.clone(),
+        i8042: None,
+        mmio_console: None,
+        unsaved: Vec::new(),
+    };
     let serial_bus = if serial_on_ports { &mut pio } else { &mut mmio };
     insert(serial_bus, serial.clone(), serial_base, serial::PORT_RANGE)?;
     let mut power_button = None;
@@ -294,6 +302,7 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
         // Data and command ports only: 0x61 between them is port B (the PIT's, where there is
         // one).
         let keyboard = Arc::new(Mutex::new(I8042::new(control.clone())));
+        saved.i8042 = Some(keyboard.clone());
         for offset in [i8042::DATA, i8042::COMMAND] {
             let base = i8042::I8042_DATA_PORT + offset;
             pio.insert_part(keyboard.clone(), base, 1, offset)
@@ -335,6 +344,12 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
         .transpose()?;
     let mut virtio_console: Option<Arc<Mutex<dyn ConsoleInput>>> = None;
     for (n, device) in devices.into_iter().enumerate() {
+        saved.unsaved.push(match device.device_type() {
+            1 => "virtio-net".to_string(),
+            2 => "virtio-blk".to_string(),
+            3 => "virtio-console".to_string(),
+            t => format!("virtio device type {t}"),
+        });
         let transport: Arc<Mutex<dyn VirtioTransport>> = match (transport, &mut pci) {
             (Transport::Pci, Some((root, p))) => {
                 add_virtio_pci(vm, irq, msi, mem, root, p, device, config.ioeventfd)?
@@ -385,6 +400,9 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
         }
     }
     let vfio = std::mem::take(&mut config.vfio);
+    if !vfio.is_empty() {
+        saved.unsaved.push("VFIO devices".into());
+    }
     match &mut pci {
         Some((root, p)) => {
             for device in vfio {
@@ -408,6 +426,7 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
             platform.mmio_console,
             mmio_console::WINDOW_SIZE,
         )?;
+        saved.mmio_console = Some(dev.clone());
         mmio_console = Some(dev);
     }
     Ok(Devices {
@@ -419,6 +438,7 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
         mmio_console,
         outputs,
         power_button,
+        saved,
     })
 }
 

@@ -87,6 +87,8 @@ pub enum Error {
     },
     #[error(transparent)]
     VfioHost(#[from] vfio::sysfs::HostError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error("the VM was already started")]
     AlreadyStarted,
 }

@@ -19,6 +19,7 @@ mod event_loop;
 mod image_file;
 pub mod memory;
 pub mod seccomp;
+pub mod snapshot;
 mod state;
 pub mod stats;
 pub mod trace;

@@ -52,6 +52,8 @@ pub(crate) struct VmState {
     exit_evt: Event,
     /// A stop asked for after the guest reset: the VMM ends instead of rebooting.
     after_reset: Mutex<Option<Outcome>>,
+    /// Where parked vCPUs hand a snapshot their state.
+    pub(crate) saves: crate::snapshot::vcpus::VcpuSaves,
 }
 
 #[derive(Default)]
@@ -71,6 +73,7 @@ impl VmState {
             paused: AtomicBool::new(false),
             exit_evt: Event::new()?,
             after_reset: Mutex::new(None),
+            saves: Default::default(),
         })
     }
 
@@ -164,18 +167,33 @@ impl VmState {
         self.pause_changed.notify_all();
     }
 
-    /// Called by a vCPU thread that saw a pause request: waits until resumed or stopped.
-    pub(crate) fn park(&self) {
+    /// Called by a vCPU thread that saw a pause request: waits until resumed or stopped,
+    /// running `work` on the parked thread whenever `wanted` says there is some (a snapshot
+    /// asking for the vCPU's state; see [`VmState::wake_parked`]).
+    pub(crate) fn park_with(&self, wanted: impl Fn() -> bool, mut work: impl FnMut()) {
         let mut p = lock(&self.pause);
         p.parked += 1;
         self.pause_changed.notify_all();
         while p.requested && !self.stopping() {
+            if wanted() {
+                drop(p);
+                work();
+                p = lock(&self.pause);
+                continue;
+            }
             p = self
                 .pause_changed
                 .wait(p)
                 .unwrap_or_else(|e| e.into_inner());
         }
         p.parked -= 1;
+    }
+
+    /// Makes every parked vCPU thread check for work. Taking the pause lock orders this after
+    /// any check a thread made before it waits, so none misses the call.
+    pub(crate) fn wake_parked(&self) {
+        let _p = lock(&self.pause);
+        self.pause_changed.notify_all();
     }
 }
 

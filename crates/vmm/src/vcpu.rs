@@ -104,6 +104,27 @@ pub(crate) trait VcpuSetup<V: hypervisor::Vm>: Send + Sync {
     /// Forgets what `create` registered for vCPU `id` to reach its thread (kickers); called on
     /// that thread before it ends, however it ends.
     fn detach(&self, _id: u32) {}
+
+    // Snapshots (see `crate::snapshot`):
+
+    /// What the machine was built with; `None` where snapshots are not supported.
+    fn machine(&self) -> Option<&crate::snapshot::Machine> {
+        None
+    }
+
+    /// Reads vCPU `id`'s state on its own thread, the guest not running.
+    fn save_vcpu(&self, _id: u32, _vcpu: &V::Vcpu) -> Result<crate::snapshot::VcpuSnapshot> {
+        Err(crate::Error::Unsupported("snapshots on this platform"))
+    }
+
+    /// Reads the hypervisor's VM-wide state and puts it together with the vCPUs'.
+    fn save_vm(
+        &self,
+        _vm: &V,
+        _vcpus: Vec<crate::snapshot::VcpuSnapshot>,
+    ) -> Result<crate::snapshot::ArchState> {
+        Err(crate::Error::Unsupported("snapshots on this platform"))
+    }
 }
 
 /// Unregisters a vCPU thread's kickers when the thread leaves `thread_main`, by return or by
@@ -177,7 +198,7 @@ impl<V: hypervisor::Vm> VcpuContext<V> {
                 return;
             }
             if self.state.pause_requested() {
-                self.state.park();
+                self.park(&mut vcpu, &mut entry);
                 continue;
             }
             match self.setup.before_entry(self.id, &mut vcpu, &self.state) {
@@ -322,6 +343,28 @@ impl<V: hypervisor::Vm> VcpuContext<V> {
             self.stats.exit(kind, t0.elapsed());
             self.trace_exit(&vcpu, kind, &access);
         }
+    }
+
+    /// Waits while the VM is paused, saving this vCPU's state whenever a snapshot asks.
+    fn park(&self, vcpu: &mut V::Vcpu, entry: &mut VmEntry) {
+        let saves = &self.state.saves;
+        self.state.park_with(
+            || saves.wanted(self.id),
+            || saves.answer(self.id, self.save(vcpu, entry)),
+        );
+    }
+
+    /// Completes the exit the vCPU stopped at (its read's value is still in `entry`), so its
+    /// registers are final, then reads its state.
+    fn save(
+        &self,
+        vcpu: &mut V::Vcpu,
+        entry: &mut VmEntry,
+    ) -> Result<crate::snapshot::VcpuSnapshot> {
+        if *entry != VmEntry::None {
+            vcpu.finish_exit(std::mem::take(entry))?;
+        }
+        self.setup.save_vcpu(self.id, vcpu)
     }
 
     /// Counts and traces an exit that ends the VM.

@@ -16,6 +16,7 @@ use crate::control::{VmController, VmInfo};
 use crate::device_manager::Devices;
 use crate::event_loop::{EventLoop, EventLoopBuilder};
 use crate::seccomp::SeccompMode;
+use crate::snapshot::{SnapshotError, Snapshotter, Writer};
 use crate::state::{Outcome, StopHandle, VmState};
 use crate::stats::{Stats, StatsRegistry};
 use crate::trace::{Trace, TraceConfig};
@@ -58,6 +59,8 @@ pub struct Vm<V: hypervisor::Vm + 'static> {
     /// Set by `start`: the exit counters and the controller of the running VM.
     stats: Option<Arc<StatsRegistry>>,
     controller: Option<VmController>,
+    /// Writes snapshots of the paused VM (for `Vm::snapshot` and the controller).
+    snapshotter: Arc<dyn Snapshotter>,
 }
 
 /// What a machine hands [`Vm::assemble`] from the config, besides its devices.
@@ -99,9 +102,18 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
         setup: Arc<dyn VcpuSetup<V>>,
         settings: Settings,
     ) -> Self {
+        let mem = Arc::new(mem);
+        let snapshotter = Arc::new(Writer {
+            vm: Arc::downgrade(&vm),
+            setup: setup.clone(),
+            state: state.clone(),
+            mem: mem.clone(),
+            devices: devices.saved,
+            cpus: settings.cpus,
+        });
         Vm {
             vm,
-            mem: Arc::new(mem),
+            mem,
             state,
             pio: Some(devices.pio),
             mmio: Some(devices.mmio),
@@ -121,6 +133,7 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
             trace: settings.trace,
             stats: None,
             controller: None,
+            snapshotter,
         }
     }
 
@@ -253,6 +266,7 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
                     stats,
                     started,
                     op: Default::default(),
+                    snapshotter: self.snapshotter.clone(),
                 });
                 Ok(())
             }
@@ -285,6 +299,11 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
     /// another thread: [`VmController::shutdown`] does.
     pub fn power_button(&self) -> Option<PowerButton> {
         self.power_button.clone()
+    }
+
+    /// Writes a snapshot of the paused VM into `dir` (see [`crate::snapshot`]).
+    pub fn snapshot(&self, dir: &std::path::Path) -> std::result::Result<(), SnapshotError> {
+        self.snapshotter.write(dir)
     }
 
     /// What the VM was built with.

@@ -33,11 +33,34 @@ impl<V: X86Vm + 'static> Vm<V> {
     /// Creates an x86_64 VM: validates the config, allocates and maps memory, creates the
     /// irqchip and the platform devices, and loads the kernel. No vCPU runs until
     /// [`Vm::start`].
-    pub fn new<H: Hypervisor<Vm = V>>(hv: &H, mut config: VmConfig) -> Result<Self> {
+    pub fn new<H: Hypervisor<Vm = V>>(hv: &H, config: VmConfig) -> Result<Self> {
+        Self::create(hv, config, None)
+    }
+
+    /// Resumes the VM saved in a snapshot directory (see [`crate::snapshot`]): the machine is
+    /// built again as it was, with the saved memory, vCPU, irqchip and device state in place
+    /// of a kernel. It runs from where it stopped once [`Vm::start`]ed.
+    pub fn restore<H: Hypervisor<Vm = V>>(
+        hv: &H,
+        mut rc: crate::snapshot::RestoreConfig,
+    ) -> Result<Self> {
+        let (config, restore) = crate::snapshot::prepare(&mut rc)?;
+        Self::create(hv, config, Some(restore))
+    }
+
+    fn create<H: Hypervisor<Vm = V>>(
+        hv: &H,
+        mut config: VmConfig,
+        restore: Option<crate::snapshot::Restore>,
+    ) -> Result<Self> {
         check_cpus(config.cpus, hv.max_vcpus(), MAX_VCPUS)?;
         seccomp::check(config.seccomp)?;
+        let machine = crate::snapshot::Machine::new(&config);
         let settings = crate::vm::Settings::take(&mut config);
-        let mem = memory::allocate(config.memory)?;
+        let (mem, restore) = match restore {
+            Some(r) => (r.mem, Some(r.snapshot)),
+            None => (memory::allocate(config.memory)?, None),
+        };
         let vm = Arc::new(hv.create_vm()?);
         memory::register(&*vm, &mem)?;
         // A hardware-reduced ACPI platform has no PIT (the FADT tells the guest so); a legacy
@@ -73,7 +96,18 @@ impl<V: X86Vm + 'static> Vm<V> {
 
         let platform = Platform::x86_64();
         let virtio = device_manager::plan_virtio(&mut config, &platform)?;
-        let plan = boot::load(&mem, &config, &virtio.slots)?;
+        let start = match &restore {
+            // The hypervisor's irqchip and clock as they were, before any vCPU exists.
+            Some(snap) => {
+                let crate::snapshot::ArchState::X86_64 { vm: saved, vcpus } = &snap.arch;
+                vm.set_vm_state(saved)?;
+                for v in vcpus {
+                    vm.check_vcpu_state(v)?;
+                }
+                Start::Restore(vcpus.clone())
+            }
+            None => Start::Boot(boot::load(&mem, &config, &virtio.slots)?),
+        };
         let irqfd = config.irqfd;
         let irq = |gsi| -> Result<Box<dyn IrqLine>> {
             match &chip {
@@ -100,8 +134,12 @@ impl<V: X86Vm + 'static> Vm<V> {
         if let Some(c) = &chip {
             add_chip_devices(&mut devices, c, config.acpi)?;
         }
+        if let Some(snap) = &restore {
+            devices.saved.restore(&snap.devices)?;
+        }
         let setup = Arc::new(X86Setup {
-            plan,
+            start,
+            machine,
             cpuid: vm.supported_cpuid()?,
             cpuid_hide: config.cpuid_hide,
             num_cpus: config.cpus,
@@ -146,9 +184,17 @@ fn add_chip_devices(
     Ok(())
 }
 
+/// How the vCPUs begin: at the loaded kernel's entry, or where a snapshot left them.
+enum Start {
+    Boot(BootPlan),
+    Restore(Vec<hypervisor::x86_64::VcpuState>),
+}
+
 /// What every x86 vCPU is set up with.
 struct X86Setup {
-    plan: BootPlan,
+    start: Start,
+    /// What the machine was built with, for snapshots.
+    machine: crate::snapshot::Machine,
     cpuid: Vec<CpuidEntry>,
     cpuid_hide: Vec<cpuid::Feature>,
     num_cpus: u32,
@@ -263,6 +309,16 @@ impl<V: X86Vm> PhysBus for EmulatorBus<'_, V> {
 impl<V: X86Vm> VcpuSetup<V> for X86Setup {
     fn create(&self, vm: &V, id: u32) -> Result<V::Vcpu> {
         let mut vcpu = vm.create_vcpu(id)?;
+        let plan = match &self.start {
+            Start::Boot(plan) => *plan,
+            Start::Restore(saved) => {
+                let state = saved.get(id as usize).ok_or(Error::Unsupported(
+                    "a snapshot with fewer vCPUs than the machine",
+                ))?;
+                vcpu.set_state(state)?;
+                return Ok(vcpu);
+            }
+        };
         let table = cpuid::for_vcpu(&self.cpuid, id, self.num_cpus, &self.cpuid_hide);
         vcpu.set_cpuid(&table)?;
         vcpu.set_msrs(&regs::boot_msrs())?;
@@ -273,7 +329,7 @@ impl<V: X86Vm> VcpuSetup<V> for X86Setup {
         }
         // Secondary vCPUs wait for INIT/SIPI from the boot vCPU, as on real hardware.
         if id == 0 {
-            let p = self.plan;
+            let p = plan;
             vcpu.set_regs(&regs::boot_regs(p.protocol, p.entry))?;
             let sregs = regs::boot_special_regs(p.protocol, vcpu.special_regs()?, p.cr3);
             vcpu.set_special_regs(&sregs)?;
@@ -433,5 +489,32 @@ impl<V: X86Vm> VcpuSetup<V> for X86Setup {
         if let Some(c) = &self.irqchip {
             c.detach(id);
         }
+    }
+
+    fn machine(&self) -> Option<&crate::snapshot::Machine> {
+        Some(&self.machine)
+    }
+
+    fn save_vcpu(&self, _id: u32, vcpu: &V::Vcpu) -> Result<crate::snapshot::VcpuSnapshot> {
+        if self.irqchip.is_some() {
+            return Err(Error::Unsupported(
+                "snapshots with the userspace irqchip (its LAPIC and IOAPIC state)",
+            ));
+        }
+        Ok(crate::snapshot::VcpuSnapshot::X86_64(vcpu.state()?))
+    }
+
+    fn save_vm(
+        &self,
+        vm: &V,
+        vcpus: Vec<crate::snapshot::VcpuSnapshot>,
+    ) -> Result<crate::snapshot::ArchState> {
+        Ok(crate::snapshot::ArchState::X86_64 {
+            vm: vm.vm_state()?,
+            vcpus: vcpus
+                .into_iter()
+                .map(|crate::snapshot::VcpuSnapshot::X86_64(s)| s)
+                .collect(),
+        })
     }
 }

@@ -83,6 +83,57 @@ pub fn msi_routing() -> Vec<(u64, &'static str)> {
     ]
 }
 
+#[cfg(target_arch = "x86_64")]
+mod x86_save {
+    use kvm_bindings::{
+        kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+        kvm_msrs, kvm_pit_state2, kvm_xcrs, kvm_xsave, KVMIO,
+    };
+    use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iowr_nr};
+
+    ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
+    ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+    ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
+    ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+    ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+    ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
+    ioctl_io_nr!(KVM_GET_TSC_KHZ, KVMIO, 0xa3);
+    ioctl_iowr_nr!(KVM_GET_CPUID2, KVMIO, 0x91, kvm_cpuid2);
+    ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
+    ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
+    ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
+}
+
+/// What a parked vCPU thread asks of its vCPU when a snapshot wants its state (the reads
+/// `kvm::snapshot` makes besides those of [`vcpu_run`]).
+pub fn vcpu_save() -> Vec<(u64, &'static str)> {
+    #[cfg(target_arch = "x86_64")]
+    return vec![
+        (x86_save::KVM_GET_MP_STATE(), "KVM_GET_MP_STATE"),
+        (x86_save::KVM_GET_XSAVE(), "KVM_GET_XSAVE"),
+        (x86_save::KVM_GET_XCRS(), "KVM_GET_XCRS"),
+        (x86_save::KVM_GET_DEBUGREGS(), "KVM_GET_DEBUGREGS"),
+        (x86_save::KVM_GET_LAPIC(), "KVM_GET_LAPIC"),
+        (x86_save::KVM_GET_MSRS(), "KVM_GET_MSRS"),
+        (x86_save::KVM_GET_TSC_KHZ(), "KVM_GET_TSC_KHZ"),
+        (x86_save::KVM_GET_CPUID2(), "KVM_GET_CPUID2"),
+    ];
+    #[cfg(not(target_arch = "x86_64"))]
+    vec![]
+}
+
+/// What the thread writing a snapshot asks of the VM: the in-kernel irqchip, PIT and clock.
+pub fn vm_save() -> Vec<(u64, &'static str)> {
+    #[cfg(target_arch = "x86_64")]
+    return vec![
+        (x86_save::KVM_GET_IRQCHIP(), "KVM_GET_IRQCHIP"),
+        (x86_save::KVM_GET_PIT2(), "KVM_GET_PIT2"),
+        (x86_save::KVM_GET_CLOCK(), "KVM_GET_CLOCK"),
+    ];
+    #[cfg(not(target_arch = "x86_64"))]
+    vec![]
+}
+
 /// KVM_SET_USER_MEMORY_REGION on the VM: a vCPU that moves a passed-through device's BAR
 /// maps (or unmaps) the device memory behind it as a slot of its own.
 pub fn set_user_memory_region() -> u64 {
@@ -115,5 +166,21 @@ mod tests {
         let got: Vec<u64> = msi_routing().into_iter().map(|(n, _)| n).collect();
         assert_eq!(got, [0x4008_ae6a, 0x4040_ae79, 0x4020_ae76]);
         assert_eq!(set_user_memory_region(), 0x4020_ae46);
+        let got: Vec<u64> = vcpu_save().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            got,
+            [
+                0x8004_ae98,
+                0x9000_aea4,
+                0x8188_aea6,
+                0x8080_aea1,
+                0x8400_ae8e,
+                0xc008_ae88,
+                0xaea3,
+                0xc008_ae91
+            ]
+        );
+        let got: Vec<u64> = vm_save().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(got, [0xc208_ae62, 0x8070_ae9f, 0x8030_ae7c]);
     }
 }

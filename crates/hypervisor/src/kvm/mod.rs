@@ -6,6 +6,8 @@
 
 pub mod ioctls;
 mod msi;
+#[cfg(target_arch = "x86_64")]
+mod snapshot;
 mod vcpu;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
@@ -137,6 +139,8 @@ impl crate::Hypervisor for Kvm {
             routes: OnceLock::new(),
             device_slots: Mutex::new(BTreeSet::new()),
             #[cfg(target_arch = "x86_64")]
+            msr_index: snapshot::msr_index_list(&self.kvm)?.into(),
+            #[cfg(target_arch = "x86_64")]
             cpuid: self
                 .kvm
                 .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -173,6 +177,17 @@ pub struct KvmVm {
     device_slots: Mutex<BTreeSet<u32>>,
     #[cfg(target_arch = "x86_64")]
     cpuid: kvm_bindings::CpuId,
+    /// The MSRs a snapshot saves (KVM_GET_MSR_INDEX_LIST), shared with every vCPU.
+    #[cfg(target_arch = "x86_64")]
+    msr_index: Arc<[u32]>,
+}
+
+impl KvmVm {
+    /// Whether `create_irqchip` made the in-kernel interrupt controllers.
+    #[cfg(target_arch = "x86_64")]
+    fn has_irqchip(&self) -> bool {
+        self.routes.get().is_some()
+    }
 }
 
 /// Device memory slots are numbered from here up, far above guest RAM's few slots and below
@@ -370,6 +385,9 @@ impl crate::Vm for KvmVm {
                 id,
                 source: e.into(),
             })?;
+        #[cfg(target_arch = "x86_64")]
+        return Ok(KvmVcpu::new(fd, self.run_size, self.msr_index.clone()));
+        #[cfg(not(target_arch = "x86_64"))]
         Ok(KvmVcpu::new(fd, self.run_size))
     }
 }
@@ -400,6 +418,18 @@ impl crate::x86_64::X86Vm for KvmVm {
             .iter()
             .map(x86_64::cpuid_from_kvm)
             .collect())
+    }
+
+    fn vm_state(&self) -> Result<crate::x86_64::VmState> {
+        snapshot::vm_state(self)
+    }
+
+    fn set_vm_state(&self, state: &crate::x86_64::VmState) -> Result<()> {
+        snapshot::set_vm_state(self, state)
+    }
+
+    fn check_vcpu_state(&self, state: &crate::x86_64::VcpuState) -> Result<()> {
+        snapshot::check_state(state)
     }
 }
 

@@ -77,9 +77,22 @@ pub struct KvmVcpu {
     pub(super) fd: VcpuFd,
     /// Size of the `kvm_run` mapping: what a port I/O exit's data must fit in.
     run_size: usize,
+    /// The MSRs a snapshot saves (the VM's list).
+    #[cfg(target_arch = "x86_64")]
+    pub(super) msr_index: std::sync::Arc<[u32]>,
 }
 
 impl KvmVcpu {
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn new(fd: VcpuFd, run_size: usize, msr_index: std::sync::Arc<[u32]>) -> Self {
+        KvmVcpu {
+            fd,
+            run_size,
+            msr_index,
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
     pub(super) fn new(fd: VcpuFd, run_size: usize) -> Self {
         KvmVcpu { fd, run_size }
     }
@@ -278,6 +291,23 @@ impl crate::Vcpu for KvmVcpu {
             _ => &mut [],
         }
     }
+
+    /// KVM_RUN with `immediate_exit` set: KVM completes the pending IN or MMIO read, then
+    /// returns EINTR before entering the guest (the KVM API's way to make state consistent).
+    fn finish_exit(&mut self, entry: VmEntry) -> Result<()> {
+        self.fd.set_kvm_immediate_exit(1);
+        let exit = self.run(entry);
+        self.fd.set_kvm_immediate_exit(0);
+        match exit? {
+            VmExit::Interrupted => Ok(()),
+            other => Err(crate::Error::BadState {
+                what: "vCPU",
+                detail: format!(
+                    "finishing its last exit needed another ({other:?}); resume and try again"
+                ),
+            }),
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -322,5 +352,13 @@ impl crate::x86_64::X86Vcpu for KvmVcpu {
 
     fn request_interrupt_window(&mut self, on: bool) {
         self.fd.get_kvm_run().request_interrupt_window = u8::from(on);
+    }
+
+    fn state(&self) -> Result<crate::x86_64::VcpuState> {
+        super::snapshot::state(self)
+    }
+
+    fn set_state(&self, state: &crate::x86_64::VcpuState) -> Result<()> {
+        super::snapshot::set_state(self, state)
     }
 }

@@ -11,6 +11,7 @@
 //! | PUT | /vm/resume | resume | 200; 409 if running |
 //! | PUT | /vm/shutdown | press the ACPI power button; without ACPI, stop | 202; 200 |
 //! | PUT | /vm/stop | stop the VM now | 200 |
+//! | PUT | /vm/snapshot | `{"destination": DIR}`: write a snapshot of the paused VM | 200; 409 if running |
 
 pub mod http;
 mod server;
@@ -30,6 +31,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/vm/resume", &["PUT", "POST"]),
     ("/vm/shutdown", &["PUT", "POST"]),
     ("/vm/stop", &["PUT", "POST"]),
+    ("/vm/snapshot", &["PUT", "POST"]),
 ];
 
 /// The body of an action: nothing, or a JSON object with only the fields it takes.
@@ -56,6 +58,43 @@ fn conflict(e: ControlError) -> Response {
     Response::error(409, e.to_string())
 }
 
+/// The body of `PUT /vm/snapshot`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotBody {
+    /// The directory to write (created if missing; refused if it holds a snapshot).
+    destination: std::path::PathBuf,
+}
+
+/// Writes a snapshot of the paused VM where the body says; the VM stays paused.
+fn snapshot(vm: &VmController, req: &Request) -> Response {
+    let body: SnapshotBody = match serde_json::from_slice(&req.body) {
+        Ok(b) => b,
+        Err(e) => return Response::error(400, format!("bad request body: {e}")),
+    };
+    use crate::snapshot::SnapshotError as E;
+    match vm.snapshot(&body.destination) {
+        Ok(()) => Response::json(
+            200,
+            serde_json::json!({ "state": vm.state(), "snapshot": body.destination }).to_string(),
+        ),
+        Err(e @ (E::NotPaused | E::Stopped)) => Response::error(409, e.to_string()),
+        Err(e @ E::Exists { .. }) => Response::error(400, e.to_string()),
+        Err(e) => Response::error(500, error_chain(&e)),
+    }
+}
+
+/// An error and its causes, "a: b: c".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s += &format!(": {c}");
+        cause = c.source();
+    }
+    s
+}
+
 /// Answers one request.
 pub fn handle(vm: &VmController, req: &Request) -> Response {
     // A query string is ignored.
@@ -78,6 +117,9 @@ pub fn handle(vm: &VmController, req: &Request) -> Response {
         );
         r.headers.push(format!("Allow: {}", methods.join(", ")));
         return r;
+    }
+    if path == "/vm/snapshot" {
+        return snapshot(vm, req);
     }
     let body = match methods[0] {
         "GET" if !req.body.is_empty() => {

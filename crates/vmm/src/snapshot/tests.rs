@@ -1,0 +1,71 @@
+use super::*;
+
+fn minimal() -> Snapshot {
+    Snapshot {
+        format: FORMAT.into(),
+        version: VERSION,
+        vmm_version: "test".into(),
+        host: Host::this(),
+        machine: Machine {
+            cpus: 1,
+            memory: 16 << 20,
+            kernel: "k".into(),
+            cmdline: String::new(),
+            acpi: true,
+            irqchip: "kernel".into(),
+            mmio_console: false,
+        },
+        memory: vec![MemoryRegion {
+            gpa: 0,
+            size: 16 << 20,
+            offset: 0,
+        }],
+        arch: ArchState::X86_64 {
+            vm: Default::default(),
+            vcpus: vec![Default::default()],
+        },
+        devices: Default::default(),
+    }
+}
+
+#[test]
+fn a_written_state_parses_back() {
+    let s = minimal();
+    let bytes = serde_json::to_vec(&s).unwrap();
+    let back = parse(&bytes).unwrap();
+    assert_eq!(back.machine, s.machine);
+    assert_eq!(back.memory, s.memory);
+    assert_eq!(back.arch, s.arch);
+}
+
+#[test]
+fn parts_that_disagree_are_corrupt() {
+    let mut s = minimal();
+    s.memory[0].size = 8 << 20;
+    let e = parse(&serde_json::to_vec(&s).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("memory regions hold"), "{e}");
+    let mut s = minimal();
+    s.memory[0].offset = 4096;
+    assert!(parse(&serde_json::to_vec(&s).unwrap()).is_err());
+    let mut s = minimal();
+    s.memory[0].size = u64::MAX - 4095;
+    s.memory[0].offset = 0;
+    assert!(parse(&serde_json::to_vec(&s).unwrap()).is_err());
+    let mut s = minimal();
+    s.machine.irqchip = "elsewhere".into();
+    assert!(parse(&serde_json::to_vec(&s).unwrap()).is_err());
+}
+
+#[test]
+fn unknown_fields_and_versions_are_refused() {
+    let mut v = serde_json::to_value(minimal()).unwrap();
+    v["extra"] = 1.into();
+    let e = parse(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("unknown field"), "{e}");
+    v["version"] = 0.into();
+    let e = parse(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+    assert!(matches!(e, SnapshotError::Version { found: 0 }), "{e}");
+    for bad in [&b""[..], b"[]", b"null", b"{\"format\": 3}", b"\xff"] {
+        assert!(parse(bad).is_err());
+    }
+}

@@ -1,0 +1,282 @@
+//! Snapshots on real KVM: a guest paused mid-run, saved, and resumed in a fresh VM goes on
+//! from where it stopped and ends with the result of a run left alone; a snapshot of an
+//! unpaused VM, of an old format, of another host or with corrupt state is a clear error.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{config, kvm, run_with_limit, Capture};
+use hypervisor::kvm::KvmVm;
+use vm_memory::{Bytes, GuestAddress};
+use vmm::snapshot::{MemoryMode, RestoreConfig, SnapshotError};
+use vmm::{Outcome, SerialOutput, Vm};
+
+fn snapshot_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vibe-snapshot-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn counter(vm: &Vm<KvmVm>) -> u64 {
+    vm.memory()
+        .read_obj::<u64>(GuestAddress(test_guests::SNAPSHOT_COUNTER))
+        .unwrap()
+}
+
+/// The `result <hash>` line of a run's output.
+fn result(out: &str) -> Option<String> {
+    out.lines()
+        .find(|l| l.starts_with("result "))
+        .map(|l| l.trim().to_string())
+}
+
+/// Boots the snapshot guest, lets it get past `progress` loop iterations, pauses it and
+/// writes a snapshot to `dir`; returns the output so far and the counter when paused.
+fn take(kvm: &hypervisor::kvm::Kvm, dir: &std::path::Path, progress: u64) -> (String, u64) {
+    let out = Capture::default();
+    let c = config(test_guests::SNAPSHOT, 1, &out);
+    let mut vm = Vm::new(kvm, c).unwrap();
+    vm.start().unwrap();
+    let t0 = Instant::now();
+    while counter(&vm) < progress {
+        assert!(t0.elapsed() < Duration::from_secs(60), "guest stuck");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let c = vm.controller().unwrap();
+    c.pause().unwrap();
+    let at = counter(&vm);
+    c.snapshot(dir).unwrap();
+    assert_eq!(counter(&vm), at, "the guest ran while being saved");
+    c.stop(Outcome::Stopped("snapshot taken".into())).unwrap();
+    vm.wait();
+    (out.text(), at)
+}
+
+fn restore(
+    kvm: &hypervisor::kvm::Kvm,
+    dir: &std::path::Path,
+    mode: MemoryMode,
+) -> (Outcome, String) {
+    let out = Capture::default();
+    let mut rc = RestoreConfig::new(dir);
+    rc.serial = SerialOutput::Writer(Box::new(out.clone()));
+    rc.memory = mode;
+    let vm = Vm::restore(kvm, rc).unwrap();
+    (run_with_limit(vm, Duration::from_secs(60)), out.text())
+}
+
+#[test]
+fn a_restored_guest_goes_on_and_ends_as_an_uninterrupted_one() {
+    let Some(kvm) = kvm() else { return };
+    let out = Capture::default();
+    let whole = run_with_limit(
+        Vm::new(&kvm, config(test_guests::SNAPSHOT, 1, &out)).unwrap(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(whole, Outcome::DebugExit(0), "{}", out.text());
+    let expected = result(&out.text()).expect("uninterrupted run printed a result");
+
+    let dir = snapshot_dir("continue");
+    let (before, at) = take(&kvm, &dir, 50_000);
+    assert!(
+        before.contains("started") && result(&before).is_none(),
+        "{before}"
+    );
+    assert!(dir.join("state.json").is_file() && dir.join("memory").is_file());
+
+    for mode in [MemoryMode::Private, MemoryMode::Copy] {
+        let t0 = Instant::now();
+        let (outcome, after) = restore(&kvm, &dir, mode);
+        assert_eq!(outcome, Outcome::DebugExit(0), "{mode:?}: {after}");
+        // It went on: no second start, and the same result as the run left alone.
+        assert!(!after.contains("started"), "{mode:?} restarted: {after}");
+        assert_eq!(
+            result(&after).as_deref(),
+            Some(expected.as_str()),
+            "{mode:?}"
+        );
+        eprintln!(
+            "{mode:?}: restored at iteration {at} and ran to the end in {:?}",
+            t0.elapsed()
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn snapshot_needs_a_paused_vm_and_a_fresh_directory() {
+    let Some(kvm) = kvm() else { return };
+    let out = Capture::default();
+    let mut vm = Vm::new(&kvm, config(test_guests::SNAPSHOT, 1, &out)).unwrap();
+    vm.start().unwrap();
+    let dir = snapshot_dir("refused");
+    let c = vm.controller().unwrap();
+    assert!(matches!(c.snapshot(&dir), Err(SnapshotError::NotPaused)));
+    assert!(!dir.exists(), "a refused snapshot left a directory");
+    c.pause().unwrap();
+    c.snapshot(&dir).unwrap();
+    let again = c.snapshot(&dir).unwrap_err();
+    assert!(matches!(again, SnapshotError::Exists { .. }), "{again}");
+    c.stop(Outcome::Stopped("done".into())).unwrap();
+    vm.wait();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Edits a JSON document in place.
+fn json(s: &mut Vec<u8>, f: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value = serde_json::from_slice(s).unwrap();
+    f(&mut v);
+    *s = serde_json::to_vec(&v).unwrap();
+}
+
+/// Rewrites `state.json` in a copy of a snapshot with `edit` and returns the restore error.
+fn restore_error(
+    kvm: &hypervisor::kvm::Kvm,
+    src: &std::path::Path,
+    name: &str,
+    edit: impl FnOnce(&mut Vec<u8>),
+) -> String {
+    let dir = snapshot_dir(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut state = std::fs::read(src.join("state.json")).unwrap();
+    edit(&mut state);
+    std::fs::write(dir.join("state.json"), state).unwrap();
+    std::fs::copy(src.join("memory"), dir.join("memory")).unwrap();
+    let mut rc = RestoreConfig::new(&dir);
+    rc.serial = SerialOutput::None;
+    let e = match Vm::restore(kvm, rc) {
+        Ok(_) => panic!("{name}: restored"),
+        Err(e) => e.to_string(),
+    };
+    let _ = std::fs::remove_dir_all(dir);
+    e
+}
+
+#[test]
+fn bad_snapshots_are_clear_errors() {
+    let Some(kvm) = kvm() else { return };
+    let src = snapshot_dir("bad-src");
+    take(&kvm, &src, 1);
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "version",
+            restore_error(&kvm, &src, "version", |s| {
+                json(s, |v| v["version"] = 99.into())
+            }),
+        ),
+        (
+            "host",
+            restore_error(&kvm, &src, "host", |s| {
+                json(s, |v| v["host"]["cpu_vendor"] = "SomeOtherCPU".into())
+            }),
+        ),
+        (
+            "truncated",
+            restore_error(&kvm, &src, "truncated", |s| s.truncate(s.len() / 2)),
+        ),
+        (
+            "not json",
+            restore_error(&kvm, &src, "garbage", |s| *s = b"\x00\xffgarbage".to_vec()),
+        ),
+        (
+            "foreign",
+            restore_error(&kvm, &src, "foreign", |s| *s = b"{\"a\": 1}".to_vec()),
+        ),
+        (
+            "vcpus",
+            restore_error(&kvm, &src, "vcpus", |s| {
+                json(s, |v| v["machine"]["cpus"] = 2.into())
+            }),
+        ),
+        (
+            "xsave",
+            restore_error(&kvm, &src, "xsave", |s| {
+                json(s, |v| {
+                    v["arch"]["x86_64"]["vcpus"][0]["xsave"] = "00".into()
+                })
+            }),
+        ),
+    ];
+    let expect = [
+        (
+            "version",
+            "format version 99; this vibe-vmm reads version 1",
+        ),
+        ("host", "another kind of host"),
+        ("truncated", "corrupt"),
+        ("not json", "corrupt"),
+        ("foreign", "not a vibe-vmm snapshot"),
+        ("vcpus", "2 vCPUs in the machine, 1 saved"),
+        ("xsave", "XSAVE area"),
+    ];
+    for ((name, got), (_, want)) in cases.iter().zip(expect) {
+        assert!(got.contains(want), "{name}: {got:?} does not say {want:?}");
+    }
+    // A memory file shorter than the regions.
+    let dir = snapshot_dir("short-memory");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(src.join("state.json"), dir.join("state.json")).unwrap();
+    std::fs::write(dir.join("memory"), [1u8; 4096]).unwrap();
+    let e = Vm::restore(&kvm, RestoreConfig::new(&dir))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("the regions need"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(src);
+}
+
+/// Restore time (snapshot read, memory mapped, machine built, vCPUs started) for 128 MiB and
+/// 2 GiB guests, against building the same guest cold. Run by hand: it writes a 2 GiB
+/// (sparse) file. `cargo test -p vmm --test snapshot -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn restore_time_does_not_grow_with_ram() {
+    let Some(kvm) = kvm() else { return };
+    let mut times = Vec::new();
+    for mib in [128u64, 2048] {
+        let dir = snapshot_dir(&format!("bench-{mib}"));
+        let out = Capture::default();
+        let mut c = config(test_guests::SNAPSHOT, 1, &out);
+        c.memory = mib << 20;
+        let t0 = Instant::now();
+        let mut vm = Vm::new(&kvm, c).unwrap();
+        vm.start().unwrap();
+        let cold = t0.elapsed();
+        while counter(&vm) < 1000 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let ctl = vm.controller().unwrap();
+        ctl.pause().unwrap();
+        let t0 = Instant::now();
+        ctl.snapshot(&dir).unwrap();
+        let save = t0.elapsed();
+        ctl.stop(Outcome::Stopped("saved".into())).unwrap();
+        vm.wait();
+        let mut best = Duration::MAX;
+        for _ in 0..5 {
+            let mut rc = RestoreConfig::new(&dir);
+            rc.serial = SerialOutput::None;
+            let t0 = Instant::now();
+            let mut vm = Vm::restore(&kvm, rc).unwrap();
+            vm.start().unwrap();
+            best = best.min(t0.elapsed());
+            vm.stop_handle().stop(Outcome::Stopped("measured".into()));
+            vm.wait();
+        }
+        eprintln!(
+            "{mib} MiB: cold create+start {cold:?}, snapshot {save:?}, restore+start {best:?} \
+             (ratio restore/cold {:.2})",
+            best.as_secs_f64() / cold.as_secs_f64()
+        );
+        times.push(best);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    assert!(
+        times[1] < times[0] * 4 + Duration::from_millis(20),
+        "restore grew with RAM: {times:?}"
+    );
+}
