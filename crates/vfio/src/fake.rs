@@ -17,13 +17,15 @@
 //!   [`reg::VECTOR`] names of MSI-X or MSI, or INTx, by signalling the eventfd the VMM set,
 //!   as the kernel's vfio-pci does. INTx behaves as vfio-pci's: after each trigger the line
 //!   stays masked until the unmask eventfd is signalled (the guest's EOI); an interrupt
-//!   meanwhile waits, and goes when the fake next looks at the unmask eventfd (at the next
-//!   register access).
+//!   meanwhile waits, and goes at the unmask. A thread of the fake watches the unmask
+//!   eventfd, as the kernel's virqfd does (so no VMM thread ever reads it).
 //!
 //! [`FakeHandle`] lets a test look inside: accesses per region, resets, DMA mappings.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
+
+use hypervisor::Event;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::backend::{IrqInfo, MsiKind, RegionInfo, VfioBackend, CONFIG_REGION};
@@ -225,12 +227,57 @@ struct State {
     regs: [u32; 10],
     bar2: Pages,
     stats: Stats,
+    /// The device is gone: the unmask watcher ends.
+    stopped: bool,
 }
 
 /// The fake device (a [`VfioBackend`]).
 pub struct FakeDevice {
     state: Arc<Mutex<State>>,
     options: FakeOptions,
+    /// The unmask watcher: told of a new INTx wiring, or to stop.
+    watcher: Option<(Arc<Event>, std::thread::JoinHandle<()>)>,
+}
+
+impl Drop for FakeDevice {
+    fn drop(&mut self) {
+        if let Some((wake, thread)) = self.watcher.take() {
+            lock(&self.state).stopped = true;
+            let _ = wake.signal();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What vfio-pci's virqfd does with the unmask eventfd: waits on it, and on a signal
+/// unmasks INTx, sending an interrupt that waited.
+fn watch_unmask(state: Arc<Mutex<State>>, wake: Arc<Event>) {
+    loop {
+        let unmask = {
+            let s = lock(&state);
+            if s.stopped {
+                return;
+            }
+            s.stats.intx.map(|(_, unmask)| unmask)
+        };
+        let mut fds = vec![libc::pollfd {
+            fd: wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        fds.extend(unmask.map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        // SAFETY: polls descriptors of a live array of `fds.len()` entries.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        let _ = wake.drain();
+        let mut s = lock(&state);
+        if unmask.is_some() && s.stats.intx.map(|(_, u)| u) == unmask {
+            s.poll_unmask();
+        }
+    }
 }
 
 /// A test's view into a [`FakeDevice`] it gave away.
@@ -272,9 +319,20 @@ impl FakeDevice {
             regs: [0; 10],
             bar2: Pages::new(BAR2_SIZE)?,
             stats: Stats::default(),
+            stopped: false,
         }));
         let handle = FakeHandle(state.clone());
-        Ok((FakeDevice { state, options }, handle))
+        let wake = Arc::new(Event::new()?);
+        let (s, w) = (state.clone(), wake.clone());
+        let thread = std::thread::Builder::new()
+            .name("fake-virqfd".into())
+            .spawn(move || watch_unmask(s, w))?;
+        let dev = FakeDevice {
+            state,
+            options,
+            watcher: Some((wake, thread)),
+        };
+        Ok((dev, handle))
     }
 }
 
@@ -295,8 +353,7 @@ fn consume(fd: RawFd) -> bool {
 
 impl State {
 
-    fn reg_read(&mut self, offset: u64) -> u32 {
-        self.poll_unmask();
+    fn reg_read(&self, offset: u64) -> u32 {
         match offset {
             reg::ID => reg::MAGIC,
             o if o % 4 == 0 && o <= reg::VECTOR => self.regs[o as usize / 4],
@@ -305,7 +362,6 @@ impl State {
     }
 
     fn reg_write(&mut self, offset: u64, v: u32) {
-        self.poll_unmask();
         match offset {
             reg::ID | reg::DONE | reg::ERROR => {}
             reg::DOORBELL if v == 1 => self.dma(),
@@ -543,6 +599,10 @@ impl VfioBackend for FakeDevice {
         s.stats.intx = fds;
         s.stats.intx_masked = false;
         s.stats.intx_waiting = false;
+        drop(s);
+        if let Some((wake, _)) = &self.watcher {
+            let _ = wake.signal();
+        }
         Ok(())
     }
 
