@@ -67,8 +67,7 @@ pub trait VfioBackend: Send {
     /// `first + i`); `None` leaves a vector unsignalled. The first call after the kind was
     /// off enables it on the device with `fds.len()` vectors (one kind at a time: the caller
     /// turns INTx and the other kind off first, as vfio-pci requires).
-    fn set_vectors(&mut self, kind: MsiKind, first: u32, fds: &[Option<RawFd>])
-        -> io::Result<()>;
+    fn set_vectors(&mut self, kind: MsiKind, first: u32, fds: &[Option<RawFd>]) -> io::Result<()>;
     /// Turns MSI or MSI-X off.
     fn disable_vectors(&mut self, kind: MsiKind) -> io::Result<()>;
     /// INTx: `trigger` is signalled when the device raises its pin, after which VFIO masks it

@@ -221,7 +221,9 @@ impl VirtConfig {
             let vectors = capable.min(1 << offered.msi.min(32).ilog2()) as u8;
             let free = |o: usize| {
                 o + msi::CAPABILITY_SIZE <= 0x100
-                    && kept.iter().all(|&(k, len)| o + msi::CAPABILITY_SIZE <= k || k + len <= o)
+                    && kept
+                        .iter()
+                        .all(|&(k, len)| o + msi::CAPABILITY_SIZE <= k || k + len <= o)
             };
             let spot = Some(at)
                 .filter(|&o| free(o))
@@ -438,7 +440,13 @@ mod tests {
         // The device's MSI at 0x50 has 16 bytes before MSI-X: the emulated one goes to the
         // first free 24 bytes, 0x48 (after PM's 8).
         let mut c = VirtConfig::new(&raw, regions(), offered(4, 64, true));
-        assert_eq!(c.msi, Some(MsiLayout { offset: 0x48, vectors: 4 }));
+        assert_eq!(
+            c.msi,
+            Some(MsiLayout {
+                offset: 0x48,
+                vectors: 4
+            })
+        );
         assert_eq!(
             chain(&c),
             [(0x40, 1), (0x48, 5), (0x60, 0x11), (0x70, 0x10), (0xc0, 9)]
@@ -455,7 +463,13 @@ mod tests {
         let mut raw = fake_config();
         raw[0x51] = 0x70; // MSI -> PCIe: MSI-X unlinked, 32 bytes of room at 0x50
         let c = VirtConfig::new(&raw, regions(), offered(32, 64, false));
-        assert_eq!(c.msi, Some(MsiLayout { offset: 0x50, vectors: 4 }));
+        assert_eq!(
+            c.msi,
+            Some(MsiLayout {
+                offset: 0x50,
+                vectors: 4
+            })
+        );
         // No free 24 bytes anywhere: MSI stays hidden.
         let mut raw = vec![0u8; 256];
         raw[6] = 0x10;

@@ -279,8 +279,7 @@ impl VfioPciDevice {
         wiring: Wiring,
     ) -> io::Result<Self> {
         let msi_vectors = usize::from(probe.msi_vectors());
-        if wiring.msi.len() != msi_vectors
-            || wiring.msix.len() != usize::from(probe.msix_vectors())
+        if wiring.msi.len() != msi_vectors || wiring.msix.len() != usize::from(probe.msix_vectors())
         {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -551,7 +550,9 @@ impl PciDevice for VfioPciDevice {
         if let (Some(l), Some((m, _))) = (self.config.msi, &self.msi) {
             // The pending bits are the model's.
             let pending = m.pending().to_le_bytes();
-            self.config.shadow.set_raw(l.offset + msi::PENDING, &pending, &[]);
+            self.config
+                .shadow
+                .set_raw(l.offset + msi::PENDING, &pending, &[]);
         }
         self.config.shadow.read(offset, data);
         if (offset..offset + data.len()).any(|o| self.config.passthrough(o)) {
@@ -671,7 +672,9 @@ mod tests {
     }
 
     fn lines(n: usize) -> Vec<Box<dyn MsiLine>> {
-        (0..n).map(|_| Box::new(NoLine) as Box<dyn MsiLine>).collect()
+        (0..n)
+            .map(|_| Box::new(NoLine) as Box<dyn MsiLine>)
+            .collect()
     }
 
     /// A function over the fake, with INTx wired to two fresh events when `intx`.

@@ -352,7 +352,6 @@ fn consume(fd: RawFd) -> bool {
 }
 
 impl State {
-
     fn reg_read(&self, offset: u64) -> u32 {
         match offset {
             reg::ID => reg::MAGIC,
@@ -541,12 +540,7 @@ impl VfioBackend for FakeDevice {
         Ok(s.bar2.ptr as u64 + offset)
     }
 
-    fn set_vectors(
-        &mut self,
-        kind: MsiKind,
-        first: u32,
-        fds: &[Option<RawFd>],
-    ) -> io::Result<()> {
+    fn set_vectors(&mut self, kind: MsiKind, first: u32, fds: &[Option<RawFd>]) -> io::Result<()> {
         let mut s = lock(&self.state);
         if s.other_on(Some(kind)) {
             // As vfio-pci: one interrupt type at a time.

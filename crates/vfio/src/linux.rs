@@ -194,12 +194,7 @@ impl VfioBackend for HostDevice {
         Ok(ptr as u64)
     }
 
-    fn set_vectors(
-        &mut self,
-        kind: MsiKind,
-        first: u32,
-        fds: &[Option<RawFd>],
-    ) -> io::Result<()> {
+    fn set_vectors(&mut self, kind: MsiKind, first: u32, fds: &[Option<RawFd>]) -> io::Result<()> {
         let fds: Vec<RawFd> = fds.iter().map(|f| f.unwrap_or(-1)).collect();
         self.set_irqs(
             irq_index(kind),

@@ -369,7 +369,16 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
         Some((root, p)) => {
             for device in vfio {
                 let interrupts = (msi, level);
-                add_vfio(vm, interrupts, mem, root, p, &mut events, device, config.memory)?;
+                add_vfio(
+                    vm,
+                    interrupts,
+                    mem,
+                    root,
+                    p,
+                    &mut events,
+                    device,
+                    config.memory,
+                )?;
             }
         }
         None if !vfio.is_empty() => return Err(Error::NoPci),

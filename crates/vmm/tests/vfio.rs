@@ -172,7 +172,11 @@ fn interrupts(irqchip: IrqchipMode, msix: bool) {
     };
     assert!(text.contains("vfio-irq: INTx twice\r\n"), "{text}");
     assert!(text.contains("vfio-irq: MSI vector 1\r\n"), "{text}");
-    assert_eq!(text.contains("vfio-irq: MSI-X vector 0\r\n"), msix, "{text}");
+    assert_eq!(
+        text.contains("vfio-irq: MSI-X vector 0\r\n"),
+        msix,
+        "{text}"
+    );
     fake.stats(|s| {
         // INTx fired twice and the guest's EOI of the first unmasked it; one MSI, one
         // MSI-X, and never two kinds at once (the fake refuses that, as vfio-pci does).

@@ -125,8 +125,7 @@ impl Msi {
         let address = u64::from(word(ADDRESS)) | u64::from(word(ADDRESS + 4)) << 32;
         let data = u16::from_le_bytes([cap[DATA], cap[DATA + 1]]);
         let enabled_vectors = asked.min(self.lines.len());
-        if address != self.address || data != self.data || enabled_vectors != self.enabled_vectors
-        {
+        if address != self.address || data != self.data || enabled_vectors != self.enabled_vectors {
             self.programmed = 0;
         }
         self.enabled = control & CONTROL_ENABLE != 0;
