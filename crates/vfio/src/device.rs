@@ -105,11 +105,12 @@ pub enum Vector {
     Msix(u16),
 }
 
-/// A page-aligned part of a BAR mapped into the guest while the BAR is exclusive.
+/// A page-aligned part of a BAR, mapped in this process at `hva`, and into the guest while
+/// the BAR is exclusive.
 struct Piece {
     offset: u64,
     size: u64,
-    hva: Option<u64>,
+    hva: u64,
     slot: Option<u32>,
 }
 
@@ -297,13 +298,21 @@ impl VfioPciDevice {
                 _ => Vec::new(),
             };
             let holes = msix_holes(config.msix, spec.index);
+            // Mapped into this process now, on the thread that makes the function (vCPUs,
+            // which later map them into the guest, may not mmap a device).
             let pieces = mappable_pieces(&areas, spec.region_size, &holes)
                 .into_iter()
-                .map(|(offset, size)| Piece {
-                    offset,
-                    size,
-                    hva: None,
-                    slot: None,
+                .filter_map(|(offset, size)| match backend.mmap(index, offset, size) {
+                    Ok(hva) => Some(Piece {
+                        offset,
+                        size,
+                        hva,
+                        slot: None,
+                    }),
+                    Err(e) => {
+                        log::warn!("{name}: BAR {index} at {offset:#x} traps: {e}");
+                        None
+                    }
                 })
                 .collect();
             bars.push(BarState {
@@ -479,15 +488,7 @@ impl VfioPciDevice {
         let Some(mem) = &self.memory else { return };
         let index = self.bars[i].spec.index;
         for p in &mut self.bars[i].pieces {
-            let hva = match p.hva {
-                Some(h) => Ok(h),
-                None => self.backend.mmap(u32::from(index), p.offset, p.size),
-            };
-            let r = hva.and_then(|hva| {
-                p.hva = Some(hva);
-                mem.map(gpa + p.offset, p.size, hva)
-            });
-            match r {
+            match mem.map(gpa + p.offset, p.size, p.hva) {
                 Ok(slot) => {
                     p.slot = Some(slot);
                     self.stats.mapped.fetch_add(1, Ordering::Relaxed);
