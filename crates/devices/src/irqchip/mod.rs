@@ -51,8 +51,9 @@ struct Inner {
     /// notify wakes it, no signal needed.
     asleep: Vec<bool>,
     ioapic: Ioapic,
-    /// Per IOAPIC pin: the event a level line's EOI signals ([`Irqchip::level_line`]).
-    resample: Vec<Option<Event>>,
+    /// Per IOAPIC pin: the events its EOI signals, one per level line on it (functions may
+    /// share a pin, as PCI INTx lines do) ([`Irqchip::level_line`]).
+    resample: Vec<Vec<Event>>,
     /// The PIT, on a machine without ACPI ([`Irqchip::add_pit`]).
     pit: Option<Pit>,
     shutdown: bool,
@@ -97,7 +98,7 @@ impl Irqchip {
                     .collect(),
                 asleep: vec![false; n],
                 ioapic: Ioapic::default(),
-                resample: (0..ioapic::PINS).map(|_| None).collect(),
+                resample: (0..ioapic::PINS).map(|_| Vec::new()).collect(),
                 pit: None,
                 shutdown: false,
             }),
@@ -195,10 +196,11 @@ impl Irqchip {
 
     /// A level-triggered line into IOAPIC pin `pin`: each trigger asserts the pin (delivered
     /// once the guest's entry lets it), and the guest's EOI of its vector lowers it and
-    /// signals `resample`.
+    /// signals `resample` (and those of the other level lines sharing the pin, as KVM's
+    /// resampling irqfds do: a source still asserting triggers again).
     pub fn level_line(self: &Arc<Self>, pin: u32, resample: Event) -> Box<dyn IrqLine> {
         if let Some(r) = self.lock().resample.get_mut(pin as usize) {
-            *r = Some(resample);
+            r.push(resample);
         }
         Box::new(LevelLine {
             chip: self.clone(),
@@ -302,9 +304,12 @@ impl Irqchip {
                 let chip = &mut *inner;
                 let ended = chip.ioapic.end_of_interrupt(v);
                 for pin in (0..ioapic::PINS as u32).filter(|p| ended & (1 << p) != 0) {
-                    // A level line's EOI lowers it and tells its source (VFIO: unmask).
-                    if let Some(Some(r)) = chip.resample.get(pin as usize) {
+                    // A level line's EOI lowers it and tells its sources (VFIO: unmask).
+                    let sources = chip.resample.get(pin as usize).map_or(&[][..], |r| r);
+                    if !sources.is_empty() {
                         chip.ioapic.deassert(pin);
+                    }
+                    for r in sources {
                         let _ = r.signal();
                     }
                 }
@@ -851,6 +856,9 @@ mod tests {
         w(&chip, 0, lapic::REG_SVR, 0x1ff);
         let resample = Event::new().unwrap();
         let line = chip.level_line(21, resample.try_clone().unwrap());
+        // Another function's line on the same pin (PCI INTx lines share pins).
+        let shared = Event::new().unwrap();
+        let _other = chip.level_line(21, shared.try_clone().unwrap());
         line.trigger().unwrap();
         assert_eq!(chip.take_interrupt(0, || true), (None, false), "masked");
         // Pin 21 -> vector 0x41, level: unmasking delivers the asserted line.
@@ -861,6 +869,7 @@ mod tests {
         assert!(!resample.drain().unwrap());
         w(&chip, 0, lapic::REG_EOI, 0);
         assert!(resample.drain().unwrap(), "the EOI resampled the line");
+        assert!(shared.drain().unwrap(), "and every line on the pin");
         assert_eq!(
             chip.take_interrupt(0, || true),
             (None, false),
