@@ -50,6 +50,7 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
     ("pci_intx", "pci_intx.S", &[]),
     ("pci_hostile", "pci_hostile.S", &[]),
     ("vfio", "vfio.S", &[]),
+    ("vfio_irq", "vfio_irq.S", &[]),
     ("counter", "counter.S", &[]),
     ("trace", "trace.S", &[]),
     ("pit", "pit.S", &[]),

@@ -2,13 +2,15 @@
 //! own 4 KiB and region sizes are the input) and then a hostile guest (configuration writes
 //! of every width anywhere). Checks that the rebuilt capability lists stay finite and inside
 //! their space, that the header is never passed through, that the identity the guest reads
-//! never changes, and that MSI-X, when kept, lies inside a memory BAR.
+//! never changes, that MSI-X, when kept, lies inside a memory BAR, and that the emulated MSI
+//! capability overlaps nothing kept.
 //! Input: 4096 bytes of device configuration space, 6 region sizes (1 byte each: 0 none,
-//! else 1 << n), then 7-byte guest writes: width, offset (2 bytes), value (4 bytes).
+//! else 1 << n; the first one's low bit also offers INTx, its other bits the MSI vectors
+//! VFIO offers), then 7-byte guest writes: width, offset (2 bytes), value (4 bytes).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vfio::config::VirtConfig;
+use vfio::config::{Offered, VirtConfig};
 
 fn read(c: &VirtConfig, at: usize, len: usize) -> u32 {
     let mut b = [0u8; 4];
@@ -53,7 +55,12 @@ fuzz_target!(|data: &[u8]| {
         0 => None,
         n => Some(1u64 << (n % 41)),
     });
-    let mut c = VirtConfig::new(raw, regions, 64, rest[0] & 1 == 1);
+    let offered = Offered {
+        intx: rest[0] & 1 == 1,
+        msi: u32::from(rest[0] >> 1),
+        msix: 64,
+    };
+    let mut c = VirtConfig::new(raw, regions, offered);
     assert!(
         (0..0x40).all(|o| !c.passthrough(o)),
         "header passed through"
@@ -70,6 +77,15 @@ fuzz_target!(|data: &[u8]| {
                 .find(|b| b.index == bar)
                 .expect("MSI-X in a BAR");
             assert!(!b.kind.is_io() && off + size <= b.region_size);
+        }
+    }
+    if let Some(m) = c.msi {
+        // Emulated where nothing kept lies: 24 bytes inside the list's space.
+        assert!(m.vectors.is_power_of_two() && m.vectors <= 32);
+        assert!(m.offset >= 0x40 && m.offset + 24 <= 0x100);
+        assert!((m.offset..m.offset + 24).all(|o| !c.passthrough(o)));
+        if let Some(x) = c.msix {
+            assert!(m.offset + 24 <= x.offset || x.offset + 12 <= m.offset);
         }
     }
     check_lists(&c);

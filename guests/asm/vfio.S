@@ -3,8 +3,10 @@
  * behind vibe-vmm's VFIO layer. Finds it, checks the capability list the policy shows
  * (PM and MSI-X there, MSI hidden), sizes BAR 0 and BAR 2 and moves BAR 2, turns on memory
  * space and bus mastering, reads and writes registers through BAR 0, fills the first 4 KiB
- * of BAR 2 (the device's memory) with a pattern, has the device DMA it to guest RAM, and
- * sleeps until MSI-X vector 0 reports the completion. Exits 0 or the failed check's number.
+ * of BAR 2 (the device's memory) with a pattern and writes one word at BAR 2 + 0xa000, has
+ * the device DMA the 4 KiB to guest RAM, and sleeps until MSI-X vector 0 reports the
+ * completion. The MSI-X table is wherever the capability says (BAR 4, or BAR 2 at 0x8000).
+ * Exits 0 or the failed check's number.
  */
 #include "common.S"
 #include "pci.S"
@@ -15,7 +17,8 @@
 #define WORDS       1024
 #define PCI_BAR2    0x18
 #define PCI_BAR3    0x1c
-#define PCI_BAR4    0x20
+#define FAR_WORD    0xa000
+#define FAR_VALUE   0x5aa5c33c
 #define PATTERN     0x9e3779b9
 
 main:
@@ -88,9 +91,17 @@ main:
     mov eax, MOVED2
     call pci_write32
 
-    lea edi, [r12 + PCI_BAR4]
+    lea edi, [r12 + r13 + 4]                        /* MSI-X table: offset | BIR */
+    call pci_read32
+    mov ecx, eax
+    and ecx, 7
+    and eax, -8
+    push rax
+    lea edi, [r12 + rcx * 4 + PCI_BAR0]             /* (below 4 GiB: the upper half is 0) */
     call pci_read32
     and eax, 0xfffffff0
+    pop rcx
+    add rax, rcx
     lea rbx, [rip + vp]
     mov [rbx + VP_MSIX_TABLE], rax
     mov [rbx + VP_CFG], r12d
@@ -120,6 +131,10 @@ main:
     imul eax, eax, PATTERN
     cmp [rdi + (WORDS - 1) * 4], eax
     mov al, 22
+    jne 9f
+    mov dword ptr [rdi + FAR_WORD], FAR_VALUE       /* past the MSI-X table's page */
+    cmp dword ptr [rdi + FAR_WORD], FAR_VALUE
+    mov al, 23
     jne 9f
 
     mov edx, 1                                      /* MSI-X vector 0 -> MSI_VECTOR */

@@ -149,6 +149,11 @@ guest!(
     /// RAM completed by MSI-X vector 0; exits 0 or the failed check's number.
     VFIO, "vfio.elf");
 guest!(
+    /// The fake VFIO device's interrupts, each kind it offers in turn: INTx twice (the
+    /// second needs the first's EOI to unmask the line), then MSI vector 1, then MSI-X
+    /// vector 0; exits 0 or the failed check's number.
+    VFIO_IRQ, "vfio_irq.elf");
+guest!(
     /// 1000 `out`s to port 0x80, then a 64-bit progress counter at [`COUNTER_ADDR`] that goes
     /// up for ever (the API tests pause it and watch).
     COUNTER, "counter.elf");

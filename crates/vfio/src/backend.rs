@@ -17,8 +17,8 @@ pub const CONFIG_REGION: u32 = 7;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RegionInfo {
     pub size: u64,
-    /// The region may be mapped into this process ([`VfioBackend::mmap`]), so guest accesses
-    /// need not trap.
+    /// The region, or parts of it ([`VfioBackend::mmap_areas`]), may be mapped into this
+    /// process ([`VfioBackend::mmap`]), so guest accesses there need not trap.
     pub mmap: bool,
 }
 
@@ -27,8 +27,17 @@ pub struct RegionInfo {
 pub struct IrqInfo {
     /// Whether it has an INTx pin VFIO can signal.
     pub intx: bool,
+    /// MSI vectors (0: none).
+    pub msi: u32,
     /// MSI-X vectors (0: none).
     pub msix: u32,
+}
+
+/// Which message-signalled interrupts (VFIO_PCI_MSI_IRQ_INDEX or VFIO_PCI_MSIX_IRQ_INDEX).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsiKind {
+    Msi,
+    Msix,
 }
 
 /// A host PCI function opened for passthrough.
@@ -40,15 +49,27 @@ pub trait VfioBackend: Send {
     /// Reads `data.len()` bytes at `offset` in region `index`.
     fn read(&mut self, index: u32, offset: u64, data: &mut [u8]) -> io::Result<()>;
     fn write(&mut self, index: u32, offset: u64, data: &[u8]) -> io::Result<()>;
-    /// Maps region `index` into this process; returns its host address. The mapping lives as
-    /// long as the backend.
-    fn mmap(&mut self, index: u32) -> io::Result<u64>;
-    /// Sets what MSI-X vector `vector` signals, from `vector` on (`fds[i]` for vector
-    /// `first + i`); `None` leaves a vector unsignalled. The first call enables MSI-X on the
-    /// device (INTx off).
-    fn set_msix(&mut self, first: u32, fds: &[Option<RawFd>]) -> io::Result<()>;
-    /// Turns MSI-X off.
-    fn disable_msix(&mut self) -> io::Result<()>;
+    /// The parts of region `index` that may be mapped, as (offset, size): the whole region
+    /// when it maps, the areas of its sparse-mmap capability when only those do
+    /// (VFIO_REGION_INFO_CAP_SPARSE_MMAP: typically all but the MSI-X table's pages), none
+    /// when it must trap.
+    fn mmap_areas(&self, index: u32) -> Vec<(u64, u64)> {
+        match self.region(index) {
+            Some(r) if r.mmap => vec![(0, r.size)],
+            _ => Vec::new(),
+        }
+    }
+    /// Maps `size` bytes at `offset` of region `index` (one of its
+    /// [`VfioBackend::mmap_areas`]) into this process; returns the host address. The mapping
+    /// lives as long as the backend.
+    fn mmap(&mut self, index: u32, offset: u64, size: u64) -> io::Result<u64>;
+    /// Sets what MSI or MSI-X vectors signal, from `first` on (`fds[i]` for vector
+    /// `first + i`); `None` leaves a vector unsignalled. The first call after the kind was
+    /// off enables it on the device with `fds.len()` vectors (one kind at a time: the caller
+    /// turns INTx and the other kind off first, as vfio-pci requires).
+    fn set_vectors(&mut self, kind: MsiKind, first: u32, fds: &[Option<RawFd>]) -> io::Result<()>;
+    /// Turns MSI or MSI-X off.
+    fn disable_vectors(&mut self, kind: MsiKind) -> io::Result<()>;
     /// INTx: `trigger` is signalled when the device raises its pin, after which VFIO masks it
     /// until `unmask` is signalled (the guest's EOI, through KVM's resample). `None` turns
     /// INTx off.

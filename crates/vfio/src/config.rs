@@ -13,9 +13,12 @@
 //! - **BARs**: emulated, sized as the device's regions (rounded up to a power of two), at the
 //!   addresses the VMM assigns; the real BARs stay where the host put them. No ROM BAR.
 //! - **Capabilities** (the list is rebuilt, each kept capability at the device's own offset):
-//!   MSI-X is emulated (its table too); power management, PCI Express and vendor-specific
-//!   ones are passed through (reads from the device, writes to it; the kernel's vfio-pci
-//!   filters them again); every other one, MSI included, is unlinked and reads 0.
+//!   MSI-X is emulated (its table too); MSI is emulated with 64-bit addresses and per-vector
+//!   masking whatever the device's own has, at the device's offset when its 24 bytes fit
+//!   there, else in the first free 24 bytes of the list's space; power management, PCI
+//!   Express and vendor-specific ones are passed through (reads from the device, writes to
+//!   it; the kernel's vfio-pci filters them again); every other one is unlinked and reads 0.
+//!   MSI and MSI-X are shown only when VFIO offers vectors for them.
 //! - **Extended capabilities** (0x100 up): AER, the device serial number and vendor-specific
 //!   ones are passed through; SR-IOV, ATS, PRI, PASID, resizable BAR and everything else are
 //!   unlinked (a null capability at 0x100 starts the list when the first kept one is later).
@@ -26,6 +29,7 @@ use devices::pci::config::{
     Identity, PciConfig, BAR0, CAPABILITIES, CONFIG_SPACE_SIZE, DEVICE_ID, REVISION, STATUS,
     SUBSYSTEM_ID, SUBSYSTEM_VENDOR_ID, VENDOR_ID,
 };
+use devices::pci::msi::{self, CAPABILITY_ID as MSI_ID};
 use devices::pci::msix::CAPABILITY_ID as MSIX_ID;
 use devices::pci::BarKind;
 
@@ -69,6 +73,29 @@ impl MsixLayout {
     }
 }
 
+/// Where a function's emulated MSI capability is, and how many vectors it offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsiLayout {
+    pub offset: usize,
+    /// A power of two, 1 to 32.
+    pub vectors: u8,
+}
+
+impl MsiLayout {
+    /// Whether `[offset, offset + len)` of configuration space touches the capability.
+    pub fn overlaps(&self, offset: usize, len: usize) -> bool {
+        offset < self.offset + msi::CAPABILITY_SIZE && self.offset < offset + len
+    }
+}
+
+/// What the VMM can wire of a function's interrupts: VFIO's counts, capped by the VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Offered {
+    pub intx: bool,
+    pub msi: u32,
+    pub msix: u16,
+}
+
 /// One BAR of the device, as the guest gets it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BarSpec {
@@ -87,6 +114,7 @@ pub struct VirtConfig {
     /// Bytes whose reads come from the device and whose writes go to it.
     passthrough: Box<[bool; CONFIG_SPACE_SIZE]>,
     pub msix: Option<MsixLayout>,
+    pub msi: Option<MsiLayout>,
     pub bars: Vec<BarSpec>,
 }
 
@@ -100,9 +128,9 @@ fn u32_at(raw: &[u8], at: usize) -> u32 {
 
 impl VirtConfig {
     /// Builds the guest's view from the device's configuration space `raw` (shorter than
-    /// 4 KiB reads as zeros past its end), the sizes of its BAR regions, at most
-    /// `max_vectors` MSI-X vectors, and whether INTx is offered.
-    pub fn new(raw: &[u8], regions: [Option<u64>; 6], max_vectors: u16, intx: bool) -> Self {
+    /// 4 KiB reads as zeros past its end), the sizes of its BAR regions, and the interrupts
+    /// the VMM can wire.
+    pub fn new(raw: &[u8], regions: [Option<u64>; 6], offered: Offered) -> Self {
         let mut full = vec![0u8; CONFIG_SPACE_SIZE];
         let n = raw.len().min(CONFIG_SPACE_SIZE);
         full[..n].copy_from_slice(&raw[..n]);
@@ -119,16 +147,17 @@ impl VirtConfig {
         for b in &bars {
             shadow.add_bar(usize::from(b.index), b.kind, b.size);
         }
-        if intx && (1..=4).contains(&raw[0x3d]) {
+        if offered.intx && (1..=4).contains(&raw[0x3d]) {
             shadow.set_interrupt(1, 0);
         }
         let mut c = VirtConfig {
             shadow,
             passthrough: Box::new([false; CONFIG_SPACE_SIZE]),
             msix: None,
+            msi: None,
             bars,
         };
-        let kept = c.standard_capabilities(raw, max_vectors);
+        let kept = c.standard_capabilities(raw, offered);
         let status = u16_at(raw, STATUS) & STATUS_KEPT | if kept { STATUS_CAPABILITIES } else { 0 };
         c.shadow.set_raw(STATUS, &status.to_le_bytes(), &[]);
         c.extended_capabilities(raw);
@@ -137,7 +166,7 @@ impl VirtConfig {
 
     /// Walks the device's capability list, keeps what the policy keeps, and links those.
     /// Returns whether any was kept.
-    fn standard_capabilities(&mut self, raw: &[u8], max_vectors: u16) -> bool {
+    fn standard_capabilities(&mut self, raw: &[u8], offered: Offered) -> bool {
         let mut found = Vec::new();
         let mut seen = [false; 256];
         let mut at = usize::from(raw[CAPABILITIES] & 0xfc);
@@ -146,7 +175,9 @@ impl VirtConfig {
             found.push((at, raw[at]));
             at = usize::from(raw[at + 1] & 0xfc);
         }
-        let mut kept: Vec<usize> = Vec::new();
+        // (offset, bytes) of each kept capability.
+        let mut kept: Vec<(usize, usize)> = Vec::new();
+        let mut msi_at = None;
         for &(at, id) in &found {
             // Bytes up to the next capability (or the end of the list's space) at most.
             let room = found
@@ -158,7 +189,7 @@ impl VirtConfig {
                 - at;
             let len = match id {
                 MSIX_ID if room >= 12 => {
-                    if let Some(m) = msix_layout(raw, at, &self.bars, max_vectors) {
+                    if let Some(m) = msix_layout(raw, at, &self.bars, offered.msix) {
                         let control = m.vectors - 1;
                         self.shadow
                             .set_raw(at + 2, &control.to_le_bytes(), &[0, 0xc0]);
@@ -167,8 +198,12 @@ impl VirtConfig {
                         self.shadow.set_raw(at + 4, &table.to_le_bytes(), &[]);
                         self.shadow.set_raw(at + 8, &pba.to_le_bytes(), &[]);
                         self.msix = Some(m);
-                        kept.push(at);
+                        kept.push((at, 12));
                     }
+                    continue;
+                }
+                MSI_ID if offered.msi > 0 && room >= 4 => {
+                    msi_at.get_or_insert(at);
                     continue;
                 }
                 CAP_PM => 8,
@@ -178,13 +213,39 @@ impl VirtConfig {
             };
             let end = (at + len.min(room)).min(0x100);
             self.passthrough[at + 2..end].fill(true);
-            kept.push(at);
+            kept.push((at, end - at));
+        }
+        if let Some(at) = msi_at {
+            // Multiple message capable (3:1), at most what VFIO offers.
+            let capable = 1u32 << ((u16_at(raw, at + 2) >> 1) & 7).min(5);
+            let vectors = capable.min(1 << offered.msi.min(32).ilog2()) as u8;
+            let free = |o: usize| {
+                o + msi::CAPABILITY_SIZE <= 0x100
+                    && kept
+                        .iter()
+                        .all(|&(k, len)| o + msi::CAPABILITY_SIZE <= k || k + len <= o)
+            };
+            let spot = Some(at)
+                .filter(|&o| free(o))
+                .or_else(|| (0x40..0x100).step_by(4).find(|&o| free(o)));
+            if let Some(o) = spot {
+                let (body, writable) = msi::capability(usize::from(vectors));
+                self.shadow.set_raw(o, &body, &writable);
+                self.msi = Some(MsiLayout { offset: o, vectors });
+                kept.push((o, msi::CAPABILITY_SIZE));
+                kept.sort_unstable();
+            }
         }
         // The links: 0x34 to the first, each to the next, read-only.
         let mut prev = CAPABILITIES;
-        for &at in &kept {
+        for &(at, _) in &kept {
             self.shadow.set_raw(prev, &[at as u8], &[]);
-            self.shadow.set_raw(at, &[raw[at]], &[]);
+            let id = if Some(at) == self.msi.map(|m| m.offset) {
+                MSI_ID
+            } else {
+                raw[at]
+            };
+            self.shadow.set_raw(at, &[id], &[]);
             prev = at + 1;
         }
         self.shadow.set_raw(prev, &[0], &[]);
@@ -317,10 +378,24 @@ mod tests {
         [Some(0x1000), None, Some(0x10000), None, Some(0x1000), None]
     }
 
+    fn offered(msi: u32, msix: u16, intx: bool) -> Offered {
+        Offered { intx, msi, msix }
+    }
+
+    fn chain(c: &VirtConfig) -> Vec<(usize, u8)> {
+        let mut chain = vec![];
+        let mut at = c.shadow.bytes(CAPABILITIES, 1)[0] as usize;
+        while at != 0 {
+            chain.push((at, c.shadow.bytes(at, 1)[0]));
+            at = c.shadow.bytes(at + 1, 1)[0] as usize;
+        }
+        chain
+    }
+
     #[test]
     fn the_fake_devices_space_is_virtualised_as_the_policy_says() {
         let raw = fake_config();
-        let mut c = VirtConfig::new(&raw, regions(), 64, true);
+        let mut c = VirtConfig::new(&raw, regions(), offered(0, 64, true));
         assert_eq!(r32(&c, 0), 0x0100_1b36, "IDs");
         assert_eq!(r32(&c, 8) >> 8, 0xff0000, "class");
         assert_eq!(c.shadow.bytes(0x0e, 1)[0], 0, "single function");
@@ -331,14 +406,11 @@ mod tests {
         c.shadow.write(BAR0 + 8, &[0xff; 4]);
         assert_eq!(r32(&c, BAR0 + 8), 0xffff_000c, "sized like the region");
         // The list: PM 0x40 -> MSI-X 0x60 -> PCIe 0x70 -> vendor 0xc0; MSI at 0x50 and the
-        // unknown 0x0d at 0xb0 are gone.
-        let mut chain = vec![];
-        let mut at = c.shadow.bytes(CAPABILITIES, 1)[0] as usize;
-        while at != 0 {
-            chain.push((at, c.shadow.bytes(at, 1)[0]));
-            at = c.shadow.bytes(at + 1, 1)[0] as usize;
-        }
-        assert_eq!(chain, [(0x40, 1), (0x60, 0x11), (0x70, 0x10), (0xc0, 9)]);
+        // unknown 0x0d at 0xb0 are gone (no MSI vectors offered).
+        assert_eq!(
+            chain(&c),
+            [(0x40, 1), (0x60, 0x11), (0x70, 0x10), (0xc0, 9)]
+        );
         assert!(c.passthrough(0x42) && c.passthrough(0x72) && c.passthrough(0xc4));
         assert!(!c.passthrough(0x50) && !c.passthrough(0x60) && !c.passthrough(0xb2));
         assert_eq!(r32(&c, 0x50), 0, "MSI hidden");
@@ -357,9 +429,59 @@ mod tests {
         assert!(c.passthrough(0x144) && c.passthrough(0x194) && !c.passthrough(0x104));
         assert_eq!(c.shadow.bytes(0x3d, 1)[0], 1, "INTA");
         // Fewer vectors than the device has: the table size says so.
-        let c = VirtConfig::new(&raw, regions(), 2, false);
+        let c = VirtConfig::new(&raw, regions(), offered(0, 2, false));
         assert_eq!(r32(&c, 0x60) >> 16, 1);
         assert_eq!(c.shadow.bytes(0x3d, 1)[0], 0, "no INTx");
+    }
+
+    #[test]
+    fn msi_is_emulated_where_its_24_bytes_fit() {
+        let raw = fake_config();
+        // The device's MSI at 0x50 has 16 bytes before MSI-X: the emulated one goes to the
+        // first free 24 bytes, 0x48 (after PM's 8).
+        let mut c = VirtConfig::new(&raw, regions(), offered(4, 64, true));
+        assert_eq!(
+            c.msi,
+            Some(MsiLayout {
+                offset: 0x48,
+                vectors: 4
+            })
+        );
+        assert_eq!(
+            chain(&c),
+            [(0x40, 1), (0x48, 5), (0x60, 0x11), (0x70, 0x10), (0xc0, 9)]
+        );
+        // 4 vectors capable, 64-bit, per-vector masking; the driver's bits only.
+        assert_eq!(r32(&c, 0x48) >> 16, 0x0184);
+        c.shadow.write(0x4a, &[0xff, 0xff]);
+        assert_eq!(r32(&c, 0x48) >> 16, 0x01f5);
+        assert!(!c.passthrough(0x4c) && !c.passthrough(0x50));
+        // VFIO offers 3: the guest gets 2. Without MSI-X, MSI alone; with room, in place.
+        let c = VirtConfig::new(&raw, regions(), offered(3, 0, true));
+        assert_eq!(c.msi.map(|m| m.vectors), Some(2));
+        assert!(c.msix.is_none());
+        let mut raw = fake_config();
+        raw[0x51] = 0x70; // MSI -> PCIe: MSI-X unlinked, 32 bytes of room at 0x50
+        let c = VirtConfig::new(&raw, regions(), offered(32, 64, false));
+        assert_eq!(
+            c.msi,
+            Some(MsiLayout {
+                offset: 0x50,
+                vectors: 4
+            })
+        );
+        // No free 24 bytes anywhere: MSI stays hidden.
+        let mut raw = vec![0u8; 256];
+        raw[6] = 0x10;
+        raw[0x34] = 0x40;
+        for at in (0x40..0x100).step_by(8) {
+            raw[at] = 0x09; // vendor-specific, 8 bytes each, back to back
+            raw[at + 1] = if at + 8 < 0x100 { (at + 8) as u8 } else { 0 };
+            raw[at + 2] = 8;
+        }
+        raw[0x48] = 0x05;
+        let c = VirtConfig::new(&raw, [None; 6], offered(1, 0, false));
+        assert!(c.msi.is_none());
     }
 
     #[test]
@@ -367,15 +489,15 @@ mod tests {
         let mut raw = fake_config();
         raw[0x41] = 0x40; // PM points at itself
         raw[0x102..0x104].copy_from_slice(&0x1000u16.to_le_bytes()); // next past the end
-        let c = VirtConfig::new(&raw, regions(), 64, true);
+        let c = VirtConfig::new(&raw, regions(), offered(1, 64, true));
         assert_eq!(c.shadow.bytes(0x41, 1)[0], 0);
         assert_eq!(r32(&c, 0x100), 0, "SR-IOV hidden, nothing else reached");
         // An MSI-X table outside its BAR: MSI-X hidden, not trusted.
         let mut raw = fake_config();
         raw[0x64..0x68].copy_from_slice(&0x0000_0ff4u32.to_le_bytes());
-        let c = VirtConfig::new(&raw, regions(), 64, true);
+        let c = VirtConfig::new(&raw, regions(), offered(0, 64, true));
         assert!(c.msix.is_none());
-        let c = VirtConfig::new(&[0xff; 64], [None; 6], 64, true);
+        let c = VirtConfig::new(&[0xff; 64], [None; 6], offered(32, 64, true));
         assert!(c.bars.is_empty());
     }
 }

@@ -2,23 +2,33 @@
 //! hand the VMM for a small DMA-capable device.
 //!
 //! - Configuration space with a capability list that exercises the policy of
-//!   [`crate::config`]: PM, MSI, MSI-X, PCI Express, an unknown capability and a vendor
-//!   one; SR-IOV, AER and DSN extended capabilities. INTA.
+//!   [`crate::config`]: PM, MSI (4 vectors, 64-bit, in 16 bytes), MSI-X, PCI Express, an
+//!   unknown capability and a vendor one; SR-IOV, AER and DSN extended capabilities. INTA.
 //! - BAR 0 (4 KiB, trapped): a register file ([`reg`]).
 //! - BAR 2 (64 KiB, 64-bit prefetchable): memory, mappable (its pages are shared anonymous
-//!   memory the fake reads too), or trapped when made with `mappable = false`.
-//! - BAR 4 (4 KiB): the MSI-X table (8 vectors) and PBA, which the VMM emulates.
+//!   memory the fake reads too), or trapped ([`FakeOptions::mappable`]).
+//! - BAR 4 (4 KiB): the MSI-X table (8 vectors) and PBA, which the VMM emulates; or, with
+//!   [`FakeOptions::msix_in_bar2`], no BAR 4 and the table and PBA in BAR 2's page at
+//!   0x8000, which BAR 2's sparse-mmap areas leave out with [`FakeOptions::sparse`].
+//! - Interrupts as VFIO offers them: INTx, MSI and MSI-X as [`FakeOptions`] says, one kind
+//!   at a time as vfio-pci allows.
 //! - A DMA engine: copies bytes of BAR 2 to a bus address through the mappings the VMM gave
-//!   it ([`VfioBackend::dma_map`]), only with bus mastering on, then raises MSI-X vector 0
-//!   (or INTx) by signalling the eventfd the VMM set, as the kernel's vfio-pci does.
+//!   it ([`VfioBackend::dma_map`]), only with bus mastering on, then raises the vector
+//!   [`reg::VECTOR`] names of MSI-X or MSI, or INTx, by signalling the eventfd the VMM set,
+//!   as the kernel's vfio-pci does. INTx behaves as vfio-pci's: after each trigger the line
+//!   stays masked until the unmask eventfd is signalled (the guest's EOI); an interrupt
+//!   meanwhile waits, and goes at the unmask. A thread of the fake watches the unmask
+//!   eventfd, as the kernel's virqfd does (so no VMM thread ever reads it).
 //!
 //! [`FakeHandle`] lets a test look inside: accesses per region, resets, DMA mappings.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
+
+use hypervisor::Event;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::backend::{IrqInfo, RegionInfo, VfioBackend, CONFIG_REGION};
+use crate::backend::{IrqInfo, MsiKind, RegionInfo, VfioBackend, CONFIG_REGION};
 
 /// The register file in BAR 0.
 pub mod reg {
@@ -37,6 +47,8 @@ pub mod reg {
     pub const DONE: u64 = 0x1c;
     /// The last DMA's error: [`ERR_BUS_MASTER`], [`ERR_UNMAPPED`], [`ERR_SOURCE`].
     pub const ERROR: u64 = 0x20;
+    /// The MSI or MSI-X vector a completion raises.
+    pub const VECTOR: u64 = 0x24;
     pub const MAGIC: u32 = 0x7e57_f00d;
     pub const ERR_BUS_MASTER: u32 = 1;
     pub const ERR_UNMAPPED: u32 = 2;
@@ -47,9 +59,45 @@ pub const VENDOR: u16 = 0x1b36;
 pub const DEVICE: u16 = 0x0100;
 pub const BAR2_SIZE: usize = 0x10000;
 const MSIX_VECTORS: u32 = 8;
+const MSI_VECTORS: u32 = 4;
+/// With [`FakeOptions::msix_in_bar2`]: the table and the PBA in BAR 2.
+pub const BAR2_MSIX_TABLE: u64 = 0x8000;
+pub const BAR2_MSIX_PBA: u64 = 0x8800;
+
+/// What the fake offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FakeOptions {
+    /// BAR 2 may be mapped (else every access traps).
+    pub mappable: bool,
+    /// Whether VFIO offers MSI (4 vectors) and MSI-X (8 vectors).
+    pub msi: bool,
+    pub msix: bool,
+    /// The MSI-X table and PBA at [`BAR2_MSIX_TABLE`] and [`BAR2_MSIX_PBA`], no BAR 4.
+    pub msix_in_bar2: bool,
+    /// BAR 2 maps only in the areas of a sparse-mmap capability: all but the page of the
+    /// table (as the kernel's vfio-pci reports it); else, mappable, it maps whole.
+    pub sparse: bool,
+}
+
+impl Default for FakeOptions {
+    /// What the fake always offered: BAR 2 mapped, MSI-X in BAR 4, no MSI.
+    fn default() -> Self {
+        FakeOptions {
+            mappable: true,
+            msi: false,
+            msix: true,
+            msix_in_bar2: false,
+            sparse: false,
+        }
+    }
+}
 
 /// The fake's configuration space (also what config.rs's tests virtualise).
 pub fn fake_config() -> Vec<u8> {
+    config_for(&FakeOptions::default())
+}
+
+fn config_for(o: &FakeOptions) -> Vec<u8> {
     let mut c = vec![0u8; 4096];
     let put = |c: &mut Vec<u8>, at: usize, b: &[u8]| c[at..at + b.len()].copy_from_slice(b);
     put(&mut c, 0x00, &VENDOR.to_le_bytes());
@@ -68,11 +116,16 @@ pub fn fake_config() -> Vec<u8> {
         0x40,
         &[0x01, 0x50, 0x03, 0x00, 0x08, 0x00, 0x00, 0x00],
     ); // PM
-    put(&mut c, 0x50, &[0x05, 0x60, 0x80, 0x00]); // MSI, 64-bit
+    put(&mut c, 0x50, &[0x05, 0x60, 0x84, 0x00]); // MSI, 64-bit, 4 vectors capable
     put(&mut c, 0x60, &[0x11, 0x70]); // MSI-X
     put(&mut c, 0x62, &(MSIX_VECTORS as u16 - 1).to_le_bytes());
-    put(&mut c, 0x64, &4u32.to_le_bytes()); // table: BAR4 + 0
-    put(&mut c, 0x68, &0x804u32.to_le_bytes()); // PBA: BAR4 + 0x800
+    if o.msix_in_bar2 {
+        put(&mut c, 0x64, &(BAR2_MSIX_TABLE as u32 | 2).to_le_bytes());
+        put(&mut c, 0x68, &(BAR2_MSIX_PBA as u32 | 2).to_le_bytes());
+    } else {
+        put(&mut c, 0x64, &4u32.to_le_bytes()); // table: BAR4 + 0
+        put(&mut c, 0x68, &0x804u32.to_le_bytes()); // PBA: BAR4 + 0x800
+    }
     put(&mut c, 0x70, &[0x10, 0xb0, 0x02, 0x00]); // PCI Express v2, endpoint
     put(&mut c, 0x74, &0x0000_8000u32.to_le_bytes()); // devcap: FLR
     put(&mut c, 0xb0, &[0x0d, 0xc0, 0, 0]); // bridge subsystem ID: not for an endpoint
@@ -153,21 +206,78 @@ pub struct Stats {
     pub dma: Vec<(u64, u64, u64)>,
     /// MSI-X vectors' eventfds, while MSI-X is on.
     pub msix: Option<Vec<Option<RawFd>>>,
+    /// MSI vectors' eventfds, while MSI is on (as many as were enabled).
+    pub msi: Option<Vec<Option<RawFd>>>,
     /// INTx (trigger, unmask) eventfds.
     pub intx: Option<(RawFd, RawFd)>,
+    /// INTx: the line is masked (triggered, not yet unmasked), an interrupt waits, and how
+    /// many times the unmask eventfd unmasked it.
+    pub intx_masked: bool,
+    pub intx_waiting: bool,
+    pub unmasks: u64,
+    /// Every interrupt signalled, by kind: (INTx, MSI, MSI-X).
+    pub raised: (u64, u64, u64),
+    /// (region, offset, size) of each `mmap`.
+    pub mmaps: Vec<(u32, u64, u64)>,
 }
 
 struct State {
+    options: FakeOptions,
     config: Vec<u8>,
-    regs: [u32; 9],
+    regs: [u32; 10],
     bar2: Pages,
     stats: Stats,
+    /// The device is gone: the unmask watcher ends.
+    stopped: bool,
 }
 
 /// The fake device (a [`VfioBackend`]).
 pub struct FakeDevice {
     state: Arc<Mutex<State>>,
-    mappable: bool,
+    options: FakeOptions,
+    /// The unmask watcher: told of a new INTx wiring, or to stop.
+    watcher: Option<(Arc<Event>, std::thread::JoinHandle<()>)>,
+}
+
+impl Drop for FakeDevice {
+    fn drop(&mut self) {
+        if let Some((wake, thread)) = self.watcher.take() {
+            lock(&self.state).stopped = true;
+            let _ = wake.signal();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What vfio-pci's virqfd does with the unmask eventfd: waits on it, and on a signal
+/// unmasks INTx, sending an interrupt that waited.
+fn watch_unmask(state: Arc<Mutex<State>>, wake: Arc<Event>) {
+    loop {
+        let unmask = {
+            let s = lock(&state);
+            if s.stopped {
+                return;
+            }
+            s.stats.intx.map(|(_, unmask)| unmask)
+        };
+        let mut fds = vec![libc::pollfd {
+            fd: wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        fds.extend(unmask.map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        // SAFETY: polls descriptors of a live array of `fds.len()` entries.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        let _ = wake.drain();
+        let mut s = lock(&state);
+        if unmask.is_some() && s.stats.intx.map(|(_, u)| u) == unmask {
+            s.poll_unmask();
+        }
+    }
 }
 
 /// A test's view into a [`FakeDevice`] it gave away.
@@ -193,24 +303,59 @@ impl FakeHandle {
 }
 
 impl FakeDevice {
-    /// A fake whose BAR 2 may be mapped into the guest (`mappable`) or must trap.
+    /// A fake whose BAR 2 may be mapped into the guest (`mappable`) or must trap, with
+    /// MSI-X in BAR 4 and no MSI.
     pub fn new(mappable: bool) -> io::Result<(Self, FakeHandle)> {
+        Self::with(FakeOptions {
+            mappable,
+            ..FakeOptions::default()
+        })
+    }
+
+    pub fn with(options: FakeOptions) -> io::Result<(Self, FakeHandle)> {
         let state = Arc::new(Mutex::new(State {
-            config: fake_config(),
-            regs: [0; 9],
+            options,
+            config: config_for(&options),
+            regs: [0; 10],
             bar2: Pages::new(BAR2_SIZE)?,
             stats: Stats::default(),
+            stopped: false,
         }));
         let handle = FakeHandle(state.clone());
-        Ok((FakeDevice { state, mappable }, handle))
+        let wake = Arc::new(Event::new()?);
+        let (s, w) = (state.clone(), wake.clone());
+        let thread = std::thread::Builder::new()
+            .name("fake-virqfd".into())
+            .spawn(move || watch_unmask(s, w))?;
+        let dev = FakeDevice {
+            state,
+            options,
+            watcher: Some((wake, thread)),
+        };
+        Ok((dev, handle))
     }
+}
+
+/// Signals an eventfd the VMM handed over (and keeps open).
+fn signal(fd: RawFd) {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live buffer to a descriptor; no memory of ours changes.
+    unsafe { libc::write(fd, one.as_ptr().cast(), 8) };
+}
+
+/// Consumes an eventfd's count without blocking (the VMM's events are non-blocking);
+/// whether it had one.
+fn consume(fd: RawFd) -> bool {
+    let mut count = [0u8; 8];
+    // SAFETY: reads at most 8 bytes into a live 8-byte buffer.
+    unsafe { libc::read(fd, count.as_mut_ptr().cast(), 8) == 8 }
 }
 
 impl State {
     fn reg_read(&self, offset: u64) -> u32 {
         match offset {
             reg::ID => reg::MAGIC,
-            o if o % 4 == 0 && o <= reg::ERROR => self.regs[o as usize / 4],
+            o if o % 4 == 0 && o <= reg::VECTOR => self.regs[o as usize / 4],
             _ => 0,
         }
     }
@@ -219,8 +364,51 @@ impl State {
         match offset {
             reg::ID | reg::DONE | reg::ERROR => {}
             reg::DOORBELL if v == 1 => self.dma(),
-            o if o % 4 == 0 && o < reg::DOORBELL => self.regs[o as usize / 4] = v,
+            o if o % 4 == 0 && (o < reg::DOORBELL || o == reg::VECTOR) => {
+                self.regs[o as usize / 4] = v
+            }
             _ => {}
+        }
+    }
+
+    /// What vfio-pci's unmask eventfd does: a signal there unmasks INTx, and an interrupt
+    /// that waited goes now.
+    fn poll_unmask(&mut self) {
+        let Some((trigger, unmask)) = self.stats.intx else {
+            return;
+        };
+        if self.stats.intx_masked && consume(unmask) {
+            self.stats.intx_masked = false;
+            self.stats.unmasks += 1;
+            if std::mem::take(&mut self.stats.intx_waiting) {
+                self.stats.intx_masked = true;
+                self.stats.raised.0 += 1;
+                signal(trigger);
+            }
+        }
+    }
+
+    /// Raises the completion interrupt on whatever is on.
+    fn interrupt(&mut self) {
+        let v = self.regs[reg::VECTOR as usize / 4] as usize;
+        if let Some(fds) = &self.stats.msix {
+            if let Some(&Some(fd)) = fds.get(v) {
+                self.stats.raised.2 += 1;
+                signal(fd);
+            }
+        } else if let Some(fds) = &self.stats.msi {
+            if let Some(&Some(fd)) = fds.get(v) {
+                self.stats.raised.1 += 1;
+                signal(fd);
+            }
+        } else if let Some((trigger, _)) = self.stats.intx {
+            if self.stats.intx_masked {
+                self.stats.intx_waiting = true;
+            } else {
+                self.stats.intx_masked = true;
+                self.stats.raised.0 += 1;
+                signal(trigger);
+            }
         }
     }
 
@@ -255,33 +443,49 @@ impl State {
             return;
         }
         self.regs[reg::DONE as usize / 4] += 1;
-        let fd = match &self.stats.msix {
-            Some(fds) => fds.first().copied().flatten(),
-            None => self.stats.intx.map(|(trigger, _)| trigger),
-        };
-        if let Some(fd) = fd {
-            let one = 1u64.to_ne_bytes();
-            // SAFETY: writes 8 bytes to an eventfd the VMM handed over and keeps open.
-            unsafe { libc::write(fd, one.as_ptr().cast(), 8) };
-        }
+        self.interrupt();
+    }
+
+    /// Whether some interrupt kind other than `kind` is on (vfio-pci refuses a second).
+    fn other_on(&self, kind: Option<MsiKind>) -> bool {
+        let s = &self.stats;
+        (s.intx.is_some() && kind.is_some())
+            || (s.msi.is_some() && kind != Some(MsiKind::Msi))
+            || (s.msix.is_some() && kind != Some(MsiKind::Msix))
     }
 }
 
 impl VfioBackend for FakeDevice {
     fn region(&self, index: u32) -> Option<RegionInfo> {
         let (size, mmap) = match index {
-            0 | 4 => (0x1000, false),
-            2 => (BAR2_SIZE as u64, self.mappable),
+            0 => (0x1000, false),
+            4 if !self.options.msix_in_bar2 => (0x1000, false),
+            2 => (BAR2_SIZE as u64, self.options.mappable),
             CONFIG_REGION => (4096, false),
             _ => return None,
         };
         Some(RegionInfo { size, mmap })
     }
 
+    fn mmap_areas(&self, index: u32) -> Vec<(u64, u64)> {
+        match index {
+            2 if self.options.mappable && self.options.sparse => {
+                let table_page = BAR2_MSIX_TABLE;
+                vec![
+                    (0, table_page),
+                    (table_page + 0x1000, BAR2_SIZE as u64 - table_page - 0x1000),
+                ]
+            }
+            2 if self.options.mappable => vec![(0, BAR2_SIZE as u64)],
+            _ => Vec::new(),
+        }
+    }
+
     fn irqs(&self) -> IrqInfo {
         IrqInfo {
             intx: true,
-            msix: MSIX_VECTORS,
+            msi: if self.options.msi { MSI_VECTORS } else { 0 },
+            msix: if self.options.msix { MSIX_VECTORS } else { 0 },
         }
     }
 
@@ -322,23 +526,47 @@ impl VfioBackend for FakeDevice {
         Ok(())
     }
 
-    fn mmap(&mut self, index: u32) -> io::Result<u64> {
-        if index != 2 || !self.mappable {
-            return Err(io::Error::from(io::ErrorKind::Unsupported));
+    fn mmap(&mut self, index: u32, offset: u64, size: u64) -> io::Result<u64> {
+        // As vfio-pci: only inside one of the areas it reported.
+        let inside = self
+            .mmap_areas(index)
+            .iter()
+            .any(|&(o, s)| offset >= o && offset.saturating_add(size) <= o + s);
+        if !inside || size == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        Ok(lock(&self.state).bar2.ptr as u64)
+        let mut s = lock(&self.state);
+        s.stats.mmaps.push((index, offset, size));
+        Ok(s.bar2.ptr as u64 + offset)
     }
 
-    fn set_msix(&mut self, first: u32, fds: &[Option<RawFd>]) -> io::Result<()> {
+    fn set_vectors(&mut self, kind: MsiKind, first: u32, fds: &[Option<RawFd>]) -> io::Result<()> {
         let mut s = lock(&self.state);
-        if s.stats.intx.is_some() {
+        if s.other_on(Some(kind)) {
             // As vfio-pci: one interrupt type at a time.
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        let table = s
-            .stats
-            .msix
-            .get_or_insert_with(|| vec![None; MSIX_VECTORS as usize]);
+        let (table, offered) = match kind {
+            MsiKind::Msi => (&mut s.stats.msi, self.options.msi.then_some(MSI_VECTORS)),
+            MsiKind::Msix => (&mut s.stats.msix, self.options.msix.then_some(MSIX_VECTORS)),
+        };
+        let Some(offered) = offered else {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        let table = match table {
+            Some(t) => t,
+            // Enabling allocates what the call names (MSI-X: all the fake has).
+            None => {
+                let n = match kind {
+                    MsiKind::Msi => first as usize + fds.len(),
+                    MsiKind::Msix => offered as usize,
+                };
+                if n > offered as usize || n == 0 {
+                    return Err(io::Error::from_raw_os_error(libc::EINVAL));
+                }
+                table.insert(vec![None; n])
+            }
+        };
         for (i, &fd) in fds.iter().enumerate() {
             match table.get_mut(first as usize + i) {
                 Some(slot) => *slot = fd,
@@ -348,25 +576,35 @@ impl VfioBackend for FakeDevice {
         Ok(())
     }
 
-    fn disable_msix(&mut self) -> io::Result<()> {
-        lock(&self.state).stats.msix = None;
+    fn disable_vectors(&mut self, kind: MsiKind) -> io::Result<()> {
+        let mut s = lock(&self.state);
+        match kind {
+            MsiKind::Msi => s.stats.msi = None,
+            MsiKind::Msix => s.stats.msix = None,
+        }
         Ok(())
     }
 
     fn set_intx(&mut self, fds: Option<(RawFd, RawFd)>) -> io::Result<()> {
         let mut s = lock(&self.state);
-        if fds.is_some() && s.stats.msix.is_some() {
+        if fds.is_some() && s.other_on(None) {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         s.stats.intx = fds;
+        s.stats.intx_masked = false;
+        s.stats.intx_waiting = false;
+        drop(s);
+        if let Some((wake, _)) = &self.watcher {
+            let _ = wake.signal();
+        }
         Ok(())
     }
 
     fn reset(&mut self) -> io::Result<()> {
         let mut s = lock(&self.state);
         s.stats.resets += 1;
-        s.regs = [0; 9];
-        s.config = fake_config();
+        s.regs = [0; 10];
+        s.config = config_for(&s.options);
         Ok(())
     }
 

@@ -4,8 +4,9 @@
 //! VFIO: everything it does is proven only on such a host (docs/sriov.md).
 //!
 //! `vfio-ioctls` enables interrupts only as a whole set of `EventFd`s; the VMM rewires one
-//! MSI-X vector at a time (masked vectors to its own event, unmasked ones to the irqfd), so
-//! VFIO_DEVICE_SET_IRQS is issued here directly, as the kernel's uapi describes it.
+//! MSI or MSI-X vector at a time (masked vectors to its own event, unmasked ones to the
+//! irqfd), so VFIO_DEVICE_SET_IRQS is issued here directly, as the kernel's uapi describes
+//! it. A region with a sparse-mmap capability is mapped area by area.
 //! The legacy container/group path is used: the crate's iommufd path (its `vfio_cdev`
 //! feature) needs a newer KVM binding than this workspace's.
 
@@ -16,11 +17,12 @@ use std::sync::Arc;
 
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioOps, VfioRegionInfoCap};
 
-use crate::backend::{IrqInfo, RegionInfo, VfioBackend, CONFIG_REGION};
+use crate::backend::{IrqInfo, MsiKind, RegionInfo, VfioBackend, CONFIG_REGION};
 
 // <linux/vfio.h>
 const VFIO_REGION_INFO_FLAG_MMAP: u32 = 1 << 2;
 const VFIO_PCI_INTX_IRQ_INDEX: u32 = 0;
+const VFIO_PCI_MSI_IRQ_INDEX: u32 = 1;
 const VFIO_PCI_MSIX_IRQ_INDEX: u32 = 2;
 const VFIO_IRQ_SET_DATA_NONE: u32 = 1 << 0;
 const VFIO_IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
@@ -41,6 +43,13 @@ pub fn running_ioctls() -> Vec<(u64, &'static str)> {
     ]
 }
 
+fn irq_index(kind: MsiKind) -> u32 {
+    match kind {
+        MsiKind::Msi => VFIO_PCI_MSI_IRQ_INDEX,
+        MsiKind::Msix => VFIO_PCI_MSIX_IRQ_INDEX,
+    }
+}
+
 fn err(op: &str) -> impl FnOnce(vfio_ioctls::VfioError) -> io::Error + '_ {
     move |e| io::Error::other(format!("{op}: {e}"))
 }
@@ -49,8 +58,8 @@ fn err(op: &str) -> impl FnOnce(vfio_ioctls::VfioError) -> io::Error + '_ {
 pub struct HostDevice {
     container: Arc<VfioContainer>,
     device: VfioDevice,
-    /// BAR mappings made by `mmap`: (region, host address, size).
-    maps: Vec<(u32, u64, usize)>,
+    /// BAR mappings made by `mmap`: (region, offset, host address, size).
+    maps: Vec<(u32, u64, u64, usize)>,
 }
 
 impl HostDevice {
@@ -110,23 +119,33 @@ impl VfioBackend for HostDevice {
         if size == 0 {
             return None;
         }
-        // A sparse region maps only in parts: it traps whole here.
-        let sparse = self
-            .device
-            .get_region_caps(index)
-            .iter()
-            .any(|c| matches!(c, VfioRegionInfoCap::SparseMmap(_)));
         let mmap = self.device.get_region_flags(index) & VFIO_REGION_INFO_FLAG_MMAP != 0;
         Some(RegionInfo {
             size,
-            mmap: mmap && !sparse && index != CONFIG_REGION,
+            mmap: mmap && index != CONFIG_REGION,
         })
+    }
+
+    fn mmap_areas(&self, index: u32) -> Vec<(u64, u64)> {
+        let Some(r) = self.region(index).filter(|r| r.mmap) else {
+            return Vec::new();
+        };
+        // A sparse region maps only in the areas it lists (the MSI-X table's pages left out).
+        let caps = self.device.get_region_caps(index);
+        match caps.iter().find_map(|c| match c {
+            VfioRegionInfoCap::SparseMmap(m) => Some(m),
+            _ => None,
+        }) {
+            Some(m) => m.areas.iter().map(|a| (a.offset, a.size)).collect(),
+            None => vec![(0, r.size)],
+        }
     }
 
     fn irqs(&self) -> IrqInfo {
         let count = |i| self.device.get_irq_info(i).map_or(0, |irq| irq.count);
         IrqInfo {
             intx: count(VFIO_PCI_INTX_IRQ_INDEX) > 0,
+            msi: count(VFIO_PCI_MSI_IRQ_INDEX),
             msix: count(VFIO_PCI_MSIX_IRQ_INDEX),
         }
     }
@@ -141,43 +160,52 @@ impl VfioBackend for HostDevice {
         Ok(())
     }
 
-    fn mmap(&mut self, index: u32) -> io::Result<u64> {
-        if let Some(&(_, hva, _)) = self.maps.iter().find(|m| m.0 == index) {
+    fn mmap(&mut self, index: u32, offset: u64, size: u64) -> io::Result<u64> {
+        if let Some(&(.., hva, _)) = self
+            .maps
+            .iter()
+            .find(|m| (m.0, m.1, m.3 as u64) == (index, offset, size))
+        {
             return Ok(hva);
         }
-        let size = self.device.get_region_size(index) as usize;
-        let offset = self.device.get_region_offset(index);
-        // SAFETY: maps the region of the device descriptor VFIO describes; nothing existing
-        // is replaced (the kernel picks the address).
+        let at = self
+            .device
+            .get_region_offset(index)
+            .checked_add(offset)
+            .and_then(|a| libc::off_t::try_from(a).ok())
+            .ok_or(io::ErrorKind::InvalidInput)?;
+        let len = usize::try_from(size).map_err(|_| io::ErrorKind::InvalidInput)?;
+        // SAFETY: maps part of the region of the device descriptor VFIO describes (the kernel
+        // refuses what may not be mapped); nothing existing is replaced (it picks the address).
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                size,
+                len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 self.device.as_raw_fd(),
-                offset as libc::off_t,
+                at,
             )
         };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        self.maps.push((index, ptr as u64, size));
+        self.maps.push((index, offset, ptr as u64, len));
         Ok(ptr as u64)
     }
 
-    fn set_msix(&mut self, first: u32, fds: &[Option<RawFd>]) -> io::Result<()> {
+    fn set_vectors(&mut self, kind: MsiKind, first: u32, fds: &[Option<RawFd>]) -> io::Result<()> {
         let fds: Vec<RawFd> = fds.iter().map(|f| f.unwrap_or(-1)).collect();
         self.set_irqs(
-            VFIO_PCI_MSIX_IRQ_INDEX,
+            irq_index(kind),
             VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
             first,
             &fds,
         )
     }
 
-    fn disable_msix(&mut self) -> io::Result<()> {
-        self.trigger_off(VFIO_PCI_MSIX_IRQ_INDEX)
+    fn disable_vectors(&mut self, kind: MsiKind) -> io::Result<()> {
+        self.trigger_off(irq_index(kind))
     }
 
     fn set_intx(&mut self, fds: Option<(RawFd, RawFd)>) -> io::Result<()> {
@@ -223,7 +251,7 @@ impl VfioBackend for HostDevice {
 
 impl Drop for HostDevice {
     fn drop(&mut self) {
-        for &(_, hva, size) in &self.maps {
+        for &(.., hva, size) in &self.maps {
             // SAFETY: a mapping `mmap` made; the guest's slot on it is gone (the function
             // unmaps its BARs first).
             unsafe { libc::munmap(hva as *mut libc::c_void, size) };

@@ -3,8 +3,9 @@
 //!
 //! All through sysfs under a [`Host`] root, the way an administrator would by hand:
 //! - VFs are made by writing N to the PF's `sriov_numvfs` (the kernel wants 0 in between, and
-//!   destroys every VF on 0), so a change is refused while any VF is held for VFIO: bound to
-//!   vfio-pci or reserved for it by `driver_override`, which is how a VM holds it.
+//!   destroys every VF on 0), so a change is refused while any VF is held for VFIO (bound to
+//!   vfio-pci or reserved for it by `driver_override`, which is how a VM holds it) or looks
+//!   in use to the host ([`Host::in_use`]: an interface up, its `/dev/vfio/N` open).
 //! - A VF goes to vfio-pci by its `driver_override`: the old driver lets go (`driver/unbind`),
 //!   then `drivers_probe` binds the override. Back: the override is cleared, vfio-pci lets go,
 //!   and `drivers_probe` gives it to whichever driver the kernel picks for it, the one it had.
@@ -26,6 +27,8 @@ pub enum SriovError {
     TooMany { pf: Bdf, total: u32, asked: u32 },
     #[error("{pf} has VFs held for VFIO ({held}): changing sriov_numvfs would destroy them under a VM; `vibe-vmm sriov unbind` each first")]
     InUse { pf: Bdf, held: String },
+    #[error("{pf} has VFs in use ({why}): changing sriov_numvfs would destroy them; stop their users first")]
+    Busy { pf: Bdf, why: String },
     #[error("{0} is already bound to vfio-pci")]
     AlreadyBound(Bdf),
     #[error("{vf} is not bound to vfio-pci (its driver is {driver}): nothing to unbind")]
@@ -95,23 +98,31 @@ fn physical(host: &Host, pf: Bdf) -> Result<(Function, crate::sysfs::Sriov), Sri
     Ok((f, s))
 }
 
-/// Refuses while a VF of `pf` is held for VFIO.
+/// Refuses while a VF of `pf` is held for VFIO, or the host is using one.
 fn check_unused(host: &Host, pf: Bdf, vfs: &[Bdf]) -> Result<(), SriovError> {
     let mut held = Vec::new();
+    let mut busy = Vec::new();
     for &vf in vfs {
         let f = host.function(vf)?;
         if f.held_for_vfio() {
             held.push(vf.to_string());
+        } else if let Some(why) = host.in_use(&f) {
+            busy.push(format!("{vf}: {why}"));
         }
     }
-    if held.is_empty() {
-        Ok(())
-    } else {
-        Err(SriovError::InUse {
+    if !held.is_empty() {
+        return Err(SriovError::InUse {
             pf,
             held: held.join(", "),
-        })
+        });
     }
+    if !busy.is_empty() {
+        return Err(SriovError::Busy {
+            pf,
+            why: busy.join(", "),
+        });
+    }
+    Ok(())
 }
 
 /// Gives `pf` `n` VFs (through 0 when it has some already). Returns what it did.
@@ -323,6 +334,23 @@ mod tests {
         );
         unbind(&h, bdf(VF0)).unwrap();
         t.bind(VF0, Some("iavf"));
+        // Back on its host driver, but in use there: an interface up, or its group open.
+        t.netdev(VF0, "eth7", true);
+        let e = disable(&h, bdf(PF)).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "0000:3b:00.0 has VFs in use (0000:3b:02.0: netdev eth7 is up): changing \
+             sriov_numvfs would destroy them; stop their users first"
+        );
+        t.netdev(VF0, "eth7", false);
+        let group = h.function(bdf(VF1)).unwrap().iommu_group.unwrap();
+        t.open_group(4242, Some(group));
+        let e = enable(&h, bdf(PF), 1).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("0000:3b:02.1: /dev/vfio/{group} open by pid 4242")),
+            "{e}"
+        );
+        t.open_group(4242, None);
         disable(&h, bdf(PF)).unwrap();
 
         // Without the vfio modules nothing can be bound.

@@ -154,6 +154,38 @@ impl Host {
     }
 
     /// The function's sysfs directory.
+    /// Why the host is using function `f`, if it can tell: a network interface on it that is
+    /// up (`net/IF/flags` with IFF_UP), or its IOMMU group's `/dev/vfio/N` open in a process
+    /// (a `/proc/PID/fd` link to it; processes this user may not look into are not seen).
+    /// Other uses (a block device mounted, an RDMA port) are not detected.
+    pub fn in_use(&self, f: &Function) -> Option<String> {
+        let net = self.device_dir(f.bdf).join("net");
+        for entry in fs::read_dir(&net).into_iter().flatten().flatten() {
+            let flags = fs::read_to_string(entry.path().join("flags")).unwrap_or_default();
+            let flags = flags.trim().trim_start_matches("0x");
+            if u32::from_str_radix(flags, 16).is_ok_and(|v| v & 1 != 0) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                return Some(format!("netdev {name} is up"));
+            }
+        }
+        let node = PathBuf::from(format!("/dev/vfio/{}", f.iommu_group?));
+        for proc in fs::read_dir(self.path("proc"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let fds = fs::read_dir(proc.path().join("fd")).into_iter().flatten();
+            if fds
+                .flatten()
+                .any(|fd| fs::read_link(fd.path()).is_ok_and(|l| l == node))
+            {
+                let pid = proc.file_name().to_string_lossy().into_owned();
+                return Some(format!("{} open by pid {pid}", node.display()));
+            }
+        }
+        None
+    }
+
     pub fn device_dir(&self, bdf: Bdf) -> PathBuf {
         self.path("sys/bus/pci/devices").join(bdf.to_string())
     }
@@ -422,6 +454,24 @@ pub mod fake {
 
         pub fn host(&self) -> Host {
             Host::new(&self.root)
+        }
+
+        /// Gives `bdf` network interface `name`, up or down.
+        pub fn netdev(&self, bdf: &str, name: &str, up: bool) {
+            let dir = self.root.join("sys/bus/pci/devices").join(bdf).join("net");
+            fs::create_dir_all(dir.join(name)).unwrap();
+            let flags = if up { "0x1003\n" } else { "0x1002\n" };
+            fs::write(dir.join(name).join("flags"), flags).unwrap();
+        }
+
+        /// Process `pid` opens `/dev/vfio/GROUP` (None: closes what it had).
+        pub fn open_group(&self, pid: u32, group: Option<u32>) {
+            let fd = self.root.join(format!("proc/{pid}/fd"));
+            let _ = fs::remove_dir_all(&fd);
+            fs::create_dir_all(&fd).unwrap();
+            if let Some(g) = group {
+                symlink(format!("/dev/vfio/{g}"), fd.join("7")).unwrap();
+            }
         }
 
         /// Makes driver `name` exist (with its bind and unbind files).

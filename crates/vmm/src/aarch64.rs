@@ -73,10 +73,12 @@ where
     let irq = |gsi| Ok(vm.irq_line(gsi, false)?);
     // No MSI controller (GICv2m / ITS) yet: the virt platform has no PCI bus either.
     let msi = || Err(hypervisor::Error::Unsupported.into());
+    let level = |_, _: &_, _: &_| Err(hypervisor::Error::Unsupported.into());
     let devices = device_manager::build(
         &vm,
         &irq,
         &msi,
+        &level,
         &mem,
         &state,
         &mut config,

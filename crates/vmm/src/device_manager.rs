@@ -47,6 +47,14 @@ pub(crate) type IrqSource<'a> = dyn Fn(u32) -> Result<Box<dyn hypervisor::IrqLin
 /// Gives a new MSI vector: from the hypervisor, or from the VMM's own interrupt controller.
 pub(crate) type MsiSource<'a> = dyn Fn() -> Result<Box<dyn hypervisor::MsiLine>> + 'a;
 
+/// Makes a level-triggered line for a GSI driven from outside the VMM (a passed-through
+/// function's INTx): a signal on `trigger` raises it, and the guest's EOI lowers it and
+/// signals `resample`. `None`: the hypervisor watches both itself (KVM's resampling irqfd);
+/// `Some(line)`: the VMM's own interrupt controller does the EOI side, and the event loop
+/// must trigger `line` whenever `trigger` fires.
+pub(crate) type LevelSource<'a> =
+    dyn Fn(u32, &Event, &Event) -> Result<Option<Box<dyn hypervisor::IrqLine>>> + 'a;
+
 /// Where a platform's PCI bus is.
 pub(crate) struct PciPlatform {
     windows: PciWindows,
@@ -275,6 +283,7 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
     vm: &Arc<V>,
     irq: &IrqSource,
     msi: &MsiSource,
+    level: &LevelSource,
     mem: &GuestMemoryMmap,
     state: &Arc<VmState>,
     config: &mut VmConfig,
@@ -406,7 +415,17 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
     match &mut pci {
         Some((root, p)) => {
             for device in vfio {
-                add_vfio(vm, msi, mem, root, p, &mut events, device, config.memory)?;
+                let interrupts = (msi, level);
+                add_vfio(
+                    vm,
+                    interrupts,
+                    mem,
+                    root,
+                    p,
+                    &mut events,
+                    device,
+                    config.memory,
+                )?;
             }
         }
         None if !vfio.is_empty() => return Err(Error::NoPci),
@@ -622,12 +641,13 @@ fn open_host(_: &std::path::Path, _: u64) -> Result<(String, Box<dyn vfio::VfioB
 }
 
 /// Puts a passed-through function on the PCI bus as the next device: BARs assigned in the
-/// windows, one MSI line per MSI-X vector (their VMM-side events served on the event loop),
-/// INTA as a level irqfd where the hypervisor has one, all guest RAM mapped for its DMA.
+/// windows, one MSI line per MSI and MSI-X vector (their VMM-side events served on the event
+/// loop), INTA as a level line (relayed by the event loop where the hypervisor cannot), all
+/// guest RAM mapped for its DMA.
 #[allow(clippy::too_many_arguments)]
 fn add_vfio<V: hypervisor::Vm + 'static>(
     vm: &Arc<V>,
-    msi: &MsiSource,
+    (msi, level): (&MsiSource, &LevelSource),
     mem: &GuestMemoryMmap,
     root: &mut PciRoot,
     platform: &PciPlatform,
@@ -658,25 +678,46 @@ fn add_vfio<V: hypervisor::Vm + 'static>(
     let gsi = (platform.intx_gsi)(n, 0);
     let intx = (|| {
         let (trigger, resample) = (Event::new().ok()?, Event::new().ok()?);
-        match vm.level_irqfd(gsi, &trigger, &resample) {
-            Ok(()) => Some((gsi as u8, trigger, resample)),
+        match level(gsi, &trigger, &resample) {
+            Ok(relay) => Some((gsi as u8, trigger, resample, relay)),
             Err(e) => {
                 log::debug!("{name}: no INTx: {e}");
                 None
             }
         }
     })();
+    let (intx, relay) = match intx {
+        Some((gsi, trigger, resample, relay)) => (Some((gsi, trigger, resample)), relay),
+        None => (None, None),
+    };
+    if let (Some((_, trigger, _)), Some(line)) = (&intx, relay) {
+        // The VMM's IOAPIC: the device's trigger asserts the pin.
+        let trigger = trigger.try_clone().map_err(err)?;
+        events.add(
+            trigger.as_raw_fd(),
+            Box::new(move || {
+                if matches!(trigger.drain(), Ok(true)) {
+                    let _ = line.trigger();
+                }
+                Interest::Readable
+            }),
+        );
+    }
     let probe = vfio::VfioPciDevice::probe(&mut *backend, intx.is_some()).map_err(err)?;
     let bar_addresses = probe
         .bars()
         .iter()
         .map(|b| root.allocate_bar(b.kind, b.size))
         .collect::<std::result::Result<_, _>>()?;
-    let msi = (0..probe.msix_vectors())
+    let msix = (0..probe.msix_vectors())
+        .map(|_| msi())
+        .collect::<Result<_>>()?;
+    let msi = (0..probe.msi_vectors())
         .map(|_| msi())
         .collect::<Result<_>>()?;
     let wiring = vfio::device::Wiring {
         bar_addresses,
+        msix,
         msi,
         intx,
         memory: Some(Box::new(VmDeviceMemory(Arc::downgrade(vm)))),

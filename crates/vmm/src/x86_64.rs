@@ -14,7 +14,7 @@ use devices::irqchip::pic::{self, Pic};
 use devices::irqchip::{pit, IoapicDevice, Irqchip, OwnedIrqchip, PitDevice, PortB};
 use devices::{Bus, BusDevice};
 use hypervisor::x86_64::{CpuidEntry, Exception, X86Vcpu, X86Vm};
-use hypervisor::{Hypervisor, IrqLine, MsiLine, Vcpu, VcpuKicker};
+use hypervisor::{Event, Hypervisor, IrqLine, MsiLine, Vcpu, VcpuKicker};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use self::boot::BootPlan;
@@ -121,10 +121,26 @@ impl<V: X86Vm + 'static> Vm<V> {
                 None => Ok(vm.msi_line(irqfd)?),
             }
         };
+        let level = |gsi, trigger: &Event, resample: &Event| -> Result<Option<Box<dyn IrqLine>>> {
+            match &chip {
+                Some(c) => {
+                    let resample = resample.try_clone().map_err(|source| Error::Os {
+                        op: "dup a resample event",
+                        source,
+                    })?;
+                    Ok(Some(c.level_line(gsi, resample)))
+                }
+                None => {
+                    vm.level_irqfd(gsi, trigger, resample)?;
+                    Ok(None)
+                }
+            }
+        };
         let mut devices = device_manager::build(
             &vm,
             &irq,
             &msi,
+            &level,
             &mem,
             &state,
             &mut config,

@@ -1,6 +1,11 @@
 //! The I/O APIC (82093AA): 24 input pins, each with a redirection entry naming a vector and
 //! destination; registers reached through IOREGSEL (offset 0x00) and IOWIN (0x10). A pure
 //! register model: a raised pin comes back as a [`Route`] for [`super::Irqchip`] to deliver.
+//!
+//! Most inputs are edges ([`Ioapic::raise`]). A line driven from outside the VMM as a level
+//! (a passed-through function's INTx) is held asserted ([`Ioapic::assert_level`]) until the
+//! guest's EOI ends it: while its entry is masked or still in service it waits, and it is
+//! delivered when the guest unmasks the entry ([`Ioapic::released`]).
 
 use super::lapic::Destination;
 
@@ -27,6 +32,8 @@ pub struct Ioapic {
     id: u32,
     select: u32,
     entries: [u64; PINS],
+    /// Pins held asserted by level lines, one bit each.
+    asserted: u32,
 }
 
 impl Default for Ioapic {
@@ -35,6 +42,7 @@ impl Default for Ioapic {
             id: 0,
             select: 0,
             entries: [MASKED; PINS],
+            asserted: 0,
         }
     }
 }
@@ -63,13 +71,45 @@ impl Ioapic {
         })
     }
 
-    /// A local APIC ended level-triggered `vector`: entries using it may fire again.
-    pub fn end_of_interrupt(&mut self, vector: u8) {
-        for e in &mut self.entries {
-            if *e as u8 == vector {
+    /// A level line asserts pin `pin` and holds it until [`Ioapic::deassert`]: where its
+    /// interrupt goes now, unless the entry is masked or still in service (then it waits).
+    pub fn assert_level(&mut self, pin: u32) -> Option<Route> {
+        if pin as usize >= PINS {
+            return None;
+        }
+        self.asserted |= 1 << pin;
+        self.raise(pin)
+    }
+
+    pub fn deassert(&mut self, pin: u32) {
+        if (pin as usize) < PINS {
+            self.asserted &= !(1 << pin);
+        }
+    }
+
+    /// A local APIC ended level-triggered `vector`: entries using it may fire again. Returns
+    /// the pins whose interrupt this ended (one bit each).
+    pub fn end_of_interrupt(&mut self, vector: u8) -> u32 {
+        let mut ended = 0;
+        for (pin, e) in self.entries.iter_mut().enumerate() {
+            if *e as u8 == vector && *e & REMOTE_IRR != 0 {
                 *e &= !REMOTE_IRR;
+                ended |= 1 << pin;
             }
         }
+        ended
+    }
+
+    /// Routes for the pins still asserted that may fire now (unmasked, not in service):
+    /// after the guest rewrote an entry, or after an EOI.
+    pub fn released(&mut self) -> Vec<Route> {
+        let mut routes = Vec::new();
+        for pin in 0..PINS as u32 {
+            if self.asserted & (1 << pin) != 0 {
+                routes.extend(self.raise(pin));
+            }
+        }
+        routes
     }
 
     fn register(&self) -> u32 {
@@ -169,7 +209,24 @@ mod tests {
         assert!(io.raise(6).is_some());
         assert_eq!(io.raise(6), None);
         assert_ne!(get(&mut io, 0x10 + 2 * 6) & REMOTE_IRR as u32, 0);
-        io.end_of_interrupt(0x32);
+        assert_eq!(io.end_of_interrupt(0x32), 1 << 6);
+        assert_eq!(io.end_of_interrupt(0x32), 0, "nothing in service");
         assert_eq!(io.raise(6).map(|r| r.dest), Some(Destination::Logical(0)));
+    }
+
+    #[test]
+    fn an_asserted_level_waits_for_its_entry() {
+        let mut io = Ioapic::default();
+        assert_eq!(io.assert_level(7), None, "masked: it waits");
+        assert_eq!(io.assert_level(99), None);
+        set(&mut io, 0x10 + 2 * 7, 0x33 | LEVEL as u32);
+        let r = io.released();
+        assert_eq!(r.len(), 1, "delivered once unmasked");
+        assert!(io.released().is_empty(), "in service");
+        io.end_of_interrupt(0x33);
+        assert_eq!(io.released().len(), 1, "still asserted: again");
+        io.end_of_interrupt(0x33);
+        io.deassert(7);
+        assert!(io.released().is_empty());
     }
 }

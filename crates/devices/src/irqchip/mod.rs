@@ -12,6 +12,11 @@
 //! With ACPI the platform is hardware-reduced: no PIC, no PIT. Without it (the MP table), a
 //! guest also finds a PIT ([`pit`], fired by the same timer thread into ISA IRQ 0) and a pair
 //! of 8259As that it can only mask ([`pic`]): every line still goes through the IOAPIC.
+//!
+//! A level line driven from outside the VMM (a passed-through function's INTx through VFIO)
+//! is [`Irqchip::level_line`]: asserting it holds its pin high; the guest's EOI of its vector
+//! lowers it and signals the line's resample event, which VFIO takes as "unmask", as KVM's
+//! resampling irqfd does with the in-kernel irqchip.
 
 pub mod ioapic;
 pub mod lapic;
@@ -23,7 +28,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hypervisor::{IrqLine, MsiLine, MsiMessage, VcpuKicker};
+use hypervisor::{Event, IrqLine, MsiLine, MsiMessage, VcpuKicker};
 
 use crate::lock;
 use ioapic::Ioapic;
@@ -46,6 +51,9 @@ struct Inner {
     /// notify wakes it, no signal needed.
     asleep: Vec<bool>,
     ioapic: Ioapic,
+    /// Per IOAPIC pin: the events its EOI signals, one per level line on it (functions may
+    /// share a pin, as PCI INTx lines do) ([`Irqchip::level_line`]).
+    resample: Vec<Vec<Event>>,
     /// The PIT, on a machine without ACPI ([`Irqchip::add_pit`]).
     pit: Option<Pit>,
     shutdown: bool,
@@ -90,6 +98,7 @@ impl Irqchip {
                     .collect(),
                 asleep: vec![false; n],
                 ioapic: Ioapic::default(),
+                resample: (0..ioapic::PINS).map(|_| Vec::new()).collect(),
                 pit: None,
                 shutdown: false,
             }),
@@ -185,6 +194,39 @@ impl Irqchip {
         })
     }
 
+    /// A level-triggered line into IOAPIC pin `pin`: each trigger asserts the pin (delivered
+    /// once the guest's entry lets it), and the guest's EOI of its vector lowers it and
+    /// signals `resample` (and those of the other level lines sharing the pin, as KVM's
+    /// resampling irqfds do: a source still asserting triggers again).
+    pub fn level_line(self: &Arc<Self>, pin: u32, resample: Event) -> Box<dyn IrqLine> {
+        if let Some(r) = self.lock().resample.get_mut(pin as usize) {
+            r.push(resample);
+        }
+        Box::new(LevelLine {
+            chip: self.clone(),
+            pin,
+        })
+    }
+
+    /// Asserts IOAPIC pin `pin` as a level ([`Irqchip::level_line`]).
+    fn assert_level(&self, pin: u32) {
+        let mut inner = self.lock();
+        let Some(route) = inner.ioapic.assert_level(pin) else {
+            return;
+        };
+        let targets = deliver(&mut inner, route.vector, route.dest, route.level, 0);
+        self.wake(inner, &targets);
+    }
+
+    /// Delivers the level pins an IOAPIC write or an EOI let fire; returns who to wake.
+    fn deliver_released(inner: &mut Inner) -> Vec<usize> {
+        let mut targets = Vec::new();
+        for route in inner.ioapic.released() {
+            targets.extend(deliver(inner, route.vector, route.dest, route.level, 0));
+        }
+        targets
+    }
+
     /// Raises IOAPIC pin `pin` (an edge).
     pub fn raise(&self, pin: u32) {
         let mut inner = self.lock();
@@ -259,8 +301,19 @@ impl Irqchip {
         let targets = match effect {
             WriteEffect::None => Vec::new(),
             WriteEffect::LevelEoi(v) => {
-                inner.ioapic.end_of_interrupt(v);
-                Vec::new()
+                let chip = &mut *inner;
+                let ended = chip.ioapic.end_of_interrupt(v);
+                for pin in (0..ioapic::PINS as u32).filter(|p| ended & (1 << p) != 0) {
+                    // A level line's EOI lowers it and tells its sources (VFIO: unmask).
+                    let sources = chip.resample.get(pin as usize).map_or(&[][..], |r| r);
+                    if !sources.is_empty() {
+                        chip.ioapic.deassert(pin);
+                    }
+                    for r in sources {
+                        let _ = r.signal();
+                    }
+                }
+                Self::deliver_released(&mut inner)
             }
             WriteEffect::Ipi(Ipi::Fixed { vector, dest }) => {
                 deliver(&mut inner, vector, dest, false, from)
@@ -485,6 +538,19 @@ impl IrqLine for PinLine {
     }
 }
 
+/// A level line from outside the VMM into an IOAPIC pin.
+struct LevelLine {
+    chip: Arc<Irqchip>,
+    pin: u32,
+}
+
+impl IrqLine for LevelLine {
+    fn trigger(&self) -> std::io::Result<()> {
+        self.chip.assert_level(self.pin);
+        Ok(())
+    }
+}
+
 /// A device's MSI vector: the message it delivers, once the guest programmed one.
 struct ChipMsiLine {
     chip: Arc<Irqchip>,
@@ -514,7 +580,11 @@ impl crate::BusDevice for IoapicDevice {
         self.0.lock().ioapic.read(offset, data);
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
-        self.0.lock().ioapic.write(offset, data);
+        let mut inner = self.0.lock();
+        inner.ioapic.write(offset, data);
+        // An entry unmasked under an asserted level line fires now.
+        let targets = Irqchip::deliver_released(&mut inner);
+        self.0.wake(inner, &targets);
     }
 }
 
@@ -777,5 +847,35 @@ mod tests {
             "woken by the timer, not the 5 s limit"
         );
         assert!(t.elapsed() >= Duration::from_millis(1));
+    }
+
+    #[test]
+    fn a_level_line_waits_for_its_entry_and_resamples_on_eoi() {
+        use crate::BusDevice;
+        let chip = Irqchip::start(1).unwrap();
+        w(&chip, 0, lapic::REG_SVR, 0x1ff);
+        let resample = Event::new().unwrap();
+        let line = chip.level_line(21, resample.try_clone().unwrap());
+        // Another function's line on the same pin (PCI INTx lines share pins).
+        let shared = Event::new().unwrap();
+        let _other = chip.level_line(21, shared.try_clone().unwrap());
+        line.trigger().unwrap();
+        assert_eq!(chip.take_interrupt(0, || true), (None, false), "masked");
+        // Pin 21 -> vector 0x41, level: unmasking delivers the asserted line.
+        let mut dev = IoapicDevice(chip.clone());
+        dev.write(ioapic::REG_SELECT, &[0x10 + 2 * 21]);
+        dev.write(ioapic::REG_WINDOW, &(0x41u32 | 1 << 15).to_le_bytes());
+        assert_eq!(chip.take_interrupt(0, || true), (Some(0x41), false));
+        assert!(!resample.drain().unwrap());
+        w(&chip, 0, lapic::REG_EOI, 0);
+        assert!(resample.drain().unwrap(), "the EOI resampled the line");
+        assert!(shared.drain().unwrap(), "and every line on the pin");
+        assert_eq!(
+            chip.take_interrupt(0, || true),
+            (None, false),
+            "lowered: not again until the next trigger"
+        );
+        line.trigger().unwrap();
+        assert_eq!(chip.take_interrupt(0, || true), (Some(0x41), false));
     }
 }

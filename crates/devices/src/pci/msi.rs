@@ -59,23 +59,52 @@ impl Msi {
     /// The capability's initial bytes and the bits the driver may write: enable and
     /// multiple-message enable, address, data, mask bits.
     pub fn capability(&self) -> ([u8; CAPABILITY_SIZE], [u8; CAPABILITY_SIZE]) {
-        let mut c = [0u8; CAPABILITY_SIZE];
-        c[0] = CAPABILITY_ID;
-        let capable = self.lines.len().trailing_zeros() as u16;
-        let control = capable << 1 | CONTROL_64BIT | CONTROL_PER_VECTOR_MASK;
-        c[CONTROL..CONTROL + 2].copy_from_slice(&control.to_le_bytes());
-        let mut w = [0u8; CAPABILITY_SIZE];
-        w[CONTROL] = 0x71; // enable, multiple message enable (6:4)
-        w[ADDRESS..ADDRESS + 4].copy_from_slice(&0xffff_fffcu32.to_le_bytes());
-        w[ADDRESS + 4..ADDRESS + 8].fill(0xff);
-        w[DATA..DATA + 2].fill(0xff);
-        let vectors = (1u64 << self.lines.len()) - 1;
-        w[MASK..MASK + 4].copy_from_slice(&(vectors as u32).to_le_bytes());
-        (c, w)
+        capability(self.lines.len())
     }
 
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// Vectors offered.
+    pub fn vectors(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// Vectors the driver enabled (meaningful while [`Msi::enabled`]).
+    pub fn enabled_vectors(&self) -> usize {
+        self.enabled_vectors
+    }
+
+    /// Whether `vector` would be delivered now (MSI enabled, the vector enabled and not
+    /// masked). If so, its line gets the current message first, so that something outside
+    /// the VMM may raise the line directly ([`MsiLine::irqfd`]: a passed-through device).
+    pub fn program(&mut self, vector: usize) -> bool {
+        if vector >= self.lines.len() || !self.deliverable(vector) {
+            return false;
+        }
+        let bit = 1 << vector;
+        if self.programmed & bit == 0 {
+            if let Err(e) = self.lines[vector].set_message(Some(self.message(vector))) {
+                log::warn!("MSI vector {vector}: cannot program the message: {e}");
+                return false;
+            }
+            self.programmed |= bit;
+        }
+        true
+    }
+
+    /// The eventfd behind `vector`'s line, if the hypervisor gave it one.
+    pub fn irqfd(&self, vector: usize) -> Option<std::os::fd::RawFd> {
+        self.lines.get(vector)?.irqfd()
+    }
+
+    fn message(&self, v: usize) -> MsiMessage {
+        let low = self.enabled_vectors as u16 - 1;
+        MsiMessage {
+            address: self.address,
+            data: u32::from(self.data & !low | v as u16),
+        }
     }
 
     /// The pending bits, for the function to show at [`PENDING`].
@@ -95,11 +124,12 @@ impl Msi {
         let asked = 1usize << ((control >> 4) & 7).min(5);
         let address = u64::from(word(ADDRESS)) | u64::from(word(ADDRESS + 4)) << 32;
         let data = u16::from_le_bytes([cap[DATA], cap[DATA + 1]]);
-        if address != self.address || data != self.data {
+        let enabled_vectors = asked.min(self.lines.len());
+        if address != self.address || data != self.data || enabled_vectors != self.enabled_vectors {
             self.programmed = 0;
         }
         self.enabled = control & CONTROL_ENABLE != 0;
-        self.enabled_vectors = asked.min(self.lines.len());
+        self.enabled_vectors = enabled_vectors;
         self.address = address;
         self.data = data;
         self.mask = word(MASK);
@@ -132,12 +162,7 @@ impl Msi {
     fn send(&mut self, v: usize) {
         let bit = 1 << v;
         if self.programmed & bit == 0 {
-            let low = self.enabled_vectors as u16 - 1;
-            let message = MsiMessage {
-                address: self.address,
-                data: u32::from(self.data & !low | v as u16),
-            };
-            if let Err(e) = self.lines[v].set_message(Some(message)) {
+            if let Err(e) = self.lines[v].set_message(Some(self.message(v))) {
                 log::warn!("MSI vector {v}: cannot program the message: {e}");
                 return;
             }
@@ -147,6 +172,26 @@ impl Msi {
             log::warn!("MSI vector {v}: {e}");
         }
     }
+}
+
+/// The capability's initial bytes for `vectors` vectors (a power of two up to 32), and the
+/// bits the driver may write: enable and multiple-message enable, address, data, mask bits.
+/// 64-bit addresses and per-vector masking, whatever a passed-through device's own has.
+pub fn capability(vectors: usize) -> ([u8; CAPABILITY_SIZE], [u8; CAPABILITY_SIZE]) {
+    let vectors = vectors.clamp(1, 32);
+    let mut c = [0u8; CAPABILITY_SIZE];
+    c[0] = CAPABILITY_ID;
+    let capable = vectors.trailing_zeros() as u16;
+    let control = capable << 1 | CONTROL_64BIT | CONTROL_PER_VECTOR_MASK;
+    c[CONTROL..CONTROL + 2].copy_from_slice(&control.to_le_bytes());
+    let mut w = [0u8; CAPABILITY_SIZE];
+    w[CONTROL] = 0x71; // enable, multiple message enable (6:4)
+    w[ADDRESS..ADDRESS + 4].copy_from_slice(&0xffff_fffcu32.to_le_bytes());
+    w[ADDRESS + 4..ADDRESS + 8].fill(0xff);
+    w[DATA..DATA + 2].fill(0xff);
+    let mask = (1u64 << vectors) - 1;
+    w[MASK..MASK + 4].copy_from_slice(&(mask as u32).to_le_bytes());
+    (c, w)
 }
 
 #[cfg(test)]
