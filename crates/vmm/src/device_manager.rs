@@ -24,6 +24,7 @@ use devices::pci::{BarKind, PciRoot, PciWindows};
 use devices::serial::{self, Serial};
 use devices::virtio::block::Block;
 use devices::virtio::console::{Console as VirtioConsole, ConsoleInputHandle, RX_QUEUE, TX_QUEUE};
+use devices::virtio::counters::{self, DeviceCounters};
 use devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use devices::virtio::net::{self, Net, NetBackend, SocketNet, Tap};
 use devices::virtio::pci::{self as virtio_pci, NotifyBinding, PciWiring, VirtioPciDevice};
@@ -34,6 +35,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::config::{NetBackendConfig, SerialOutput};
 use crate::event_loop::{EventLoopBuilder, Interest};
+use crate::irq_counts::{InterruptLines, LineCount};
 use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::state::VmState;
 use crate::{Error, Result, Transport, VmConfig};
@@ -144,6 +146,16 @@ pub(crate) struct Devices {
     pub mmio_console: Option<Arc<Mutex<dyn ConsoleInput>>>,
     /// Every console's output, to be flushed when the VM stops.
     pub outputs: Vec<ConsoleOutput>,
+    /// What the devices count, for the statistics.
+    pub counts: DeviceCounts,
+}
+
+/// The device-side counters: each virtio device's (name, transport, counters) and each
+/// interrupt line's.
+#[derive(Default)]
+pub(crate) struct DeviceCounts {
+    pub virtio: Vec<(String, &'static str, Arc<DeviceCounters>)>,
+    pub lines: Vec<LineCount>,
 }
 
 /// The host side of a console: a writer thread named `name` in front of the destination, so
@@ -266,7 +278,9 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
     let (serial_on_ports, serial_base, serial_irq) = platform.serial;
     let serial_output = console_output(serial_out, "serial-out", config.seccomp)?;
     let mut outputs = vec![serial_output.clone()];
-    let serial = Arc::new(Mutex::new(Serial::new(irq(serial_irq)?, serial_output)));
+    let lines = InterruptLines::default();
+    let serial_line = lines.irq("serial", serial_irq, irq(serial_irq)?);
+    let serial = Arc::new(Mutex::new(Serial::new(serial_line, serial_output)));
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
     let serial_bus = if serial_on_ports { &mut pio } else { &mut mmio };
@@ -304,21 +318,32 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
         })
         .transpose()?;
     let mut virtio_console: Option<Arc<Mutex<dyn ConsoleInput>>> = None;
-    for (n, device) in devices.into_iter().enumerate() {
-        let transport: Arc<Mutex<dyn VirtioTransport>> = match (transport, &mut pci) {
-            (Transport::Pci, Some((root, p))) => {
-                add_virtio_pci(vm, irq, msi, mem, root, p, device, config.ioeventfd)?
-            }
-            _ => add_virtio_mmio(
-                &**vm,
-                irq,
-                mem,
-                &mut mmio,
-                device,
-                &slots[n],
-                config.ioeventfd,
-            )?,
+    let mut virtio_counts = Vec::new();
+    let names = virtio_names(&devices);
+    for (n, (device, name)) in devices.into_iter().zip(&names).enumerate() {
+        // This device's interrupt lines, counted under its name.
+        let irq = lines.irq_source(name, irq);
+        let msi = lines.msi_source(name, msi);
+        let (transport, kind): (Arc<Mutex<dyn VirtioTransport>>, _) = match (transport, &mut pci) {
+            (Transport::Pci, Some((root, p))) => (
+                add_virtio_pci(vm, &irq, &msi, mem, root, p, device, config.ioeventfd)?,
+                "pci",
+            ),
+            _ => (
+                add_virtio_mmio(
+                    &**vm,
+                    &irq,
+                    mem,
+                    &mut mmio,
+                    device,
+                    &slots[n],
+                    config.ioeventfd,
+                )?,
+                "mmio",
+            ),
         };
+        let device_counters = lock(&transport).state().counters().clone();
+        virtio_counts.push((name.clone(), kind, device_counters));
         serve_queues(&mut events, &transport)?;
         if let Some(&(_, fd)) = taps.iter().find(|(at, _)| *at == n) {
             let t = transport.clone();
@@ -357,8 +382,10 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
     let vfio = std::mem::take(&mut config.vfio);
     match &mut pci {
         Some((root, p)) => {
-            for device in vfio {
-                add_vfio(vm, msi, mem, root, p, &mut events, device, config.memory)?;
+            for (i, device) in vfio.into_iter().enumerate() {
+                let name = format!("vfio{i}");
+                let msi = lines.msi_source(&name, msi);
+                add_vfio(vm, &msi, mem, root, p, &mut events, device, config.memory)?;
             }
         }
         None if !vfio.is_empty() => return Err(Error::NoPci),
@@ -388,7 +415,25 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
         virtio_console,
         mmio_console,
         outputs,
+        counts: DeviceCounts {
+            virtio: virtio_counts,
+            lines: lines.into_counts(),
+        },
     })
+}
+
+/// The statistics' names of the virtio devices: their type and a number per type
+/// ("virtio-blk0", "virtio-blk1", "virtio-net0").
+fn virtio_names(devices: &[Box<dyn VirtioDevice>]) -> Vec<String> {
+    let types: Vec<u32> = devices.iter().map(|d| d.device_type()).collect();
+    types
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            let n = types[..i].iter().filter(|&&u| u == t).count();
+            format!("{}{n}", counters::type_name(t))
+        })
+        .collect()
 }
 
 /// Puts the PCI bus where the platform says: the configuration ports and the I/O window on
