@@ -736,6 +736,7 @@ fn ctl_drives_a_running_vm_through_its_api_socket() {
         return;
     }
     let guest = temp_file("counter.elf", test_guests::COUNTER);
+    let disk = temp_file("ctl-disk.img", &[0; 4096]);
     let socket = guest.with_file_name("api.sock");
     let mut child = bin()
         .args([
@@ -744,6 +745,8 @@ fn ctl_drives_a_running_vm_through_its_api_socket() {
             guest.to_str().unwrap(),
             "--serial",
             "none",
+            "--disk",
+            disk.to_str().unwrap(),
         ])
         .args(["--memory", "32M", "--api-socket", socket.to_str().unwrap()])
         .stdin(Stdio::null())
@@ -769,11 +772,14 @@ fn ctl_drives_a_running_vm_through_its_api_socket() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("pio_out"), "{out}");
     assert!(out.contains("unclaimed"), "{out}");
+    assert!(out.contains("virtio-blk0          0 requests"), "{out}");
     let (_, json, _) = ctl(&socket, &["--json", "stats"]);
     assert!(
         json.starts_with('{') && json.contains("\"pio_out\""),
         "{json}"
     );
+    assert!(json.contains("\"device\":\"virtio-blk0\""), "{json}");
+    assert!(json.contains("\"interrupts\":["), "{json}");
     assert!(ctl(&socket, &["info"]).1.contains("boot:     1"));
     // The counter guest has ACPI: shutdown presses its button, which it ignores.
     assert_eq!(

@@ -7,6 +7,7 @@ pub mod acpi_ged;
 pub mod acpi_pm;
 pub mod bus;
 pub mod console_output;
+pub mod counter;
 pub mod debug_exit;
 pub mod i8042;
 pub mod irqchip;

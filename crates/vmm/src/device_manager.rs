@@ -26,6 +26,7 @@ use devices::pci::{BarKind, PciRoot, PciWindows};
 use devices::serial::{self, Serial};
 use devices::virtio::block::Block;
 use devices::virtio::console::{Console as VirtioConsole, ConsoleInputHandle, RX_QUEUE, TX_QUEUE};
+use devices::virtio::counters::{self, DeviceCounters};
 use devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use devices::virtio::net::{self, Net, NetBackend, SocketNet, Tap};
 use devices::virtio::pci::{self as virtio_pci, NotifyBinding, PciWiring, VirtioPciDevice};
@@ -36,6 +37,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::config::{NetBackendConfig, SerialOutput};
 use crate::event_loop::{EventLoopBuilder, Interest};
+use crate::irq_counts::{InterruptLines, LineCount};
 use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::state::VmState;
 use crate::{Error, Result, Transport, VmConfig};
@@ -171,6 +173,16 @@ pub(crate) struct Devices {
     pub power_button: Option<PowerButton>,
     /// The devices a snapshot saves (and names those it cannot).
     pub saved: crate::snapshot::DeviceHandles,
+    /// What the devices count, for the statistics.
+    pub counts: DeviceCounts,
+}
+
+/// The device-side counters: each virtio device's (name, transport, counters) and each
+/// interrupt line's.
+#[derive(Default)]
+pub(crate) struct DeviceCounts {
+    pub virtio: Vec<(String, &'static str, Arc<DeviceCounters>)>,
+    pub lines: Vec<LineCount>,
 }
 
 /// The host side of a console: a writer thread named `name` in front of the destination, so
@@ -294,7 +306,9 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
     let (serial_on_ports, serial_base, serial_irq) = platform.serial;
     let serial_output = console_output(serial_out, "serial-out", config.seccomp)?;
     let mut outputs = vec![serial_output.clone()];
-    let serial = Arc::new(Mutex::new(Serial::new(irq(serial_irq)?, serial_output)));
+    let lines = InterruptLines::default();
+    let serial_line = lines.irq("serial", serial_irq, irq(serial_irq)?);
+    let serial = Arc::new(Mutex::new(Serial::new(serial_line, serial_output)));
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
     let mut saved = crate::snapshot::DeviceHandles {
@@ -352,27 +366,38 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
         })
         .transpose()?;
     let mut virtio_console: Option<Arc<Mutex<dyn ConsoleInput>>> = None;
-    for (n, device) in devices.into_iter().enumerate() {
+    let mut virtio_counts = Vec::new();
+    let names = virtio_names(&devices);
+    for (n, (device, name)) in devices.into_iter().zip(&names).enumerate() {
         saved.unsaved.push(match device.device_type() {
             1 => "virtio-net".to_string(),
             2 => "virtio-blk".to_string(),
             3 => "virtio-console".to_string(),
             t => format!("virtio device type {t}"),
         });
-        let transport: Arc<Mutex<dyn VirtioTransport>> = match (transport, &mut pci) {
-            (Transport::Pci, Some((root, p))) => {
-                add_virtio_pci(vm, irq, msi, mem, root, p, device, config.ioeventfd)?
-            }
-            _ => add_virtio_mmio(
-                &**vm,
-                irq,
-                mem,
-                &mut mmio,
-                device,
-                &slots[n],
-                config.ioeventfd,
-            )?,
+        // This device's interrupt lines, counted under its name.
+        let irq = lines.irq_source(name, irq);
+        let msi = lines.msi_source(name, msi);
+        let (transport, kind): (Arc<Mutex<dyn VirtioTransport>>, _) = match (transport, &mut pci) {
+            (Transport::Pci, Some((root, p))) => (
+                add_virtio_pci(vm, &irq, &msi, mem, root, p, device, config.ioeventfd)?,
+                "pci",
+            ),
+            _ => (
+                add_virtio_mmio(
+                    &**vm,
+                    &irq,
+                    mem,
+                    &mut mmio,
+                    device,
+                    &slots[n],
+                    config.ioeventfd,
+                )?,
+                "mmio",
+            ),
         };
+        let device_counters = lock(&transport).state().counters().clone();
+        virtio_counts.push((name.clone(), kind, device_counters));
         serve_queues(&mut events, &transport)?;
         if let Some(&(_, fd)) = taps.iter().find(|(at, _)| *at == n) {
             let t = transport.clone();
@@ -414,8 +439,10 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
     }
     match &mut pci {
         Some((root, p)) => {
-            for device in vfio {
-                let interrupts = (msi, level);
+            for (i, device) in vfio.into_iter().enumerate() {
+                let name = format!("vfio{i}");
+                let msi = lines.msi_source(&name, msi);
+                let interrupts = (&msi as &MsiSource, level);
                 add_vfio(
                     vm,
                     interrupts,
@@ -458,7 +485,25 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
         outputs,
         power_button,
         saved,
+        counts: DeviceCounts {
+            virtio: virtio_counts,
+            lines: lines.into_counts(),
+        },
     })
+}
+
+/// The statistics' names of the virtio devices: their type and a number per type
+/// ("virtio-blk0", "virtio-blk1", "virtio-net0").
+fn virtio_names(devices: &[Box<dyn VirtioDevice>]) -> Vec<String> {
+    let types: Vec<u32> = devices.iter().map(|d| d.device_type()).collect();
+    types
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            let n = types[..i].iter().filter(|&&u| u == t).count();
+            format!("{}{n}", counters::type_name(t))
+        })
+        .collect()
 }
 
 /// Puts the PCI bus where the platform says: the configuration ports and the I/O window on

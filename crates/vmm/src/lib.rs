@@ -17,6 +17,7 @@ mod device_manager;
 mod error;
 mod event_loop;
 mod image_file;
+mod irq_counts;
 pub mod memory;
 pub mod seccomp;
 pub mod snapshot;

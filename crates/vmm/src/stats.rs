@@ -1,12 +1,21 @@
-//! Exit statistics, always on: per vCPU, how many exits of each kind and how long the VMM
-//! spent handling them, and which device on the port and MMIO buses answered.
+//! Statistics, always on: per vCPU, how many exits of each kind and how long the VMM spent
+//! handling them, and which device on the port and MMIO buses answered; per virtio queue,
+//! the requests, bytes and errors its device counted; per interrupt line, the interrupts the
+//! VMM raised on it ([`crate::irq_counts`]).
 //!
 //! Each vCPU thread is the only writer of its own [`VcpuStats`], so a count is a plain load
 //! and store of an atomic (no locked instruction, no lock): other threads (the API, the
-//! `--stats` report) only read, and may see a count one exit behind.
+//! `--stats` report) only read, and may see a count one exit behind. The device counters work
+//! the same way ([`devices::virtio::counters`]); a snapshot reads them without any device's
+//! lock.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use devices::counter::Counter;
+use devices::virtio::counters::queue_name;
+
+use crate::device_manager::DeviceCounts;
 
 /// Why a vCPU left the guest, as the statistics and the exit trace group it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,24 +80,6 @@ impl ExitKind {
     /// The kind named `name` (as [`ExitKind::name`] spells it).
     pub fn from_name(name: &str) -> Option<ExitKind> {
         ExitKind::ALL.into_iter().find(|k| k.name() == name)
-    }
-}
-
-/// A counter with a single writer: increments are a load and a store, not a locked add.
-#[derive(Default)]
-struct Counter(AtomicU64);
-
-impl Counter {
-    #[inline]
-    fn add(&self, n: u64) {
-        self.0.store(
-            self.0.load(Ordering::Relaxed).wrapping_add(n),
-            Ordering::Relaxed,
-        );
-    }
-
-    fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -194,6 +185,46 @@ pub struct VcpuExits {
     pub reasons: Vec<ReasonCount>,
 }
 
+/// What one virtio queue's device did with it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueStats {
+    pub queue: u32,
+    /// What the queue carries ("requests", "rx", "tx").
+    pub name: String,
+    /// Chains the device returned to the driver.
+    pub requests: u64,
+    /// Data bytes moved between guest memory and the back end (disk data; frames with their
+    /// virtio-net header; console bytes).
+    pub bytes: u64,
+    /// Chains answered with an error or dropped as malformed (counted in `requests` too).
+    pub errors: u64,
+}
+
+/// One virtio device's queues and the interrupts it raised.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VirtioStats {
+    /// "virtio-blk0": the type and a number per type, in command-line order.
+    pub device: String,
+    /// "mmio" or "pci".
+    pub transport: String,
+    pub queues: Vec<QueueStats>,
+    /// Used-buffer interrupts the device raised (a masked MSI-X vector holds one pending;
+    /// `interrupts` shows what its lines delivered).
+    pub used_interrupts: u64,
+    /// Configuration-change interrupts (a device that needs a reset raises one).
+    pub config_interrupts: u64,
+}
+
+/// Interrupts the VMM raised on one line.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InterruptCount {
+    /// "gsi 5" (an interrupt line: an IOAPIC pin on x86, a GIC SPI on arm64) or "msi-x 1".
+    pub line: String,
+    /// The device the line belongs to ("serial", "virtio-blk0", "vfio0").
+    pub device: String,
+    pub count: u64,
+}
+
 /// A copy of every counter at one moment.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
@@ -204,6 +235,12 @@ pub struct Stats {
     pub pio: Vec<DeviceCount>,
     /// MMIO exits by the device that answered.
     pub mmio: Vec<DeviceCount>,
+    /// The virtio devices, in command-line order.
+    #[serde(default)]
+    pub virtio: Vec<VirtioStats>,
+    /// Every interrupt line and MSI-X vector the VMM handed a device.
+    #[serde(default)]
+    pub interrupts: Vec<InterruptCount>,
 }
 
 impl Stats {
@@ -225,7 +262,22 @@ impl Stats {
             .sum()
     }
 
-    /// A table for people: reasons with their counts and mean handling time, then devices.
+    /// The virtio device named `name` ("virtio-blk0").
+    pub fn virtio_device(&self, name: &str) -> Option<&VirtioStats> {
+        self.virtio.iter().find(|d| d.device == name)
+    }
+
+    /// Interrupts raised on all the lines of the device named `name`.
+    pub fn interrupts_of(&self, name: &str) -> u64 {
+        self.interrupts
+            .iter()
+            .filter(|i| i.device == name)
+            .map(|i| i.count)
+            .sum()
+    }
+
+    /// A table for people: reasons with their counts and mean handling time, then devices,
+    /// virtio queues and interrupt lines.
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
@@ -269,15 +321,49 @@ impl Stats {
                 let _ = writeln!(s, "  {:<20} {:<24} {:>12}", d.device, at, d.count);
             }
         }
+        if !self.virtio.is_empty() {
+            let _ = writeln!(s, "virtio queues:");
+            let _ = writeln!(
+                s,
+                "  {:<20} {:<12} {:>12} {:>14} {:>8}",
+                "device", "queue", "requests", "bytes", "errors"
+            );
+            for d in &self.virtio {
+                for q in &d.queues {
+                    let _ = writeln!(
+                        s,
+                        "  {:<20} {:<12} {:>12} {:>14} {:>8}",
+                        d.device,
+                        format!("{} {}", q.queue, q.name),
+                        q.requests,
+                        q.bytes,
+                        q.errors
+                    );
+                }
+                let _ = writeln!(
+                    s,
+                    "  {:<20} interrupts raised: {} used, {} config ({})",
+                    d.device, d.used_interrupts, d.config_interrupts, d.transport
+                );
+            }
+        }
+        if self.interrupts.iter().any(|i| i.count > 0) {
+            let _ = writeln!(s, "interrupts by line:");
+            for i in self.interrupts.iter().filter(|i| i.count > 0) {
+                let _ = writeln!(s, "  {:<20} {:<24} {:>12}", i.device, i.line, i.count);
+            }
+        }
         s
     }
 }
 
-/// Every vCPU's counters and the names of the devices they count.
+/// Every vCPU's counters and the names of the devices they count, and the devices' own
+/// counters.
 pub(crate) struct StatsRegistry {
     pub vcpus: Vec<std::sync::Arc<VcpuStats>>,
     pub pio_devices: Vec<(u64, u64, String)>,
     pub mmio_devices: Vec<(u64, u64, String)>,
+    pub devices: DeviceCounts,
 }
 
 impl StatsRegistry {
@@ -285,6 +371,7 @@ impl StatsRegistry {
         cpus: u32,
         pio_devices: Vec<(u64, u64, String)>,
         mmio_devices: Vec<(u64, u64, String)>,
+        devices: DeviceCounts,
     ) -> Self {
         StatsRegistry {
             vcpus: (0..cpus)
@@ -292,7 +379,45 @@ impl StatsRegistry {
                 .collect(),
             pio_devices,
             mmio_devices,
+            devices,
         }
+    }
+
+    fn virtio(&self) -> Vec<VirtioStats> {
+        self.devices
+            .virtio
+            .iter()
+            .map(|(name, transport, c)| VirtioStats {
+                device: name.clone(),
+                transport: (*transport).into(),
+                queues: c
+                    .queues()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, q)| QueueStats {
+                        queue: i as u32,
+                        name: queue_name(c.device_type(), i).into(),
+                        requests: q.requests.get(),
+                        bytes: q.bytes.get(),
+                        errors: q.errors.get(),
+                    })
+                    .collect(),
+                used_interrupts: c.used_interrupts.get(),
+                config_interrupts: c.config_interrupts.get(),
+            })
+            .collect()
+    }
+
+    fn interrupts(&self) -> Vec<InterruptCount> {
+        self.devices
+            .lines
+            .iter()
+            .map(|l| InterruptCount {
+                line: l.line.clone(),
+                device: l.device.clone(),
+                count: l.count.load(Ordering::Relaxed),
+            })
+            .collect()
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
@@ -359,6 +484,8 @@ impl StatsRegistry {
             vcpus,
             pio,
             mmio,
+            virtio: self.virtio(),
+            interrupts: self.interrupts(),
         }
     }
 }
@@ -369,7 +496,12 @@ mod tests {
 
     #[test]
     fn counts_add_up_per_vcpu_and_in_total() {
-        let reg = StatsRegistry::new(2, vec![(0x80, 1, "post".into())], vec![]);
+        let reg = StatsRegistry::new(
+            2,
+            vec![(0x80, 1, "post".into())],
+            vec![],
+            DeviceCounts::default(),
+        );
         for _ in 0..3 {
             reg.vcpus[0].exit(ExitKind::PioOut, Duration::from_nanos(10));
             reg.vcpus[0].pio(Target::Device(0));
@@ -388,5 +520,54 @@ mod tests {
         assert_eq!(pio.unwrap().time_ns, 30);
         assert!(s.render().contains("pio_out"));
         assert_eq!(ExitKind::from_name("hlt"), Some(ExitKind::Halt));
+    }
+
+    #[test]
+    fn virtio_queues_and_interrupt_lines_are_in_the_snapshot() {
+        use devices::virtio::counters::DeviceCounters;
+        use std::sync::atomic::AtomicU64;
+        use std::sync::Arc;
+        let blk = Arc::new(DeviceCounters::new(devices::virtio::TYPE_BLOCK, 1));
+        let line = Arc::new(AtomicU64::new(0));
+        let devices = DeviceCounts {
+            virtio: vec![("virtio-blk0".into(), "mmio", blk.clone())],
+            lines: vec![crate::irq_counts::LineCount {
+                line: "gsi 5".into(),
+                device: "virtio-blk0".into(),
+                count: line.clone(),
+            }],
+        };
+        let reg = StatsRegistry::new(1, vec![], vec![], devices);
+        let q = &blk.queues()[0];
+        q.requests.add(4);
+        q.bytes.add(1044);
+        q.errors.add(1);
+        blk.used_interrupts.add(4);
+        line.fetch_add(4, Ordering::Relaxed);
+        let s = reg.snapshot();
+        let d = s.virtio_device("virtio-blk0").unwrap();
+        assert_eq!(d.transport, "mmio");
+        let want = QueueStats {
+            queue: 0,
+            name: "requests".into(),
+            requests: 4,
+            bytes: 1044,
+            errors: 1,
+        };
+        assert_eq!(d.queues, [want]);
+        assert_eq!((d.used_interrupts, d.config_interrupts), (4, 0));
+        assert_eq!(s.interrupts_of("virtio-blk0"), 4);
+        let text = s.render();
+        assert!(text.contains("0 requests"), "{text}");
+        assert!(text.contains("1044"), "{text}");
+        assert!(text.contains("4 used, 0 config (mmio)"), "{text}");
+        assert!(text.contains("gsi 5"), "{text}");
+        // Statistics from a VMM without these fields still parse.
+        let mut old = serde_json::to_value(&s).unwrap();
+        let map = old.as_object_mut().unwrap();
+        map.remove("virtio");
+        map.remove("interrupts");
+        let parsed: Stats = serde_json::from_value(old).unwrap();
+        assert!(parsed.virtio.is_empty() && parsed.interrupts.is_empty());
     }
 }

@@ -13,7 +13,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::config::ConsoleKind;
 use crate::control::{VmController, VmInfo};
-use crate::device_manager::Devices;
+use crate::device_manager::{DeviceCounts, Devices};
 use crate::event_loop::{EventLoop, EventLoopBuilder};
 use crate::seccomp::SeccompMode;
 use crate::snapshot::{SnapshotError, Snapshotter, Writer};
@@ -56,6 +56,8 @@ pub struct Vm<V: hypervisor::Vm + 'static> {
     info: Arc<VmInfo>,
     /// `--trace`, until `start` hands it to the vCPU threads.
     trace: Option<TraceConfig>,
+    /// The devices' counters, until `start` hands them to the statistics.
+    device_counts: Option<DeviceCounts>,
     /// Set by `start`: the exit counters and the controller of the running VM.
     stats: Option<Arc<StatsRegistry>>,
     controller: Option<VmController>,
@@ -131,6 +133,7 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
             event_loop: None,
             info: Arc::new(settings.info),
             trace: settings.trace,
+            device_counts: Some(devices.counts),
             stats: None,
             controller: None,
             snapshotter,
@@ -198,7 +201,12 @@ impl<V: hypervisor::Vm + 'static> Vm<V> {
             .trace
             .take()
             .map(|t| Arc::new(Trace::new(t, pio_devices.clone(), mmio_devices.clone())));
-        let stats = Arc::new(StatsRegistry::new(self.cpus, pio_devices, mmio_devices));
+        let stats = Arc::new(StatsRegistry::new(
+            self.cpus,
+            pio_devices,
+            mmio_devices,
+            self.device_counts.take().unwrap_or_default(),
+        ));
         self.stats = Some(stats.clone());
         let started = std::time::Instant::now();
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));

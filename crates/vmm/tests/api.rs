@@ -43,11 +43,16 @@ fn start(limits: Limits) -> Option<Running> {
 
 /// Boots `guest`, with or without ACPI, with the API on a fresh socket.
 fn start_guest(guest: &'static [u8], acpi: bool, limits: Limits) -> Option<(Running, Capture)> {
-    let kvm = kvm()?;
     let out = Capture::default();
     let mut c = config(guest, 1, &out);
     c.acpi = acpi;
-    let mut vm = build(&kvm, c);
+    start_with(c, limits).map(|r| (r, out))
+}
+
+/// Boots a VM built from `config` with the API on a fresh socket.
+fn start_with(config: vmm::VmConfig, limits: Limits) -> Option<Running> {
+    let kvm = kvm()?;
+    let mut vm = build(&kvm, config);
     let path = socket_path();
     let listener = Listener::bind(&path).unwrap();
     vm.start().unwrap();
@@ -65,7 +70,7 @@ fn start_guest(guest: &'static [u8], acpi: bool, limits: Limits) -> Option<(Runn
         std::thread::sleep(Duration::from_secs(60));
         stop.stop(Outcome::Stopped("test time limit".into()));
     });
-    Some((r, out))
+    Some(r)
 }
 
 impl Running {
@@ -182,6 +187,72 @@ fn info_pause_resume_stats_and_stop() {
     match r.stop() {
         Outcome::Requested(why) => assert!(why.contains("stop") && why.contains("test"), "{why}"),
         other => panic!("{other:?}"),
+    }
+}
+
+/// The virtio-blk guest's requests, bytes, refused write and interrupts, as `GET /vm/stats`
+/// serves them.
+#[test]
+fn stats_show_each_virtio_queue_and_interrupt_line() {
+    let disks: Vec<PathBuf> = ["rw", "ro"]
+        .iter()
+        .map(|tag| {
+            let p = socket_path().with_extension(format!("{tag}.img"));
+            std::fs::write(&p, vec![0u8; 64 * 512]).unwrap();
+            p
+        })
+        .collect();
+    let out = Capture::default();
+    let mut c = config(test_guests::VIRTIO_BLK, 1, &out);
+    c.disks = disks
+        .iter()
+        .zip([false, true])
+        .map(|(path, read_only)| vmm::DiskConfig {
+            path: path.clone(),
+            read_only,
+        })
+        .collect();
+    let Some(r) = start_with(c, Limits::default()) else {
+        return;
+    };
+    // The guest is done when the read-only disk has refused its write.
+    let t0 = Instant::now();
+    let stats = loop {
+        let (status, stats) = r.call("GET", "/vm/stats", "");
+        assert_eq!(status, 200, "{stats}");
+        if stats["virtio"][1]["queues"][0]["errors"] == 1 {
+            break stats;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{stats}\n{}",
+            out.text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let blk0 = &stats["virtio"][0];
+    assert_eq!(blk0["device"], "virtio-blk0");
+    assert_eq!(blk0["transport"], "mmio");
+    let q = &blk0["queues"][0];
+    assert_eq!(q["name"], "requests");
+    assert_eq!(
+        (&q["requests"], &q["bytes"], &q["errors"]),
+        (&4.into(), &1044.into(), &0.into())
+    );
+    assert_eq!(blk0["used_interrupts"], 4);
+    assert_eq!(stats["virtio"][1]["queues"][0]["requests"], 1);
+    let lines = stats["interrupts"].as_array().unwrap();
+    let blk0_lines: Vec<_> = lines
+        .iter()
+        .filter(|l| l["device"] == "virtio-blk0")
+        .collect();
+    assert_eq!(blk0_lines.len(), 1, "{lines:?}");
+    assert!(blk0_lines[0]["line"].as_str().unwrap().starts_with("gsi "));
+    assert_eq!(blk0_lines[0]["count"], 4);
+    assert!(lines.iter().any(|l| l["device"] == "serial"), "{lines:?}");
+    r.stop();
+    for d in disks {
+        let _ = std::fs::remove_file(d);
     }
 }
 

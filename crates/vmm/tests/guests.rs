@@ -251,13 +251,25 @@ fn virtio_blk_round_trip(ioeventfd: bool) {
             read_only: true,
         },
     ];
-    let outcome = run_with_limit(build(&kvm, c), Duration::from_secs(60));
+    let (outcome, stats) = run_with_stats(build(&kvm, c), Duration::from_secs(60));
     let text = out.text();
     assert_eq!(
         outcome,
         Outcome::DebugExit(0),
         "failed check is the status; output:\n{text}"
     );
+    // Disk 0: a 512-byte write, a flush, a 512-byte read and a 20-byte get-id, each one
+    // interrupt (the polling guest leaves them enabled); disk 1 refused its one write.
+    let disk = |name| {
+        let d = stats.virtio_device(name).expect(name);
+        let q = &d.queues[0];
+        (q.requests, q.bytes, q.errors, d.used_interrupts)
+    };
+    assert_eq!(disk("virtio-blk0"), (4, 1044, 0, 4), "{}", stats.render());
+    assert_eq!(disk("virtio-blk1"), (1, 0, 1, 1), "{}", stats.render());
+    assert_eq!(stats.virtio[0].transport, "mmio");
+    assert_eq!(stats.interrupts_of("virtio-blk0"), 4, "{}", stats.render());
+    assert!(stats.render().contains("virtio-blk1"));
     // The disk's serial is the tail of its file name (20 bytes at most).
     let name = rw.file_name().unwrap().to_str().unwrap();
     let id = &name[name.len().saturating_sub(20)..];

@@ -231,7 +231,7 @@ fn virtio_blk_msix(irqchip: IrqchipMode, ioeventfd: bool) {
     let mut c = pci_config(test_guests::PCI_VIRTIO_BLK, irqchip, &out);
     c.ioeventfd = ioeventfd;
     c.disks = vec![disk(&image)];
-    let outcome = run_with_limit(build(&kvm, c), LIMIT);
+    let (outcome, stats) = run_with_stats(build(&kvm, c), LIMIT);
     let text = out.text();
     let file = std::fs::read(&image).unwrap();
     let _ = std::fs::remove_file(image);
@@ -260,6 +260,31 @@ fn virtio_blk_msix(irqchip: IrqchipMode, ioeventfd: bool) {
     );
     let want: Vec<u8> = (0..512u32).map(|i| (i * 3 + 1) as u8).collect();
     assert_eq!(&file[5 * 512..6 * 512], &want[..], "{what}: sector 5");
+    // The same five requests (512 bytes each way) and interrupts in the statistics: raised
+    // by the device, and sent on queue 0's vector (the masked ones once unmasked).
+    let blk = stats.virtio_device("virtio-blk0").expect("virtio-blk0");
+    let q = &blk.queues[0];
+    let table = stats.render();
+    assert_eq!(
+        (q.requests, q.bytes, q.errors),
+        (5, 1024, 0),
+        "{what}: {table}"
+    );
+    assert_eq!(
+        (blk.used_interrupts, blk.config_interrupts),
+        (5, 0),
+        "{what}"
+    );
+    assert_eq!(blk.transport, "pci");
+    let line = |name: &str| {
+        let l = stats
+            .interrupts
+            .iter()
+            .find(|l| l.device == "virtio-blk0" && l.line == name);
+        l.map(|l| l.count)
+    };
+    assert_eq!(line("msi-x 1"), Some(5), "{what}: {table}");
+    assert_eq!(line("msi-x 0"), Some(0), "{what}: {table}");
 }
 
 #[test]

@@ -82,6 +82,7 @@ impl Console {
                 if !pass.complete(queue, mem, head, 0) {
                     return pass;
                 }
+                pass.bytes += sent as u64;
             }
             let Some(chain) = pass.next_chain(queue, mem) else {
                 return pass;
@@ -136,6 +137,7 @@ impl Console {
             if !pass.complete(queue, mem, head, written) {
                 return pass;
             }
+            pass.bytes += u64::from(written);
         }
         pass.more = true;
         pass

@@ -250,7 +250,10 @@ mod tests {
         let more = Pass {
             used: true,
             more: true,
-            broken: false,
+            requests: 2,
+            bytes: 10,
+            errors: 1,
+            ..Pass::default()
         };
         let (mut t, irqs, _, pass) = transport_reporting(more);
         bring_up(&mut t, 1 << 32, 0x1000);
@@ -270,6 +273,15 @@ mod tests {
         assert_ne!(r(&mut t, REG_STATUS) & STATUS_NEEDS_RESET, 0);
         assert_ne!(r(&mut t, REG_INTERRUPT_STATUS) & INT_CONFIG, 0);
         assert_eq!(irqs.load(Ordering::SeqCst), 2, "a configuration interrupt");
+        // The passes and interrupts are in the device's counters.
+        let c = t.state().counters().clone();
+        let q = &c.queues()[0];
+        assert_eq!(
+            (q.requests.get(), q.bytes.get(), q.errors.get()),
+            (2, 10, 1)
+        );
+        assert_eq!(c.used_interrupts.get(), 1);
+        assert_eq!(c.config_interrupts.get(), 1);
         // A device that needs a reset runs no more queues until the driver resets it.
         t.process_queue(0);
         assert_eq!(irqs.load(Ordering::SeqCst), 2);

@@ -10,6 +10,7 @@
 
 pub mod block;
 pub mod console;
+pub mod counters;
 pub mod mmio;
 pub mod net;
 pub mod pci;
@@ -83,6 +84,12 @@ pub struct Pass {
     /// The rings cannot be used (an available index running ahead of the ring, a head
     /// index out of range, a used ring that cannot be written): the device needs a reset.
     pub broken: bool,
+    /// Chains returned to the driver ([`Pass::complete`] counts them).
+    pub requests: u32,
+    /// Data bytes the device moved between guest memory and its back end.
+    pub bytes: u64,
+    /// Of the chains returned, those answered with an error or dropped as malformed.
+    pub errors: u32,
 }
 
 impl Pass {
@@ -125,6 +132,7 @@ impl Pass {
             return false;
         }
         self.used = true;
+        self.requests += 1;
         true
     }
 }

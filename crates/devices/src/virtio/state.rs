@@ -8,10 +8,13 @@
 //! and the queue is not live, and DRIVER_OK with a queue whose rings fall outside guest memory
 //! sets NEEDS_RESET instead of activating the device.
 
+use std::sync::Arc;
+
 use hypervisor::Event;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
+use super::counters::DeviceCounters;
 use super::{VirtioDevice, VIRTIO_F_VERSION_1};
 
 // Device status bits.
@@ -51,6 +54,8 @@ pub struct DeviceState {
     driver_features: u64,
     queue_sel: u32,
     interrupt_status: u32,
+    /// What the device did, for the statistics.
+    counters: Arc<DeviceCounters>,
 }
 
 impl DeviceState {
@@ -64,6 +69,7 @@ impl DeviceState {
             .iter()
             .map(|_| Event::new())
             .collect::<std::io::Result<Vec<_>>>()?;
+        let counters = Arc::new(DeviceCounters::new(device.device_type(), queues.len()));
         Ok(DeviceState {
             device,
             mem,
@@ -73,7 +79,13 @@ impl DeviceState {
             driver_features: 0,
             queue_sel: 0,
             interrupt_status: 0,
+            counters,
         })
+    }
+
+    /// The device's request, byte, error and interrupt counters, readable from any thread.
+    pub fn counters(&self) -> &Arc<DeviceCounters> {
+        &self.counters
     }
 
     /// The queue-notify events, index = queue number, for the event loop and ioeventfd.
@@ -153,6 +165,7 @@ impl DeviceState {
             return 0;
         }
         let pass = self.device.process_queue(index, queue, &self.mem);
+        self.counters.pass(index, &pass);
         let mut raised = 0;
         // Without VIRTIO_RING_F_EVENT_IDX this is "unless the driver asked for no
         // interrupts"; a ring that cannot be read counts as "interrupt".
@@ -168,6 +181,7 @@ impl DeviceState {
             self.notify(index as u32);
         }
         self.interrupt_status |= raised;
+        self.counters.raised(raised);
         raised
     }
 
@@ -237,6 +251,7 @@ impl DeviceState {
                 // A ready queue whose rings are not in guest memory: the driver must reset.
                 self.status = status | STATUS_NEEDS_RESET;
                 self.interrupt_status |= INT_CONFIG;
+                self.counters.raised(INT_CONFIG);
                 return INT_CONFIG;
             } else {
                 self.status = status;

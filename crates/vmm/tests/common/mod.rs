@@ -103,6 +103,19 @@ pub fn run_with_limit(mut vm: Vm<KvmVm>, limit: Duration) -> Outcome {
     vm.wait()
 }
 
+/// [`run_with_limit`], also returning the statistics at the end.
+pub fn run_with_stats(mut vm: Vm<KvmVm>, limit: Duration) -> (Outcome, vmm::stats::Stats) {
+    vm.start().expect("start VM");
+    let controller = vm.controller().expect("a started VM has a controller");
+    let stop = vm.stop_handle();
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        stop.stop(Outcome::Stopped("test time limit".into()));
+    });
+    let outcome = vm.wait();
+    (outcome, controller.stats())
+}
+
 pub fn boot(guest: &'static [u8], cpus: u32) -> Option<(Outcome, String)> {
     boot_on(IrqchipMode::Kernel, guest, cpus)
 }
@@ -175,7 +188,7 @@ pub fn virtio_interrupt(irqchip: IrqchipMode, ioeventfd: bool, irqfd: bool) {
         path: disk.clone(),
         read_only: false,
     }];
-    let outcome = run_with_limit(build(&kvm, c), Duration::from_secs(60));
+    let (outcome, stats) = run_with_stats(build(&kvm, c), Duration::from_secs(60));
     let _ = std::fs::remove_file(disk);
     assert_eq!(outcome, Outcome::DebugExit(0), "{}", out.text());
     assert!(
@@ -184,6 +197,12 @@ pub fn virtio_interrupt(irqchip: IrqchipMode, ioeventfd: bool, irqfd: bool) {
         "{}",
         out.text()
     );
+    // One flush, one interrupt raised by the device and counted on its line, whichever
+    // irqchip and path (irqfd, KVM_IRQ_LINE, our IOAPIC) delivered it.
+    let blk = stats.virtio_device("virtio-blk0").expect("virtio-blk0");
+    assert_eq!(blk.queues[0].requests, 1, "{}", stats.render());
+    assert_eq!(blk.used_interrupts, 1, "{}", stats.render());
+    assert_eq!(stats.interrupts_of("virtio-blk0"), 1, "{}", stats.render());
 }
 
 /// Pauses, resumes and stops a VM whose boot vCPU spins waiting for input while the other

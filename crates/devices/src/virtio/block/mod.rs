@@ -183,7 +183,10 @@ impl Block {
             offset += u64::from(d.len);
         }
         let written = if write { 0 } else { req.data_len as u32 };
-        Completion::new(Some(req.status), VIRTIO_BLK_S_OK, written)
+        Completion {
+            bytes: req.data_len as u32,
+            ..Completion::new(Some(req.status), VIRTIO_BLK_S_OK, written)
+        }
     }
 
     /// Performs the queued segments; a request with a failed segment completes with IOERR.
@@ -194,6 +197,7 @@ impl Block {
                 if let Some(c) = completions.get_mut(r) {
                     c.status = VIRTIO_BLK_S_IOERR;
                     c.written = 0;
+                    c.bytes = 0;
                 }
             });
         self.segments.clear();
@@ -206,14 +210,15 @@ fn write_status(mem: &GuestMemoryMmap, addr: u64, status: u8) -> bool {
         .is_ok_and(|s| s.write_obj(status, 0).is_ok())
 }
 
-/// How a request ends: the status to write (if the chain had a status byte) and the bytes
-/// the device wrote into the guest's buffers.
+/// How a request ends: the status to write (if the chain had a status byte), the bytes
+/// the device wrote into the guest's buffers, and the data bytes it moved either way.
 #[derive(Debug, Clone, Copy)]
 struct Completion {
     head: u16,
     status_addr: Option<u64>,
     status: u32,
     written: u32,
+    bytes: u32,
 }
 
 impl Completion {
@@ -223,6 +228,7 @@ impl Completion {
             status_addr,
             status,
             written,
+            bytes: written,
         }
     }
 }
@@ -288,6 +294,11 @@ impl VirtioDevice for Block {
             if !pass.complete(queue, mem, c.head, len) {
                 break;
             }
+            if c.status == VIRTIO_BLK_S_OK {
+                pass.bytes += u64::from(c.bytes);
+            } else {
+                pass.errors += 1;
+            }
         }
         pass
     }
@@ -321,6 +332,19 @@ mod tests {
         sector: u64,
         data: &[(u32, bool)],
     ) -> (u8, u32) {
+        let (status, used_len, pass) = submit_pass(blk, mem, kind, sector, data);
+        assert!(pass.used);
+        (status, used_len)
+    }
+
+    /// [`submit`], also returning what the pass reported.
+    fn submit_pass(
+        blk: &mut Block,
+        mem: &GuestMemoryMmap,
+        kind: u32,
+        sector: u64,
+        data: &[(u32, bool)],
+    ) -> (u8, u32, Pass) {
         let mut h = [0u8; 16];
         h[..4].copy_from_slice(&kind.to_le_bytes());
         h[8..].copy_from_slice(&sector.to_le_bytes());
@@ -349,9 +373,43 @@ mod tests {
         let vq = MockSplitQueue::new(mem, 16);
         vq.add_desc_chains(&raw, 0).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
-        assert!(blk.process_queue(0, &mut q, mem).used);
+        let pass = blk.process_queue(0, &mut q, mem);
         let used_len = vq.used().ring().ref_at(0).unwrap().load().len();
-        (mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), used_len)
+        (
+            mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(),
+            used_len,
+            pass,
+        )
+    }
+
+    #[test]
+    fn a_pass_counts_its_requests_bytes_and_errors() {
+        let path = image(8);
+        let mem = memory();
+        let mut blk = Block::open(&path, false).unwrap();
+        let counts = |p: Pass| (p.requests, p.bytes, p.errors);
+        // A write and a read of 1 KiB each, a flush, a get-id of 20 bytes: all data counted.
+        let write = submit_pass(&mut blk, &mem, 1, 0, &[(512, false), (512, false)]);
+        assert_eq!(counts(write.2), (1, 1024, 0));
+        let read = submit_pass(&mut blk, &mem, 0, 0, &[(1024, true)]);
+        assert_eq!(counts(read.2), (1, 1024, 0));
+        assert_eq!(counts(submit_pass(&mut blk, &mem, 4, 0, &[]).2), (1, 0, 0));
+        assert_eq!(
+            counts(submit_pass(&mut blk, &mem, 8, 0, &[(20, true)]).2),
+            (1, 20, 0)
+        );
+        // Past the end, an unknown type, a wrong direction: errors, moving nothing.
+        for (kind, sector, data) in [
+            (0, 8, (512, true)),
+            (77, 0, (512, true)),
+            (0, 0, (512, false)),
+        ] {
+            assert_eq!(
+                counts(submit_pass(&mut blk, &mem, kind, sector, &[data]).2),
+                (1, 0, 1)
+            );
+        }
+        let _ = std::fs::remove_file(path);
     }
 
     fn memory() -> GuestMemoryMmap {

@@ -124,6 +124,10 @@ impl Net {
             if !pass.complete(queue, mem, head, written as u32) {
                 return pass;
             }
+            pass.bytes += written as u64;
+            if written < len {
+                pass.errors += 1;
+            }
         }
         pass.more = true;
         pass
@@ -151,13 +155,20 @@ impl Net {
                 }
             }
             // Anything shorter than a header plus an Ethernet header is not a frame.
+            let mut sent = false;
             if ok && self.tx_frame.len() >= VNET_HDR_LEN + 14 {
-                if let Err(e) = self.tap.write_frame(&self.tx_frame) {
-                    log::debug!("virtio-net: writing {}: {e}", self.tap.name());
+                match self.tap.write_frame(&self.tx_frame) {
+                    Ok(()) => sent = true,
+                    Err(e) => log::debug!("virtio-net: writing {}: {e}", self.tap.name()),
                 }
             }
             if !pass.complete(queue, mem, head, 0) {
                 return pass;
+            }
+            if sent {
+                pass.bytes += self.tx_frame.len() as u64;
+            } else {
+                pass.errors += 1;
             }
         }
         pass.more = true;
