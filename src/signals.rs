@@ -3,7 +3,7 @@
 //! restored and the exit status says which signal it was).
 
 use std::io;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -31,6 +31,8 @@ pub struct RunningSignals {
     thread: Option<JoinHandle<()>>,
     pthread: libc::pthread_t,
     received: Arc<AtomicI32>,
+    /// Set by `finish` before it sends [`WAKE`]: only then does the thread end.
+    done: Arc<AtomicBool>,
 }
 
 impl SignalThread {
@@ -49,12 +51,22 @@ impl SignalThread {
     pub fn spawn(self, stop: StopHandle, seccomp: SeccompMode) -> io::Result<RunningSignals> {
         let received = Arc::new(AtomicI32::new(0));
         let r = received.clone();
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
         let thread = seccomp::spawn("signals", ThreadKind::Signals, seccomp, move || loop {
             let set = signal_set();
             let mut sig = 0;
             // SAFETY: waits for one of the blocked signals.
-            if unsafe { libc::sigwait(&set, &mut sig) } != 0 || sig == WAKE {
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
                 return;
+            }
+            if sig == WAKE {
+                // A SIGUSR2 from anyone else (`kill -USR2`) must not end the thread: the
+                // stop signals would then stay blocked and pending, unanswered.
+                if d.load(Ordering::SeqCst) {
+                    return;
+                }
+                continue;
             }
             r.store(sig, Ordering::SeqCst);
             stop.stop(Outcome::Stopped(format!("received signal {sig}")));
@@ -65,6 +77,7 @@ impl SignalThread {
             thread: Some(thread),
             pthread,
             received,
+            done,
         })
     }
 }
@@ -83,6 +96,7 @@ impl RunningSignals {
     /// between stays pending until that thread takes it.
     pub fn finish(mut self) -> (Option<i32>, SignalThread) {
         if let Some(t) = self.thread.take() {
+            self.done.store(true, Ordering::SeqCst);
             // SAFETY: the thread is alive until joined below.
             unsafe { libc::pthread_kill(self.pthread, WAKE) };
             let _ = t.join();

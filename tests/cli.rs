@@ -383,6 +383,33 @@ extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
 }
 
+/// SIGUSR2 is what ends the signal thread between boots; one sent from outside must not end
+/// it, or SIGTERM would then stay pending and never stop the VM.
+#[test]
+fn a_stray_sigusr2_does_not_disarm_sigterm() {
+    if !kvm_usable() {
+        return;
+    }
+    let guest = temp_file("echo-usr2.elf", test_guests::SERIAL_ECHO);
+    let mut child = bin()
+        .args([
+            "run",
+            "--kernel",
+            guest.to_str().unwrap(),
+            "--serial",
+            "none",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe { kill(child.id() as i32, libc::SIGUSR2) };
+    std::thread::sleep(Duration::from_millis(200));
+    unsafe { kill(child.id() as i32, 15) };
+    assert_eq!(exits_within_a_second(&mut child, Instant::now()), 128 + 15);
+}
+
 /// Waits for `child` to exit after a stop request sent at `since`; the VMM must be gone
 /// within a second, whatever its guest and its output are doing.
 fn exits_within_a_second(child: &mut std::process::Child, since: Instant) -> i32 {

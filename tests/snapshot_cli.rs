@@ -91,6 +91,12 @@ fn a_guest_snapshotted_by_ctl_resumes_in_a_new_process() {
     std::thread::sleep(Duration::from_millis(300));
     let snap = dir.join("snap");
     let s = snap.to_str().unwrap();
+    // A link planted where the memory file goes is replaced, not written through (and the
+    // API thread's seccomp filter lets it be unlinked).
+    let victim = dir.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::fs::create_dir(&snap).unwrap();
+    std::os::unix::fs::symlink(&victim, snap.join("memory")).unwrap();
     let out = ctl(&socket, &["snapshot", s]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -104,6 +110,7 @@ fn a_guest_snapshotted_by_ctl_resumes_in_a_new_process() {
     let took = t0.elapsed();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("snapshot written to"));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     assert_eq!(text(&ctl(&socket, &["stop"]).stdout).trim(), "stopped");
     assert_eq!(child.wait().unwrap().code(), Some(0));
     assert!(

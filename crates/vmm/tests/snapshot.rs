@@ -125,6 +125,33 @@ fn snapshot_needs_a_paused_vm_and_a_fresh_directory() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A destination someone else prepared, with links where the snapshot's files go: the
+/// files they point to are left alone, and the snapshot is whole.
+#[test]
+fn links_planted_in_the_destination_are_not_written_through() {
+    let Some(kvm) = kvm() else { return };
+    let dir = snapshot_dir("planted");
+    std::fs::create_dir_all(&dir).unwrap();
+    let victim = dir.with_extension("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    for name in ["memory", ".state.json.tmp"] {
+        std::os::unix::fs::symlink(&victim, dir.join(name)).unwrap();
+    }
+    let out = Capture::default();
+    let mut vm = Vm::new(&kvm, config(test_guests::SNAPSHOT, 1, &out)).unwrap();
+    vm.start().unwrap();
+    let c = vm.controller().unwrap();
+    c.pause().unwrap();
+    c.snapshot(&dir).unwrap();
+    c.stop(Outcome::Stopped("done".into())).unwrap();
+    vm.wait();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    vmm::snapshot::load(&dir).unwrap();
+    assert!(!dir.join("memory").symlink_metadata().unwrap().is_symlink());
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_file(victim);
+}
+
 /// Edits a JSON document in place.
 fn json(s: &mut Vec<u8>, f: impl FnOnce(&mut serde_json::Value)) {
     let mut v: serde_json::Value = serde_json::from_slice(s).unwrap();

@@ -2,7 +2,6 @@
 //! left as holes, so a mostly empty guest makes a small file), and mapped back either
 //! copy-on-write (`MAP_PRIVATE`: nothing is read until the guest touches it) or read whole.
 
-use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -24,7 +23,7 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Snaps
 
 /// Writes every region of `mem` to a new file at `path`; returns where each one went.
 pub fn write(mem: &GuestMemoryMmap, path: &Path) -> Result<Vec<MemoryRegion>, SnapshotError> {
-    let f = File::create(path).map_err(io_err("create", path))?;
+    let f = super::create_fresh(path)?;
     let mut regions = Vec::new();
     let mut offset = 0u64;
     let mut buf = vec![0u8; CHUNK];
@@ -62,7 +61,7 @@ pub fn map(
     regions: &[MemoryRegion],
     mode: MemoryMode,
 ) -> Result<GuestMemoryMmap, SnapshotError> {
-    let f = File::open(path).map_err(io_err("open", path))?;
+    let f = super::open_regular(path)?;
     let len = f.metadata().map_err(io_err("stat", path))?.len();
     let end = regions.last().map_or(0, |r| r.offset + r.size);
     if len < end {

@@ -324,32 +324,76 @@ impl<V: hypervisor::Vm + 'static> Snapshotter for Writer<V> {
             .map_err(|e| SnapshotError::Unsupported(e.to_string()))?;
         let devices = self.devices.state();
         std::fs::create_dir_all(dir).map_err(io_err("create the snapshot directory", dir))?;
-        let memory = memory::write(&self.mem, &dir.join(MEMORY_FILE))?;
-        let snapshot = Snapshot {
-            format: FORMAT.into(),
-            version: VERSION,
-            vmm_version: env!("CARGO_PKG_VERSION").into(),
-            host: Host::this(),
-            machine: machine.clone(),
-            memory,
-            arch,
-            devices,
-        };
-        let json = serde_json::to_vec_pretty(&snapshot)
-            .map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
-        // Written aside and renamed: a directory with a state file holds a whole snapshot.
+        let memory_path = dir.join(MEMORY_FILE);
         let tmp = dir.join(".state.json.tmp");
-        let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
-        f.write_all(&json).map_err(io_err("write", &tmp))?;
-        f.sync_all().map_err(io_err("sync", &tmp))?;
-        std::fs::rename(&tmp, &state_path).map_err(io_err("rename", &state_path))?;
-        Ok(())
+        let written = (|| {
+            let memory = memory::write(&self.mem, &memory_path)?;
+            let snapshot = Snapshot {
+                format: FORMAT.into(),
+                version: VERSION,
+                vmm_version: env!("CARGO_PKG_VERSION").into(),
+                host: Host::this(),
+                machine: machine.clone(),
+                memory,
+                arch,
+                devices,
+            };
+            let json = serde_json::to_vec_pretty(&snapshot)
+                .map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+            // Written aside and renamed: a directory with a state file holds a whole snapshot.
+            let mut f = create_fresh(&tmp)?;
+            f.write_all(&json).map_err(io_err("write", &tmp))?;
+            f.sync_all().map_err(io_err("sync", &tmp))?;
+            std::fs::rename(&tmp, &state_path).map_err(io_err("rename", &state_path))
+        })();
+        if written.is_err() {
+            // A failed snapshot (a full disk) leaves no partial files holding the space.
+            let _ = std::fs::remove_file(&memory_path);
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
     let path = path.to_path_buf();
     move |source| SnapshotError::Io { op, path, source }
+}
+
+/// Creates `path` as a new file. Whatever was there (a file left by a failed snapshot, or a
+/// symlink or hard link planted in the destination) is unlinked first, never written through:
+/// `create_new` (`O_EXCL`) does not follow a symlink and fails if one reappears.
+fn create_fresh(path: &Path) -> Result<File, SnapshotError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io_err("remove the old", path)(e))
+        }
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io_err("create", path))
+}
+
+/// Opens a file of a snapshot directory for reading, refusing anything but a plain file:
+/// opening a FIFO would block (signals are not yet taken while a restore builds the VM), and
+/// a device has no length to check. `O_NONBLOCK` does nothing to a plain file.
+fn open_regular(path: &Path) -> Result<File, SnapshotError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io_err("open", path))?;
+    if !f.metadata().map_err(io_err("stat", path))?.is_file() {
+        return Err(SnapshotError::NotASnapshot {
+            path: path.into(),
+            detail: "not a plain file".into(),
+        });
+    }
+    Ok(f)
 }
 
 /// Parses and checks a `state.json`: its format and version first (so an old or foreign
@@ -430,7 +474,7 @@ fn check(s: &Snapshot) -> Result<(), SnapshotError> {
 /// Reads a snapshot directory's state and checks that this host can run it.
 pub fn load(dir: &Path) -> Result<Snapshot, SnapshotError> {
     let path = dir.join(STATE_FILE);
-    let f = File::open(&path).map_err(io_err("open", &path))?;
+    let f = open_regular(&path)?;
     let mut bytes = Vec::new();
     f.take(MAX_STATE_BYTES + 1)
         .read_to_end(&mut bytes)

@@ -69,3 +69,65 @@ fn unknown_fields_and_versions_are_refused() {
         assert!(parse(bad).is_err());
     }
 }
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("vibe-snapshot-unit-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string; creates a FIFO.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+/// Runs `f` on another thread; fails the test instead of hanging it.
+fn within_seconds<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(f()));
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("blocked on a FIFO in the snapshot directory")
+}
+
+#[test]
+fn fifos_in_a_snapshot_directory_are_refused_not_waited_on() {
+    let dir = temp_dir("fifo");
+    mkfifo(&dir.join(STATE_FILE));
+    let d = dir.clone();
+    let e = within_seconds(move || load(&d).unwrap_err().to_string());
+    assert!(e.contains("not a plain file"), "{e}");
+    let memory = dir.join(MEMORY_FILE);
+    mkfifo(&memory);
+    let regions = minimal().memory;
+    let e = within_seconds(move || {
+        memory::map(&memory, &regions, MemoryMode::Copy)
+            .err()
+            .unwrap()
+            .to_string()
+    });
+    assert!(e.contains("not a plain file"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_link_planted_as_the_memory_file_is_replaced_not_written_through() {
+    let dir = temp_dir("link");
+    let victim = dir.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let path = dir.join(MEMORY_FILE);
+    std::os::unix::fs::symlink(&victim, &path).unwrap();
+    let mem = GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 8192)]).unwrap();
+    vm_memory::Bytes::write_slice(&mem, &[7; 16], vm_memory::GuestAddress(0)).unwrap();
+    memory::write(&mem, &path).unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(!path.symlink_metadata().unwrap().is_symlink());
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 8192);
+    // A hard link likewise.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::hard_link(&victim, &path).unwrap();
+    memory::write(&mem, &path).unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    let _ = std::fs::remove_dir_all(dir);
+}
