@@ -54,6 +54,7 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
     ("trace", "trace.S", &[]),
     ("pit", "pit.S", &[]),
     ("snapshot", "snapshot.S", &[]),
+    ("snapshot_smp", "snapshot_smp.S", &[]),
 ];
 
 fn main() {

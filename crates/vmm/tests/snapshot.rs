@@ -280,3 +280,101 @@ fn restore_time_does_not_grow_with_ram() {
         "restore grew with RAM: {times:?}"
     );
 }
+
+fn read_u64(vm: &Vm<KvmVm>, addr: u64) -> u64 {
+    vm.memory().read_obj::<u64>(GuestAddress(addr)).unwrap()
+}
+
+/// Waits (at most 60 s) until the 2-vCPU guest stops at gate `phase`.
+fn wait_phase(vm: &Vm<KvmVm>, phase: u64, out: &Capture) {
+    let t0 = Instant::now();
+    while read_u64(vm, test_guests::SNAPSHOT_SMP_PHASE) < phase {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "guest never reached gate {phase}: {}",
+            out.text()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn open_gate(vm: &Vm<KvmVm>, gate: u64) {
+    vm.memory()
+        .write_obj(gate, GuestAddress(test_guests::SNAPSHOT_SMP_GATE))
+        .unwrap();
+}
+
+/// Runs a built (or restored) 2-vCPU guest through the gates from `gate` on and returns how
+/// it ended.
+fn finish_smp(mut vm: Vm<KvmVm>, gate: u64, out: &Capture) -> Outcome {
+    if gate <= 1 {
+        open_gate(&vm, 1);
+    }
+    vm.start().unwrap();
+    if gate <= 2 {
+        wait_phase(&vm, 2, out);
+        open_gate(&vm, 2);
+    }
+    let stop = vm.stop_handle();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        stop.stop(Outcome::Stopped("test time limit".into()));
+    });
+    vm.wait()
+}
+
+/// Two snapshots of a 2-vCPU guest, one with vCPU 1 waiting for its STARTUP IPI and one with
+/// it halted after its work, each restored in a fresh VM, end with an uninterrupted run's
+/// result.
+fn two_vcpus(irqchip: vmm::IrqchipMode) {
+    let Some(kvm) = kvm() else { return };
+    let smp = |out: &Capture| {
+        let mut c = config(test_guests::SNAPSHOT_SMP, 2, out);
+        c.irqchip = irqchip;
+        c
+    };
+    let out = Capture::default();
+    let whole = finish_smp(Vm::new(&kvm, smp(&out)).unwrap(), 0, &out);
+    assert_eq!(whole, Outcome::DebugExit(0), "{}", out.text());
+    let expected = result(&out.text()).expect("uninterrupted run printed a result");
+
+    let (at_sipi, halted) = (
+        snapshot_dir(&format!("smp-sipi-{irqchip:?}")),
+        snapshot_dir(&format!("smp-halted-{irqchip:?}")),
+    );
+    let out = Capture::default();
+    let mut vm = Vm::new(&kvm, smp(&out)).unwrap();
+    vm.start().unwrap();
+    let c = vm.controller().unwrap();
+    wait_phase(&vm, 1, &out);
+    c.pause().unwrap();
+    c.snapshot(&at_sipi).unwrap();
+    c.resume().unwrap();
+    open_gate(&vm, 1);
+    wait_phase(&vm, 2, &out);
+    c.pause().unwrap();
+    c.snapshot(&halted).unwrap();
+    c.stop(Outcome::Stopped("snapshots taken".into())).unwrap();
+    vm.wait();
+
+    for (dir, gate) in [(&at_sipi, 1), (&halted, 2)] {
+        let out = Capture::default();
+        let mut rc = RestoreConfig::new(dir);
+        rc.serial = SerialOutput::Writer(Box::new(out.clone()));
+        let vm = Vm::restore(&kvm, rc).unwrap();
+        let outcome = finish_smp(vm, gate, &out);
+        assert_eq!(outcome, Outcome::DebugExit(0), "gate {gate}: {}", out.text());
+        assert!(!out.text().contains("started"), "restarted: {}", out.text());
+        assert_eq!(
+            result(&out.text()).as_deref(),
+            Some(expected.as_str()),
+            "gate {gate}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
+fn two_vcpus_waiting_for_startup_and_halted_go_on() {
+    two_vcpus(vmm::IrqchipMode::Kernel);
+}
