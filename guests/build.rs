@@ -55,6 +55,7 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
     ("pit", "pit.S", &[]),
     ("snapshot", "snapshot.S", &[]),
     ("snapshot_smp", "snapshot_smp.S", &[]),
+    ("snapshot_blk", "snapshot_blk.S", &[]),
 ];
 
 fn main() {

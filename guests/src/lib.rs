@@ -184,3 +184,9 @@ guest!(
 pub const SNAPSHOT_SMP_PHASE: u64 = 0x1f0010;
 /// What the test writes to open [`SNAPSHOT_SMP`]'s gates.
 pub const SNAPSHOT_SMP_GATE: u64 = 0x1f0008;
+guest!(
+    /// virtio-blk across a snapshot: writes sector 5 of disk 0, waits at gate 1
+    /// ([`SNAPSHOT_SMP_PHASE`] = 1) until [`SNAPSHOT_SMP_GATE`] >= 1, then reads sector 5 back
+    /// and writes and reads sector 6 through the same queue; prints `result <byte sum>`,
+    /// exits 0.
+    SNAPSHOT_BLK, "snapshot_blk.elf");

@@ -292,6 +292,7 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
         serial: serial.clone(),
         i8042: None,
         mmio_console: None,
+        virtio: Vec::new(),
         unsaved: Vec::new(),
     };
     let serial_bus = if serial_on_ports { &mut pio } else { &mut mmio };
@@ -344,12 +345,14 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
         .transpose()?;
     let mut virtio_console: Option<Arc<Mutex<dyn ConsoleInput>>> = None;
     for (n, device) in devices.into_iter().enumerate() {
-        saved.unsaved.push(match device.device_type() {
-            1 => "virtio-net".to_string(),
-            2 => "virtio-blk".to_string(),
-            3 => "virtio-console".to_string(),
-            t => format!("virtio device type {t}"),
-        });
+        if transport == Transport::Pci {
+            saved.unsaved.push(match device.device_type() {
+                1 => "virtio-net on virtio-pci".to_string(),
+                2 => "virtio-blk on virtio-pci".to_string(),
+                3 => "virtio-console on virtio-pci".to_string(),
+                t => format!("virtio device type {t} on virtio-pci"),
+            });
+        }
         let transport: Arc<Mutex<dyn VirtioTransport>> = match (transport, &mut pci) {
             (Transport::Pci, Some((root, p))) => {
                 add_virtio_pci(vm, irq, msi, mem, root, p, device, config.ioeventfd)?
@@ -365,6 +368,7 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
             )?,
         };
         serve_queues(&mut events, &transport)?;
+        saved.virtio.push(transport.clone());
         if let Some(&(_, fd)) = taps.iter().find(|(at, _)| *at == n) {
             let t = transport.clone();
             events.add(

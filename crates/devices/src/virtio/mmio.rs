@@ -7,12 +7,12 @@ use hypervisor::IrqLine;
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
-use super::state::{DeviceState, QueueField};
+use super::state::{DeviceState, QueueField, RestoreError};
 pub use super::state::{
     INT_CONFIG, INT_VRING, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FAILED,
     STATUS_FEATURES_OK, STATUS_NEEDS_RESET,
 };
-use super::{VirtioDevice, VirtioTransport};
+use super::{TransportSnapshot, VirtioDevice, VirtioTransport};
 use crate::BusDevice;
 
 pub const MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
@@ -141,6 +141,26 @@ impl VirtioTransport for MmioTransport {
     fn process_queue(&mut self, index: usize) {
         let raised = self.state.process_queue(index);
         self.deliver(raised);
+    }
+
+    fn save(&self) -> Option<TransportSnapshot> {
+        Some(TransportSnapshot::Mmio {
+            device: self.state.save(),
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+        })
+    }
+
+    fn restore(&mut self, saved: &TransportSnapshot) -> Result<(), RestoreError> {
+        let TransportSnapshot::Mmio {
+            device,
+            device_features_sel,
+            driver_features_sel,
+        } = saved;
+        self.state.restore(device)?;
+        self.device_features_sel = *device_features_sel;
+        self.driver_features_sel = *driver_features_sel;
+        Ok(())
     }
 }
 
