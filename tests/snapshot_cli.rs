@@ -133,7 +133,10 @@ fn a_guest_snapshotted_by_ctl_resumes_in_a_new_process() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("0 disks and 0 network devices; 1 and 0"), "{err}");
+    assert!(
+        err.contains("0 disks and 0 network devices; 1 and 0"),
+        "{err}"
+    );
 
     // No snapshot there: one clear line.
     let out = bin()

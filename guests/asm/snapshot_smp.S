@@ -64,7 +64,7 @@ main:
     mov dword ptr [rdi + 0x300], 0x4500   /* INIT */
     mov dword ptr [rdi + 0x310], 1 << 24
     mov dword ptr [rdi + 0x300], 0x4600 | (TRAMPOLINE >> 12)   /* STARTUP */
-3:  pause
+3:  hlt                                          /* the timer wakes it to look again */
     cmp byte ptr [FLAG], 1
     jne 3b
 

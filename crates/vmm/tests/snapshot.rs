@@ -363,7 +363,12 @@ fn two_vcpus(irqchip: vmm::IrqchipMode) {
         rc.serial = SerialOutput::Writer(Box::new(out.clone()));
         let vm = Vm::restore(&kvm, rc).unwrap();
         let outcome = finish_gated(vm, gate, 2, &out);
-        assert_eq!(outcome, Outcome::DebugExit(0), "gate {gate}: {}", out.text());
+        assert_eq!(
+            outcome,
+            Outcome::DebugExit(0),
+            "gate {gate}: {}",
+            out.text()
+        );
         assert!(!out.text().contains("started"), "restarted: {}", out.text());
         assert_eq!(
             result(&out.text()).as_deref(),
@@ -425,7 +430,10 @@ fn virtio_blk_goes_on_after_restore_on_a_new_disk_path() {
         serde_json::from_slice(&std::fs::read(snap.join("state.json")).unwrap()).unwrap();
     let virtio = &state["devices"]["virtio"];
     let q = &virtio[0]["mmio"]["device"]["queues"][0];
-    assert_eq!((q["next_avail"].as_u64(), q["next_used"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (q["next_avail"].as_u64(), q["next_used"].as_u64()),
+        (Some(1), Some(1))
+    );
     assert_eq!(virtio[1]["mmio"]["device"]["device_type"], 3);
     // The disk as it was at the snapshot goes with it, under a new name.
     let copy = dir.join("copy.img");
@@ -441,7 +449,11 @@ fn virtio_blk_goes_on_after_restore_on_a_new_disk_path() {
     assert_eq!(outcome, Outcome::DebugExit(0), "{}", out.text());
     assert_eq!(result(&out.text()).as_deref(), Some(expected.as_str()));
     let sector6 = |p: &std::path::Path| std::fs::read(p).unwrap()[6 * 512..7 * 512].to_vec();
-    assert_eq!(sector6(&copy)[1], 7, "the restored VM wrote to the new path");
+    assert_eq!(
+        sector6(&copy)[1],
+        7,
+        "the restored VM wrote to the new path"
+    );
     assert_eq!(sector6(&disk)[1], 0, "and not to the old one");
 
     // A disk of another size is refused with both sizes named.

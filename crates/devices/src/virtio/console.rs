@@ -210,11 +210,19 @@ impl VirtioDevice for Console {
                 input.len()
             ));
         }
-        if tx_pending.as_ref().is_some_and(|(_, d)| d.len() > MAX_CHAIN_BYTES) {
-            return Err(format!("a transmit chain of more than {MAX_CHAIN_BYTES} bytes saved"));
+        if tx_pending
+            .as_ref()
+            .is_some_and(|(_, d)| d.len() > MAX_CHAIN_BYTES)
+        {
+            return Err(format!(
+                "a transmit chain of more than {MAX_CHAIN_BYTES} bytes saved"
+            ));
         }
         *lock(&self.input) = input.iter().copied().collect();
-        self.tx_data = tx_pending.as_ref().map(|(_, d)| d.clone()).unwrap_or_default();
+        self.tx_data = tx_pending
+            .as_ref()
+            .map(|(_, d)| d.clone())
+            .unwrap_or_default();
         self.tx_pending = tx_pending.as_ref().map(|(head, _)| (*head, 0));
         Ok(())
     }

@@ -100,7 +100,9 @@ pub enum RestoreError {
         saved: u64,
         here: u64,
     },
-    #[error("virtio device type {device_type}: the driver's features {driver:#x} were never offered")]
+    #[error(
+        "virtio device type {device_type}: the driver's features {driver:#x} were never offered"
+    )]
     DriverFeatures { device_type: u32, driver: u64 },
     #[error("virtio device type {device_type}: {saved} queues saved, the device has {here}")]
     QueueCount {
@@ -180,7 +182,8 @@ impl DeviceState {
                     q.max_size()
                 )));
             }
-            let queue = Queue::try_from(QueueState::from(*saved)).map_err(|e| bad(format!("{e:?}")))?;
+            let queue =
+                Queue::try_from(QueueState::from(*saved)).map_err(|e| bad(format!("{e:?}")))?;
             if live && queue.ready() && !queue.is_valid(&self.mem) {
                 return Err(bad("its rings are not in guest memory".into()));
             }
