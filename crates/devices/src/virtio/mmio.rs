@@ -405,6 +405,52 @@ mod tests {
     }
 
     #[test]
+    fn saved_state_loads_into_a_fresh_transport_and_bad_state_is_named() {
+        let (mut t, _, processed) = transport();
+        bring_up(&mut t, 1 << 32, 0x1000);
+        let saved = t.save().unwrap();
+        let (mut fresh, _, processed2) = transport();
+        fresh.restore(&saved).unwrap();
+        assert_eq!(fresh.save(), Some(saved.clone()));
+        assert_eq!(
+            r(&mut fresh, REG_STATUS) & STATUS_DRIVER_OK,
+            STATUS_DRIVER_OK
+        );
+        // A live device's queues are woken: work may have been left.
+        assert!(fresh.notify_events()[0].drain().unwrap());
+        fresh.process_queue(0);
+        assert_eq!(processed2.load(Ordering::SeqCst), 1);
+        assert_eq!(processed.load(Ordering::SeqCst), 0);
+
+        let TransportSnapshot::Mmio { device, .. } = &saved;
+        let mut bad = device.clone();
+        bad.queues[1].size = 3;
+        let e = MmioTransport::restore(&mut transport().0, &mmio(bad)).unwrap_err();
+        assert!(e.to_string().contains("queue 1"), "{e}");
+        let mut bad = device.clone();
+        bad.device_type = 2;
+        assert!(transport().0.restore(&mmio(bad)).is_err());
+        let mut bad = device.clone();
+        bad.driver_features |= 1 << 5;
+        assert!(transport().0.restore(&mmio(bad)).is_err());
+        let mut bad = device.clone();
+        bad.queues.pop();
+        assert!(transport().0.restore(&mmio(bad)).is_err());
+        let mut bad = device.clone();
+        bad.queues[0].desc_table = 0xdead_0000_0000;
+        let e = transport().0.restore(&mmio(bad)).unwrap_err();
+        assert!(e.to_string().contains("not in guest memory"), "{e}");
+    }
+
+    fn mmio(device: crate::virtio::state::VirtioSnapshot) -> TransportSnapshot {
+        TransportSnapshot::Mmio {
+            device,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+        }
+    }
+
+    #[test]
     fn queue_registers_are_frozen_outside_setup() {
         let (mut t, _, _) = transport();
         // Before FEATURES_OK: ignored.
