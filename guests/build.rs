@@ -55,6 +55,8 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
     ("trace", "trace.S", &[]),
     ("pit", "pit.S", &[]),
     ("snapshot", "snapshot.S", &[]),
+    ("snapshot_smp", "snapshot_smp.S", &[]),
+    ("snapshot_blk", "snapshot_blk.S", &[]),
 ];
 
 fn main() {

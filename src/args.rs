@@ -87,6 +87,18 @@ pub struct RestoreArgs {
     /// Print exit statistics when the VM stops.
     #[arg(long)]
     pub stats: bool,
+    /// A new path for the snapshot's disks, in order (the first replaces disk 0); repeatable.
+    /// The others are re-opened where they were. A disk must keep its size.
+    #[arg(long = "disk", value_name = "PATH")]
+    pub disks: Vec<PathBuf>,
+    /// A new backend for the snapshot's network devices, in order; repeatable. The MAC stays
+    /// the one the guest was given.
+    #[arg(
+        long = "net",
+        value_name = "tap=NAME|socket=PATH[,local=PATH]",
+        value_parser = parse_net
+    )]
+    pub nets: Vec<vmm::NetConfig>,
 }
 
 fn parse_memory_mode(s: &str) -> Result<vmm::snapshot::MemoryMode, String> {

@@ -16,6 +16,8 @@ pub fn run(args: RestoreArgs, signals: signals::SignalThread) -> anyhow::Result<
     let serial = args.serial.clone().unwrap_or(SerialArg::Stdio);
     let mut rc = RestoreConfig::new(&args.snapshot);
     rc.memory = args.memory_snapshot;
+    rc.disks = args.disks.clone();
+    rc.nets = args.nets.clone();
     rc.seccomp = seccomp;
     rc.serial = match &serial {
         SerialArg::Stdio => SerialOutput::Stdout,

@@ -132,6 +132,19 @@ fn a_guest_snapshotted_by_ctl_resumes_in_a_new_process() {
     assert!(!resumed.contains("started"), "it booted again: {resumed}");
     assert_eq!(result_line(&after), Some(expected));
 
+    // A replacement disk for a machine that had none: one clear line.
+    let out = bin()
+        .args(["restore", "--snapshot", s, "--serial", "none", "--disk", g])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("0 disks and 0 network devices; 1 and 0"),
+        "{err}"
+    );
+
     // No snapshot there: one clear line.
     let out = bin()
         .args(["restore", "--snapshot", dir.join("none").to_str().unwrap()])

@@ -179,3 +179,19 @@ guest!(
 
 /// Where the snapshot guest keeps its loop index.
 pub const SNAPSHOT_COUNTER: u64 = 0x1f0000;
+guest!(
+    /// Two vCPUs for the snapshot tests: vCPU 0 ticks and hashes, stops at gate 1
+    /// ([`SNAPSHOT_SMP_PHASE`] = 1, vCPU 1 still waiting for its STARTUP IPI) until
+    /// [`SNAPSHOT_SMP_GATE`] >= 1, starts vCPU 1 (which hashes in real mode and halts), stops at
+    /// gate 2 (phase 2) until the gate is >= 2, prints `result <hash0> <hash1>`, exits 0.
+    SNAPSHOT_SMP, "snapshot_smp.elf");
+/// Where [`SNAPSHOT_SMP`] says which gate it waits at.
+pub const SNAPSHOT_SMP_PHASE: u64 = 0x1f0010;
+/// What the test writes to open [`SNAPSHOT_SMP`]'s gates.
+pub const SNAPSHOT_SMP_GATE: u64 = 0x1f0008;
+guest!(
+    /// virtio-blk across a snapshot: writes sector 5 of disk 0, waits at gate 1
+    /// ([`SNAPSHOT_SMP_PHASE`] = 1) until [`SNAPSHOT_SMP_GATE`] >= 1, then reads sector 5 back
+    /// and writes and reads sector 6 through the same queue; prints `result <byte sum>`,
+    /// exits 0.
+    SNAPSHOT_BLK, "snapshot_blk.elf");

@@ -315,6 +315,7 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
         serial: serial.clone(),
         i8042: None,
         mmio_console: None,
+        virtio: Vec::new(),
         unsaved: Vec::new(),
     };
     let serial_bus = if serial_on_ports { &mut pio } else { &mut mmio };
@@ -369,12 +370,14 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
     let mut virtio_counts = Vec::new();
     let names = virtio_names(&devices);
     for (n, (device, name)) in devices.into_iter().zip(&names).enumerate() {
-        saved.unsaved.push(match device.device_type() {
-            1 => "virtio-net".to_string(),
-            2 => "virtio-blk".to_string(),
-            3 => "virtio-console".to_string(),
-            t => format!("virtio device type {t}"),
-        });
+        if transport == Transport::Pci {
+            saved.unsaved.push(match device.device_type() {
+                1 => "virtio-net on virtio-pci".to_string(),
+                2 => "virtio-blk on virtio-pci".to_string(),
+                3 => "virtio-console on virtio-pci".to_string(),
+                t => format!("virtio device type {t} on virtio-pci"),
+            });
+        }
         // This device's interrupt lines, counted under its name.
         let irq = lines.irq_source(name, irq);
         let msi = lines.msi_source(name, msi);
@@ -399,6 +402,7 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
         let device_counters = lock(&transport).state().counters().clone();
         virtio_counts.push((name.clone(), kind, device_counters));
         serve_queues(&mut events, &transport)?;
+        saved.virtio.push(transport.clone());
         if let Some(&(_, fd)) = taps.iter().find(|(at, _)| *at == n) {
             let t = transport.clone();
             events.add(

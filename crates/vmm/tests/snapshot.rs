@@ -230,7 +230,7 @@ fn bad_snapshots_are_clear_errors() {
     let expect = [
         (
             "version",
-            "format version 99; this vibe-vmm reads version 1",
+            "format version 99; this vibe-vmm reads versions 1 to 2",
         ),
         ("host", "another kind of host"),
         ("truncated", "corrupt"),
@@ -306,4 +306,190 @@ fn restore_time_does_not_grow_with_ram() {
         times[1] < times[0] * 4 + Duration::from_millis(20),
         "restore grew with RAM: {times:?}"
     );
+}
+
+fn read_u64(vm: &Vm<KvmVm>, addr: u64) -> u64 {
+    vm.memory().read_obj::<u64>(GuestAddress(addr)).unwrap()
+}
+
+/// Waits (at most 60 s) until the 2-vCPU guest stops at gate `phase`.
+fn wait_phase(vm: &Vm<KvmVm>, phase: u64, out: &Capture) {
+    let t0 = Instant::now();
+    while read_u64(vm, test_guests::SNAPSHOT_SMP_PHASE) < phase {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "guest never reached gate {phase}: {}",
+            out.text()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn open_gate(vm: &Vm<KvmVm>, gate: u64) {
+    vm.memory()
+        .write_obj(gate, GuestAddress(test_guests::SNAPSHOT_SMP_GATE))
+        .unwrap();
+}
+
+/// Runs a built (or restored) gated guest through its gates (1 to `last`) from `gate` on and
+/// returns how it ended.
+fn finish_gated(mut vm: Vm<KvmVm>, gate: u64, last: u64, out: &Capture) -> Outcome {
+    if gate <= 1 {
+        open_gate(&vm, 1);
+    }
+    vm.start().unwrap();
+    if gate <= 2 && last >= 2 {
+        wait_phase(&vm, 2, out);
+        open_gate(&vm, 2);
+    }
+    let stop = vm.stop_handle();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        stop.stop(Outcome::Stopped("test time limit".into()));
+    });
+    vm.wait()
+}
+
+/// Two snapshots of a 2-vCPU guest, one with vCPU 1 waiting for its STARTUP IPI and one with
+/// it halted after its work, each restored in a fresh VM, end with an uninterrupted run's
+/// result.
+fn two_vcpus(irqchip: vmm::IrqchipMode) {
+    let Some(kvm) = kvm() else { return };
+    let smp = |out: &Capture| {
+        let mut c = config(test_guests::SNAPSHOT_SMP, 2, out);
+        c.irqchip = irqchip;
+        c
+    };
+    let out = Capture::default();
+    let whole = finish_gated(Vm::new(&kvm, smp(&out)).unwrap(), 0, 2, &out);
+    assert_eq!(whole, Outcome::DebugExit(0), "{}", out.text());
+    let expected = result(&out.text()).expect("uninterrupted run printed a result");
+
+    let (at_sipi, halted) = (
+        snapshot_dir(&format!("smp-sipi-{irqchip:?}")),
+        snapshot_dir(&format!("smp-halted-{irqchip:?}")),
+    );
+    let out = Capture::default();
+    let mut vm = Vm::new(&kvm, smp(&out)).unwrap();
+    vm.start().unwrap();
+    let c = vm.controller().unwrap();
+    wait_phase(&vm, 1, &out);
+    c.pause().unwrap();
+    c.snapshot(&at_sipi).unwrap();
+    c.resume().unwrap();
+    open_gate(&vm, 1);
+    wait_phase(&vm, 2, &out);
+    c.pause().unwrap();
+    c.snapshot(&halted).unwrap();
+    c.stop(Outcome::Stopped("snapshots taken".into())).unwrap();
+    vm.wait();
+
+    for (dir, gate) in [(&at_sipi, 1), (&halted, 2)] {
+        let out = Capture::default();
+        let mut rc = RestoreConfig::new(dir);
+        rc.serial = SerialOutput::Writer(Box::new(out.clone()));
+        let vm = Vm::restore(&kvm, rc).unwrap();
+        let outcome = finish_gated(vm, gate, 2, &out);
+        assert_eq!(
+            outcome,
+            Outcome::DebugExit(0),
+            "gate {gate}: {}",
+            out.text()
+        );
+        assert!(!out.text().contains("started"), "restarted: {}", out.text());
+        assert_eq!(
+            result(&out.text()).as_deref(),
+            Some(expected.as_str()),
+            "gate {gate}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
+fn two_vcpus_waiting_for_startup_and_halted_go_on() {
+    two_vcpus(vmm::IrqchipMode::Kernel);
+}
+
+/// A virtio-blk guest (with an idle virtio-console beside it) snapshotted between two
+/// requests on the same queue, and restored on a copy of its disk: the queue goes on where
+/// it stood, the request after the restore reaches the copy, and the result equals an
+/// uninterrupted run's.
+#[test]
+fn virtio_blk_goes_on_after_restore_on_a_new_disk_path() {
+    let Some(kvm) = kvm() else { return };
+    let dir = snapshot_dir("blk");
+    std::fs::create_dir_all(&dir).unwrap();
+    let blk = |out: &Capture, disk: &std::path::Path| {
+        let disk_image = vec![0u8; 4096];
+        std::fs::write(disk, disk_image).unwrap();
+        let mut c = config(test_guests::SNAPSHOT_BLK, 1, out);
+        c.disks = vec![vmm::DiskConfig {
+            path: disk.into(),
+            read_only: false,
+        }];
+        c.virtio_console = Some(SerialOutput::None);
+        c
+    };
+    let out = Capture::default();
+    let whole = finish_gated(
+        Vm::new(&kvm, blk(&out, &dir.join("whole.img"))).unwrap(),
+        0,
+        1,
+        &out,
+    );
+    assert_eq!(whole, Outcome::DebugExit(0), "{}", out.text());
+    let expected = result(&out.text()).expect("uninterrupted run printed a result");
+
+    let disk = dir.join("disk.img");
+    let snap = dir.join("snap");
+    let out = Capture::default();
+    let mut vm = Vm::new(&kvm, blk(&out, &disk)).unwrap();
+    vm.start().unwrap();
+    let c = vm.controller().unwrap();
+    wait_phase(&vm, 1, &out);
+    c.pause().unwrap();
+    c.snapshot(&snap).unwrap();
+    c.stop(Outcome::Stopped("snapshot taken".into())).unwrap();
+    vm.wait();
+    // The queue is saved with the one request it served, the console idle beside it.
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(snap.join("state.json")).unwrap()).unwrap();
+    let virtio = &state["devices"]["virtio"];
+    let q = &virtio[0]["mmio"]["device"]["queues"][0];
+    assert_eq!(
+        (q["next_avail"].as_u64(), q["next_used"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(virtio[1]["mmio"]["device"]["device_type"], 3);
+    // The disk as it was at the snapshot goes with it, under a new name.
+    let copy = dir.join("copy.img");
+    std::fs::copy(&disk, &copy).unwrap();
+
+    let out = Capture::default();
+    let mut rc = RestoreConfig::new(&snap);
+    rc.serial = SerialOutput::Writer(Box::new(out.clone()));
+    rc.virtio_console = SerialOutput::None;
+    rc.disks = vec![copy.clone()];
+    let vm = Vm::restore(&kvm, rc).unwrap();
+    let outcome = finish_gated(vm, 1, 1, &out);
+    assert_eq!(outcome, Outcome::DebugExit(0), "{}", out.text());
+    assert_eq!(result(&out.text()).as_deref(), Some(expected.as_str()));
+    let sector6 = |p: &std::path::Path| std::fs::read(p).unwrap()[6 * 512..7 * 512].to_vec();
+    assert_eq!(
+        sector6(&copy)[1],
+        7,
+        "the restored VM wrote to the new path"
+    );
+    assert_eq!(sector6(&disk)[1], 0, "and not to the old one");
+
+    // A disk of another size is refused with both sizes named.
+    std::fs::write(&copy, vec![0u8; 8192]).unwrap();
+    let mut rc = RestoreConfig::new(&snap);
+    rc.serial = SerialOutput::None;
+    rc.virtio_console = SerialOutput::None;
+    rc.disks = vec![copy];
+    let e = Vm::restore(&kvm, rc).err().unwrap().to_string();
+    assert!(e.contains("was 8 sectors, it is now 16"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -13,6 +13,7 @@ use hypervisor::Event;
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
+use super::state::DeviceSnapshot;
 use super::{Pass, VirtioDevice, PASS_CHAINS, TYPE_CONSOLE};
 use crate::console_output::ConsoleOutput;
 use crate::{lock, ConsoleInput};
@@ -190,6 +191,42 @@ impl VirtioDevice for Console {
             TX_QUEUE => self.transmit(queue, mem),
             _ => Pass::default(),
         }
+    }
+
+    fn save_state(&self) -> DeviceSnapshot {
+        DeviceSnapshot::Console {
+            input: lock(&self.input).iter().copied().collect(),
+            tx_pending: self
+                .tx_pending
+                .map(|(head, sent)| (head, self.tx_data.get(sent..).unwrap_or_default().to_vec())),
+        }
+    }
+
+    fn restore_state(&mut self, saved: &DeviceSnapshot) -> Result<(), String> {
+        let DeviceSnapshot::Console { input, tx_pending } = saved else {
+            return Err("saved state of another kind of device".into());
+        };
+        if input.len() > INPUT_CAPACITY {
+            return Err(format!(
+                "{} bytes of input saved, the device holds at most {INPUT_CAPACITY}",
+                input.len()
+            ));
+        }
+        if tx_pending
+            .as_ref()
+            .is_some_and(|(_, d)| d.len() > MAX_CHAIN_BYTES)
+        {
+            return Err(format!(
+                "a transmit chain of more than {MAX_CHAIN_BYTES} bytes saved"
+            ));
+        }
+        *lock(&self.input) = input.iter().copied().collect();
+        self.tx_data = tx_pending
+            .as_ref()
+            .map(|(_, d)| d.clone())
+            .unwrap_or_default();
+        self.tx_pending = tx_pending.as_ref().map(|(head, _)| (*head, 0));
+        Ok(())
     }
 
     // Host input survives a device reset: it is the user's typing, not device state, and a

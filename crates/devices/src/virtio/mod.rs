@@ -51,6 +51,17 @@ pub trait VirtioDevice: Send {
     fn input_blocked(&self) -> bool {
         false
     }
+    /// The device's own state for a snapshot, beyond what the transport saves.
+    fn save_state(&self) -> state::DeviceSnapshot {
+        state::DeviceSnapshot::None
+    }
+    /// Loads saved state into this freshly built device; a mismatch is named.
+    fn restore_state(&mut self, saved: &state::DeviceSnapshot) -> Result<(), String> {
+        match saved {
+            state::DeviceSnapshot::None => Ok(()),
+            _ => Err("saved state of another kind of device".into()),
+        }
+    }
 }
 
 /// A device behind its transport, as the event loop drives it.
@@ -67,6 +78,40 @@ pub trait VirtioTransport: Send {
     /// Whether host input for queue `index` must wait for the guest.
     fn input_blocked(&self, index: usize) -> bool {
         self.state().input_blocked(index)
+    }
+
+    /// The device and transport state for a snapshot; `None` where the transport cannot be
+    /// saved yet.
+    fn save(&self) -> Option<TransportSnapshot> {
+        None
+    }
+
+    /// Loads saved state into this freshly built transport.
+    fn restore(&mut self, saved: &TransportSnapshot) -> Result<(), state::RestoreError> {
+        Err(state::RestoreError::Device {
+            device_type: saved.device().device_type,
+            detail: "this transport cannot be restored".into(),
+        })
+    }
+}
+
+/// A virtio device's snapshot with its transport's own registers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TransportSnapshot {
+    /// virtio-mmio: the device, and which halves of the feature words are selected.
+    Mmio {
+        device: state::VirtioSnapshot,
+        device_features_sel: u32,
+        driver_features_sel: u32,
+    },
+}
+
+impl TransportSnapshot {
+    pub fn device(&self) -> &state::VirtioSnapshot {
+        match self {
+            TransportSnapshot::Mmio { device, .. } => device,
+        }
     }
 }
 

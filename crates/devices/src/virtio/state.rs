@@ -8,6 +8,10 @@
 //! and the queue is not live, and DRIVER_OK with a queue whose rings fall outside guest memory
 //! sets NEEDS_RESET instead of activating the device.
 
+mod snapshot;
+
+pub use snapshot::{DeviceSnapshot, QueueSnapshot, RestoreError, VirtioSnapshot};
+
 use std::sync::Arc;
 
 use hypervisor::Event;

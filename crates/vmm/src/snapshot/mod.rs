@@ -25,6 +25,7 @@ use devices::i8042::{I8042State, I8042};
 use devices::lock;
 use devices::mmio_console::{MmioConsole, MmioConsoleState};
 use devices::serial::{Serial, SerialState};
+use devices::virtio::{TransportSnapshot, VirtioTransport};
 use serde::{Deserialize, Serialize};
 use vm_memory::GuestMemoryMmap;
 
@@ -34,8 +35,10 @@ use crate::vcpu::VcpuSetup;
 
 /// What `state.json` says it is.
 pub const FORMAT: &str = "vibe-vmm snapshot";
-/// The format version this vibe-vmm writes and reads.
-pub const VERSION: u32 = 1;
+/// The format version this vibe-vmm writes.
+pub const VERSION: u32 = 2;
+/// The oldest format version it reads (version 2 only added fields, each with a default).
+pub const MIN_VERSION: u32 = 1;
 /// The state file in a snapshot directory.
 pub const STATE_FILE: &str = "state.json";
 /// The guest RAM file in a snapshot directory.
@@ -65,7 +68,7 @@ pub enum SnapshotError {
     },
     #[error("{path} is not a vibe-vmm snapshot ({detail})")]
     NotASnapshot { path: PathBuf, detail: String },
-    #[error("the snapshot is format version {found}; this vibe-vmm reads version {VERSION}")]
+    #[error("the snapshot is format version {found}; this vibe-vmm reads versions {MIN_VERSION} to {VERSION}")]
     Version { found: u64 },
     #[error("the snapshot's state is corrupt: {0}")]
     Corrupt(String),
@@ -172,6 +175,81 @@ pub struct Machine {
     /// "kernel" or "userspace".
     pub irqchip: String,
     pub mmio_console: bool,
+    /// The virtio devices' transport, "mmio" or "pci" (format 2).
+    #[serde(default = "mmio")]
+    pub transport: String,
+    /// The disks, in order (format 2): re-opened by path on restore unless overridden.
+    #[serde(default)]
+    pub disks: Vec<SavedDisk>,
+    /// The network devices, in order (format 2).
+    #[serde(default)]
+    pub nets: Vec<SavedNet>,
+    /// Whether there is a virtio-console (format 2).
+    #[serde(default)]
+    pub virtio_console: bool,
+}
+
+fn mmio() -> String {
+    "mmio".into()
+}
+
+/// A disk as the machine opened it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedDisk {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// A network device: where its frames went, and its MAC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedNet {
+    /// A TAP by name, or a Unix datagram socket peer (and our own end, if one was given).
+    #[serde(default)]
+    pub tap: Option<String>,
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    #[serde(default)]
+    pub local: Option<PathBuf>,
+    pub mac: Option<[u8; 6]>,
+}
+
+impl SavedNet {
+    fn new(n: &crate::NetConfig) -> Self {
+        let (tap, socket, local) = match &n.backend {
+            crate::NetBackendConfig::Tap(name) => (Some(name.clone()), None, None),
+            crate::NetBackendConfig::Socket { path, local } => {
+                (None, Some(path.clone()), local.clone())
+            }
+        };
+        SavedNet {
+            tap,
+            socket,
+            local,
+            mac: n.mac,
+        }
+    }
+
+    /// The config to open it again with; exactly one backend must be named.
+    fn config(&self) -> Result<crate::NetConfig, SnapshotError> {
+        let backend = match (&self.tap, &self.socket) {
+            (Some(t), None) => crate::NetBackendConfig::Tap(t.clone()),
+            (None, Some(p)) => crate::NetBackendConfig::Socket {
+                path: p.clone(),
+                local: self.local.clone(),
+            },
+            _ => {
+                return Err(SnapshotError::Corrupt(format!(
+                    "network device {self:?} names not exactly one of tap and socket"
+                )))
+            }
+        };
+        Ok(crate::NetConfig {
+            backend,
+            mac: self.mac,
+        })
+    }
 }
 
 impl Machine {
@@ -192,6 +270,21 @@ impl Machine {
             }
             .into(),
             mmio_console: config.mmio_console.is_some(),
+            transport: match config.transport {
+                Transport::Mmio => "mmio",
+                Transport::Pci => "pci",
+            }
+            .into(),
+            disks: config
+                .disks
+                .iter()
+                .map(|d| SavedDisk {
+                    path: d.path.clone(),
+                    read_only: d.read_only,
+                })
+                .collect(),
+            nets: config.nets.iter().map(SavedNet::new).collect(),
+            virtio_console: config.virtio_console.is_some(),
         }
     }
 }
@@ -238,6 +331,9 @@ pub struct DeviceStates {
     pub serial: SerialState,
     pub i8042: Option<I8042State>,
     pub mmio_console: Option<MmioConsoleState>,
+    /// Every virtio device with its transport, in the order they were built (format 2).
+    #[serde(default)]
+    pub virtio: Vec<TransportSnapshot>,
 }
 
 /// The devices a snapshot saves, and the names of those it cannot save yet.
@@ -245,16 +341,32 @@ pub(crate) struct DeviceHandles {
     pub serial: Arc<Mutex<Serial>>,
     pub i8042: Option<Arc<Mutex<I8042>>>,
     pub mmio_console: Option<Arc<Mutex<MmioConsole>>>,
+    /// The virtio transports, in the order they were built.
+    pub virtio: Vec<Arc<Mutex<dyn VirtioTransport>>>,
     pub unsaved: Vec<String>,
 }
 
 impl DeviceHandles {
-    fn state(&self) -> DeviceStates {
-        DeviceStates {
+    fn state(&self) -> Result<DeviceStates, SnapshotError> {
+        let virtio = self
+            .virtio
+            .iter()
+            .map(|t| {
+                let t = lock(t);
+                t.save().ok_or_else(|| {
+                    SnapshotError::Unsupported(format!(
+                        "saving virtio device type {} on this transport is not supported yet",
+                        t.state().device_type()
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(DeviceStates {
             serial: lock(&self.serial).state(),
             i8042: self.i8042.as_ref().map(|d| lock(d).state()),
             mmio_console: self.mmio_console.as_ref().map(|d| lock(d).state()),
-        }
+            virtio,
+        })
     }
 
     /// Loads saved device state into a machine built from the same [`Machine`].
@@ -268,6 +380,18 @@ impl DeviceHandles {
         }
         if let (Some(d), Some(s)) = (&self.mmio_console, &s.mmio_console) {
             lock(d).set_state(s);
+        }
+        if s.virtio.len() != self.virtio.len() {
+            return Err(SnapshotError::Corrupt(format!(
+                "{} virtio devices saved, the machine has {}",
+                s.virtio.len(),
+                self.virtio.len()
+            )));
+        }
+        for (t, saved) in self.virtio.iter().zip(&s.virtio) {
+            lock(t)
+                .restore(saved)
+                .map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
         }
         Ok(())
     }
@@ -322,7 +446,7 @@ impl<V: hypervisor::Vm + 'static> Snapshotter for Writer<V> {
             .setup
             .save_vm(&vm, vcpus)
             .map_err(|e| SnapshotError::Unsupported(e.to_string()))?;
-        let devices = self.devices.state();
+        let devices = self.devices.state()?;
         std::fs::create_dir_all(dir).map_err(io_err("create the snapshot directory", dir))?;
         let memory_path = dir.join(MEMORY_FILE);
         let tmp = dir.join(".state.json.tmp");
@@ -413,7 +537,7 @@ pub fn parse(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
         .get("version")
         .and_then(|v| v.as_u64())
         .ok_or_else(|| not_ours("no version number"))?;
-    if version != u64::from(VERSION) {
+    if !(u64::from(MIN_VERSION)..=u64::from(VERSION)).contains(&version) {
         return Err(SnapshotError::Version { found: version });
     }
     let snapshot: Snapshot =
@@ -435,6 +559,16 @@ fn check(s: &Snapshot) -> Result<(), SnapshotError> {
     }
     if !matches!(m.irqchip.as_str(), "kernel" | "userspace") {
         return bad(format!("unknown irqchip {:?}", m.irqchip));
+    }
+    if !matches!(m.transport.as_str(), "mmio" | "pci") {
+        return bad(format!("unknown virtio transport {:?}", m.transport));
+    }
+    let virtio = m.disks.len() + m.nets.len() + usize::from(m.virtio_console);
+    if s.devices.virtio.len() != virtio {
+        return bad(format!(
+            "{virtio} virtio devices in the machine, {} saved",
+            s.devices.virtio.len()
+        ));
     }
     let mut total = 0u64;
     let mut file_end = 0u64;
@@ -518,6 +652,14 @@ pub struct RestoreConfig {
     pub serial: crate::SerialOutput,
     /// Where the MMIO console's output goes, if the machine has one.
     pub mmio_console: crate::SerialOutput,
+    /// Where the virtio-console's output goes, if the machine has one.
+    pub virtio_console: crate::SerialOutput,
+    /// New paths for the machine's disks, in order (the first replaces disk 0, ...); the
+    /// rest are re-opened where they were. A disk must keep its size and mode.
+    pub disks: Vec<PathBuf>,
+    /// New backends for the machine's network devices, in order; the MAC stays the saved one
+    /// (the guest has read it), so one given here must equal it.
+    pub nets: Vec<crate::NetConfig>,
     pub seccomp: crate::SeccompMode,
     pub trace: Option<crate::trace::TraceConfig>,
 }
@@ -529,6 +671,9 @@ impl RestoreConfig {
             memory: MemoryMode::default(),
             serial: crate::SerialOutput::Stdout,
             mmio_console: crate::SerialOutput::Stdout,
+            virtio_console: crate::SerialOutput::Stdout,
+            disks: Vec::new(),
+            nets: Vec::new(),
             seccomp: crate::SeccompMode::default(),
             trace: None,
         }
@@ -563,7 +708,53 @@ pub(crate) fn prepare(rc: &mut RestoreConfig) -> crate::Result<(VmConfig, Restor
     config.cpus = m.cpus;
     config.acpi = m.acpi;
     config.irqchip = IrqchipMode::Kernel;
-    config.transport = Transport::Mmio;
+    config.transport = match m.transport.as_str() {
+        "pci" => Transport::Pci,
+        _ => Transport::Mmio,
+    };
+    if rc.disks.len() > m.disks.len() || rc.nets.len() > m.nets.len() {
+        return Err(SnapshotError::Unsupported(format!(
+            "the snapshot has {} disks and {} network devices; {} and {} replacements given",
+            m.disks.len(),
+            m.nets.len(),
+            rc.disks.len(),
+            rc.nets.len()
+        ))
+        .into());
+    }
+    config.disks = m
+        .disks
+        .iter()
+        .enumerate()
+        .map(|(i, d)| crate::DiskConfig {
+            path: rc.disks.get(i).unwrap_or(&d.path).clone(),
+            read_only: d.read_only,
+        })
+        .collect();
+    config.nets = m
+        .nets
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let mut saved = n.config()?;
+            if let Some(new) = rc.nets.get(i) {
+                // The guest has read its MAC: only where the frames go may change.
+                if new.mac.is_some() && new.mac != saved.mac {
+                    return Err(SnapshotError::Unsupported(format!(
+                        "network device {i} keeps the MAC it was saved with"
+                    )));
+                }
+                saved.backend = new.backend.clone();
+            }
+            Ok(saved)
+        })
+        .collect::<Result<_, SnapshotError>>()?;
+    if m.virtio_console {
+        config.virtio_console = Some(std::mem::replace(
+            &mut rc.virtio_console,
+            crate::SerialOutput::None,
+        ));
+    }
     config.seccomp = rc.seccomp;
     config.trace = rc.trace.take();
     config.serial = std::mem::replace(&mut rc.serial, crate::SerialOutput::None);

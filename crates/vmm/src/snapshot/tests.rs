@@ -14,6 +14,10 @@ fn minimal() -> Snapshot {
             acpi: true,
             irqchip: "kernel".into(),
             mmio_console: false,
+            transport: "mmio".into(),
+            disks: Vec::new(),
+            nets: Vec::new(),
+            virtio_console: false,
         },
         memory: vec![MemoryRegion {
             gpa: 0,
@@ -54,6 +58,27 @@ fn parts_that_disagree_are_corrupt() {
     let mut s = minimal();
     s.machine.irqchip = "elsewhere".into();
     assert!(parse(&serde_json::to_vec(&s).unwrap()).is_err());
+    let mut s = minimal();
+    s.machine.virtio_console = true;
+    let e = parse(&serde_json::to_vec(&s).unwrap()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("1 virtio devices in the machine, 0 saved"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_version_1_state_without_the_virtio_fields_still_parses() {
+    let mut v = serde_json::to_value(minimal()).unwrap();
+    v["version"] = 1.into();
+    for f in ["transport", "disks", "nets", "virtio_console"] {
+        v["machine"].as_object_mut().unwrap().remove(f);
+    }
+    v["devices"].as_object_mut().unwrap().remove("virtio");
+    let s = parse(&serde_json::to_vec(&v).unwrap()).unwrap();
+    assert_eq!(s.machine.transport, "mmio");
+    assert!(s.devices.virtio.is_empty());
 }
 
 #[test]

@@ -23,6 +23,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use self::io::{Io, Segment};
 use self::request::{Desc, Kind, Request, SECTOR_SIZE};
+use super::state::DeviceSnapshot;
 use super::{read_config_bytes, Pass, VirtioDevice, PASS_CHAINS, TYPE_BLOCK};
 
 pub const QUEUE_SIZE: u16 = 256;
@@ -252,6 +253,33 @@ impl VirtioDevice for Block {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
+    }
+
+    fn save_state(&self) -> DeviceSnapshot {
+        DeviceSnapshot::Block {
+            capacity: self.capacity,
+            read_only: self.read_only,
+        }
+    }
+
+    /// The driver has read the capacity: a re-opened disk of another size is refused.
+    fn restore_state(&mut self, saved: &DeviceSnapshot) -> Result<(), String> {
+        match *saved {
+            DeviceSnapshot::Block {
+                capacity,
+                read_only,
+            } if capacity == self.capacity && read_only == self.read_only => Ok(()),
+            DeviceSnapshot::Block {
+                capacity,
+                read_only,
+            } => Err(format!(
+                "the disk was {capacity} sectors{}, it is now {} sectors{}",
+                if read_only { " read-only" } else { "" },
+                self.capacity,
+                if self.read_only { " read-only" } else { "" },
+            )),
+            _ => Err("saved state of another kind of device".into()),
+        }
     }
 
     fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> Pass {
