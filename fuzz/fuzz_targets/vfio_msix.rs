@@ -43,6 +43,7 @@ fuzz_target!(|data: &[u8]| {
         msix: bit(2),
         msix_in_bar2: bit(3),
         sparse: bit(4),
+        unmask_watcher: false,
     };
     let Ok((fake, handle)) = FakeDevice::with(o) else {
         return;

@@ -77,6 +77,10 @@ pub struct FakeOptions {
     /// BAR 2 maps only in the areas of a sparse-mmap capability: all but the page of the
     /// table (as the kernel's vfio-pci reports it); else, mappable, it maps whole.
     pub sparse: bool,
+    /// A thread of the fake's own unmasks INTx when the VMM signals the unmask eventfd, as
+    /// vfio-pci's virqfd does. The fuzz target goes without (a thread per input is most of
+    /// its time, and the unmask would race its checks).
+    pub unmask_watcher: bool,
 }
 
 impl Default for FakeOptions {
@@ -88,6 +92,7 @@ impl Default for FakeOptions {
             msix: true,
             msix_in_bar2: false,
             sparse: false,
+            unmask_watcher: true,
         }
     }
 }
@@ -322,15 +327,20 @@ impl FakeDevice {
             stopped: false,
         }));
         let handle = FakeHandle(state.clone());
-        let wake = Arc::new(Event::new()?);
-        let (s, w) = (state.clone(), wake.clone());
-        let thread = std::thread::Builder::new()
-            .name("fake-virqfd".into())
-            .spawn(move || watch_unmask(s, w))?;
+        let watcher = if options.unmask_watcher {
+            let wake = Arc::new(Event::new()?);
+            let (s, w) = (state.clone(), wake.clone());
+            let thread = std::thread::Builder::new()
+                .name("fake-virqfd".into())
+                .spawn(move || watch_unmask(s, w))?;
+            Some((wake, thread))
+        } else {
+            None
+        };
         let dev = FakeDevice {
             state,
             options,
-            watcher: Some((wake, thread)),
+            watcher,
         };
         Ok((dev, handle))
     }
