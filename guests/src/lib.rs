@@ -167,10 +167,13 @@ guest!(
     /// 0xd1001000, then exit 0.
     TRACE, "trace.elf");
 guest!(
-    /// Masks the 8259s found by their mask register, takes 10 PIT ticks through IOAPIC pin 0,
-    /// reads channel 0's latched count and times channel 2 through port B; prints
+    /// Masks the 8259s found by their mask register, takes 10 PIT ticks through IOAPIC pin 0
+    /// (counted at [`PIT_TICKS`]), reads channel 0's latched count and times channel 2
+    /// through port B; prints
     /// `PIT ticks: 10` and exits 0, or the failed check's number. Needs `--no-acpi`.
     PIT, "pit.elf");
+/// Where [`PIT`] counts its ticks.
+pub const PIT_TICKS: u64 = 0x1f0000;
 guest!(
     /// Hashes 0..500,000 while its LAPIC timer ticks (the loop index at [`SNAPSHOT_COUNTER`]),
     /// waits for 10 more ticks, prints `result <hash>`, exits 0: snapshotted mid-run by the

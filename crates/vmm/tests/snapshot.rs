@@ -35,9 +35,15 @@ fn result(out: &str) -> Option<String> {
 
 /// Boots the snapshot guest, lets it get past `progress` loop iterations, pauses it and
 /// writes a snapshot to `dir`; returns the output so far and the counter when paused.
-fn take(kvm: &hypervisor::kvm::Kvm, dir: &std::path::Path, progress: u64) -> (String, u64) {
+fn take(
+    kvm: &hypervisor::kvm::Kvm,
+    dir: &std::path::Path,
+    progress: u64,
+    irqchip: vmm::IrqchipMode,
+) -> (String, u64) {
     let out = Capture::default();
-    let c = config(test_guests::SNAPSHOT, 1, &out);
+    let mut c = config(test_guests::SNAPSHOT, 1, &out);
+    c.irqchip = irqchip;
     let mut vm = Vm::new(kvm, c).unwrap();
     vm.start().unwrap();
     let t0 = Instant::now();
@@ -70,17 +76,27 @@ fn restore(
 
 #[test]
 fn a_restored_guest_goes_on_and_ends_as_an_uninterrupted_one() {
+    goes_on(vmm::IrqchipMode::Kernel);
+}
+
+#[test]
+fn a_restored_guest_goes_on_with_the_userspace_irqchip() {
+    goes_on(vmm::IrqchipMode::Userspace);
+}
+
+/// The counting guest, its LAPIC timer ticking, snapshotted mid-loop and restored twice (one
+/// memory mode each), ends with an uninterrupted run's result.
+fn goes_on(irqchip: vmm::IrqchipMode) {
     let Some(kvm) = kvm() else { return };
     let out = Capture::default();
-    let whole = run_with_limit(
-        Vm::new(&kvm, config(test_guests::SNAPSHOT, 1, &out)).unwrap(),
-        Duration::from_secs(60),
-    );
+    let mut c = config(test_guests::SNAPSHOT, 1, &out);
+    c.irqchip = irqchip;
+    let whole = run_with_limit(Vm::new(&kvm, c).unwrap(), Duration::from_secs(60));
     assert_eq!(whole, Outcome::DebugExit(0), "{}", out.text());
     let expected = result(&out.text()).expect("uninterrupted run printed a result");
 
-    let dir = snapshot_dir("continue");
-    let (before, at) = take(&kvm, &dir, 50_000);
+    let dir = snapshot_dir(&format!("continue-{irqchip:?}"));
+    let (before, at) = take(&kvm, &dir, 50_000, irqchip);
     assert!(
         before.contains("started") && result(&before).is_none(),
         "{before}"
@@ -186,7 +202,7 @@ fn restore_error(
 fn bad_snapshots_are_clear_errors() {
     let Some(kvm) = kvm() else { return };
     let src = snapshot_dir("bad-src");
-    take(&kvm, &src, 1);
+    take(&kvm, &src, 1, vmm::IrqchipMode::Kernel);
     let cases: Vec<(&str, String)> = vec![
         (
             "version",
@@ -230,7 +246,7 @@ fn bad_snapshots_are_clear_errors() {
     let expect = [
         (
             "version",
-            "format version 99; this vibe-vmm reads versions 1 to 2",
+            "format version 99; this vibe-vmm reads versions 1 to 3",
         ),
         ("host", "another kind of host"),
         ("truncated", "corrupt"),
@@ -409,6 +425,55 @@ fn two_vcpus(irqchip: vmm::IrqchipMode) {
 #[test]
 fn two_vcpus_waiting_for_startup_and_halted_go_on() {
     two_vcpus(vmm::IrqchipMode::Kernel);
+}
+
+#[test]
+fn two_vcpus_go_on_with_the_userspace_irqchip() {
+    two_vcpus(vmm::IrqchipMode::Userspace);
+}
+
+/// The PIT guest (the userspace irqchip's PIT, no ACPI) snapshotted between its ticks: the
+/// restored PIT goes on ticking, and the guest counts its 10 and ends as a run left alone.
+#[test]
+fn the_userspace_pit_ticks_on_after_restore() {
+    let Some(kvm) = kvm() else { return };
+    let pit = |out: &Capture| {
+        let mut c = config(test_guests::PIT, 1, out);
+        c.irqchip = vmm::IrqchipMode::Userspace;
+        c.acpi = false;
+        c
+    };
+    let ticks = |vm: &Vm<KvmVm>| {
+        vm.memory()
+            .read_obj::<u32>(GuestAddress(test_guests::PIT_TICKS))
+            .unwrap()
+    };
+    let dir = snapshot_dir("pit");
+    let out = Capture::default();
+    let mut vm = Vm::new(&kvm, pit(&out)).unwrap();
+    vm.start().unwrap();
+    let t0 = Instant::now();
+    while ticks(&vm) < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no PIT ticks");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let c = vm.controller().unwrap();
+    c.pause().unwrap();
+    let at = ticks(&vm);
+    c.snapshot(&dir).unwrap();
+    c.stop(Outcome::Stopped("snapshot taken".into())).unwrap();
+    vm.wait();
+    assert!(at < 10, "snapshot after the guest's last tick ({at})");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
+    let saved_pit = &state["arch"]["x86_64"]["irqchip"]["pit"];
+    assert_eq!(saved_pit["channels"][0]["mode"], 2, "{saved_pit}");
+
+    let (outcome, after) = restore(&kvm, &dir, MemoryMode::Private);
+    assert_eq!(outcome, Outcome::DebugExit(0), "{after}");
+    assert!(after.contains("PIT ticks: 10"), "{after}");
+    assert!(!out.text().contains("PIT ticks"), "{}", out.text());
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A virtio-blk guest (with an idle virtio-console beside it) snapshotted between two

@@ -177,7 +177,11 @@ impl Irqchip {
             )));
         }
         let now = self.now().saturating_add(s.clock_ns);
-        let pit = s.pit.as_ref().map(|p| Pit::from_state(p, now)).transpose()?;
+        let pit = s
+            .pit
+            .as_ref()
+            .map(|p| Pit::from_state(p, now))
+            .transpose()?;
         self.clock_base.fetch_add(s.clock_ns, Ordering::Relaxed);
         inner.lapics = s.lapics.iter().map(|a| Lapic::from_state(a, now)).collect();
         inner.power = s.power.clone();
@@ -909,7 +913,10 @@ mod tests {
         copy.add_pit();
         copy.set_state(&s).unwrap();
         assert!(copy.is_waiting_for_startup(1));
-        assert!(copy.now() >= s.clock_ns, "its clock goes on from the saved one");
+        assert!(
+            copy.now() >= s.clock_ns,
+            "its clock goes on from the saved one"
+        );
         assert_eq!(copy.take_interrupt(0, || true), (Some(0x51), false));
         w(&copy, 0, lapic::REG_EOI, 0);
         let t = Instant::now();

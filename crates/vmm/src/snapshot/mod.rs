@@ -36,8 +36,9 @@ use crate::vcpu::VcpuSetup;
 /// What `state.json` says it is.
 pub const FORMAT: &str = "vibe-vmm snapshot";
 /// The format version this vibe-vmm writes.
-pub const VERSION: u32 = 2;
-/// The oldest format version it reads (version 2 only added fields, each with a default).
+pub const VERSION: u32 = 3;
+/// The oldest format version it reads (versions 2 and 3 only added fields and variants, each
+/// field with a default).
 pub const MIN_VERSION: u32 = 1;
 /// The state file in a snapshot directory.
 pub const STATE_FILE: &str = "state.json";
@@ -313,6 +314,9 @@ pub enum ArchState {
     X86_64 {
         vm: hypervisor::x86_64::VmState,
         vcpus: Vec<hypervisor::x86_64::VcpuState>,
+        /// The VMM's own interrupt controller, with `--irqchip userspace` (format 3).
+        #[serde(default)]
+        irqchip: Option<devices::irqchip::IrqchipState>,
     },
 }
 
@@ -557,8 +561,17 @@ fn check(s: &Snapshot) -> Result<(), SnapshotError> {
             s.arch.vcpu_count()
         ));
     }
-    if !matches!(m.irqchip.as_str(), "kernel" | "userspace") {
-        return bad(format!("unknown irqchip {:?}", m.irqchip));
+    let ArchState::X86_64 { irqchip, .. } = &s.arch;
+    match (m.irqchip.as_str(), irqchip) {
+        ("kernel", None) | ("userspace", Some(_)) => {}
+        ("kernel" | "userspace", _) => {
+            return bad(format!(
+                "a {} irqchip with{} the VMM's interrupt controller state",
+                m.irqchip,
+                if irqchip.is_some() { "" } else { "out" }
+            ))
+        }
+        _ => return bad(format!("unknown irqchip {:?}", m.irqchip)),
     }
     if !matches!(m.transport.as_str(), "mmio" | "pci") {
         return bad(format!("unknown virtio transport {:?}", m.transport));
@@ -695,19 +708,16 @@ pub(crate) struct Restore {
 pub(crate) fn prepare(rc: &mut RestoreConfig) -> crate::Result<(VmConfig, Restore)> {
     let snapshot = load(&rc.dir)?;
     let m = &snapshot.machine;
-    if m.irqchip != "kernel" {
-        return Err(SnapshotError::Unsupported(
-            "restoring a VM with the userspace irqchip is not supported yet".into(),
-        )
-        .into());
-    }
     let mem = memory::map(&rc.dir.join(MEMORY_FILE), &snapshot.memory, rc.memory)?;
     let mut config = VmConfig::new(KernelImage::Path(m.kernel.clone().into()));
     config.cmdline = m.cmdline.clone();
     config.memory = m.memory;
     config.cpus = m.cpus;
     config.acpi = m.acpi;
-    config.irqchip = IrqchipMode::Kernel;
+    config.irqchip = match m.irqchip.as_str() {
+        "userspace" => IrqchipMode::Userspace,
+        _ => IrqchipMode::Kernel,
+    };
     config.transport = match m.transport.as_str() {
         "pci" => Transport::Pci,
         _ => Transport::Mmio,
