@@ -235,6 +235,27 @@ fn bad_snapshots_are_clear_errors() {
             }),
         ),
         (
+            // Consistent, but more RAM than this host has: refused as `run --memory` is,
+            // before the (short) memory file is mapped.
+            "memory",
+            restore_error(&kvm, &src, "memory", |s| {
+                json(s, |v| {
+                    let size = 1u64 << 50;
+                    v["machine"]["memory"] = size.into();
+                    let mut offset = 0;
+                    let regions: Vec<serde_json::Value> = arch::x86_64::layout::ram_ranges(size)
+                        .into_iter()
+                        .map(|(gpa, size)| {
+                            let r = serde_json::json!({"gpa": gpa, "size": size, "offset": offset});
+                            offset += size;
+                            r
+                        })
+                        .collect();
+                    v["memory"] = regions.into();
+                })
+            }),
+        ),
+        (
             "xsave",
             restore_error(&kvm, &src, "xsave", |s| {
                 json(s, |v| {
@@ -253,6 +274,7 @@ fn bad_snapshots_are_clear_errors() {
         ("not json", "corrupt"),
         ("foreign", "not a vibe-vmm snapshot"),
         ("vcpus", "2 vCPUs in the machine, 1 saved"),
+        ("memory", "more than this host has"),
         ("xsave", "XSAVE area"),
     ];
     for ((name, got), (_, want)) in cases.iter().zip(expect) {

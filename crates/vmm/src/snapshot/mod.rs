@@ -60,6 +60,8 @@ pub enum SnapshotError {
     Unsupported(String),
     #[error("{path} already holds a snapshot; choose an empty or new directory")]
     Exists { path: PathBuf },
+    #[error("{path} is not a directory")]
+    NotADirectory { path: PathBuf },
     #[error("{op} {path}")]
     Io {
         op: &'static str,
@@ -437,6 +439,12 @@ impl<V: hypervisor::Vm + 'static> Snapshotter for Writer<V> {
                 self.devices.unsaved.join(", ")
             )));
         }
+        // A file in the way (the destination, or a folder above it) is found before any
+        // work, and named as what it is.
+        let not_a_dir = || SnapshotError::NotADirectory { path: dir.into() };
+        if dir.exists() && !dir.is_dir() {
+            return Err(not_a_dir());
+        }
         let state_path = dir.join(STATE_FILE);
         if state_path.exists() {
             return Err(SnapshotError::Exists { path: dir.into() });
@@ -451,7 +459,10 @@ impl<V: hypervisor::Vm + 'static> Snapshotter for Writer<V> {
             .save_vm(&vm, vcpus)
             .map_err(|e| SnapshotError::Unsupported(e.to_string()))?;
         let devices = self.devices.state()?;
-        std::fs::create_dir_all(dir).map_err(io_err("create the snapshot directory", dir))?;
+        std::fs::create_dir_all(dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotADirectory | std::io::ErrorKind::AlreadyExists => not_a_dir(),
+            _ => io_err("create the snapshot directory", dir)(e),
+        })?;
         let memory_path = dir.join(MEMORY_FILE);
         let tmp = dir.join(".state.json.tmp");
         let written = (|| {
@@ -708,6 +719,10 @@ pub(crate) struct Restore {
 pub(crate) fn prepare(rc: &mut RestoreConfig) -> crate::Result<(VmConfig, Restore)> {
     let snapshot = load(&rc.dir)?;
     let m = &snapshot.machine;
+    // What `run --memory` would refuse is refused before anything is mapped (a private
+    // mapping of a sparse file would otherwise take any size).
+    #[cfg(target_arch = "x86_64")]
+    crate::memory::check_size(m.memory, arch::x86_64::layout::MIN_RAM)?;
     let mem = memory::map(&rc.dir.join(MEMORY_FILE), &snapshot.memory, rc.memory)?;
     let mut config = VmConfig::new(KernelImage::Path(m.kernel.clone().into()));
     config.cmdline = m.cmdline.clone();
