@@ -131,6 +131,9 @@ guest!(
     /// virtio-blk over virtio-pci with MSI-X: write, flush, read back, each completion waited
     /// for in HLT; then entry and function masking with the pending bits.
     PCI_VIRTIO_BLK, "pci_virtio_blk.elf");
+/// Set before [`PCI_VIRTIO_BLK`] starts, it waits between its flush and its read
+/// ([`SNAPSHOT_SMP_PHASE`] = 1) until [`SNAPSHOT_SMP_GATE`] >= 1.
+pub const PCI_VIRTIO_BLK_ARMED: u64 = 0x1f0018;
 guest!(
     /// virtio-net over virtio-pci with MSI-X: a frame each way, as [`VIRTIO_NET`] does.
     PCI_VIRTIO_NET, "pci_virtio_net.elf");

@@ -349,6 +349,8 @@ pub(crate) struct DeviceHandles {
     pub mmio_console: Option<Arc<Mutex<MmioConsole>>>,
     /// The virtio transports, in the order they were built.
     pub virtio: Vec<Arc<Mutex<dyn VirtioTransport>>>,
+    /// The PCI root, which routes the BARs restored functions bring back.
+    pub pci_root: Option<Arc<devices::pci::PciRoot>>,
     pub unsaved: Vec<String>,
 }
 
@@ -398,6 +400,10 @@ impl DeviceHandles {
             lock(t)
                 .restore(saved)
                 .map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        }
+        // PCI functions came back with the BAR addresses the guest gave them.
+        if let Some(root) = &self.pci_root {
+            root.reroute();
         }
         Ok(())
     }
