@@ -105,6 +105,16 @@ fn a_guest_snapshotted_by_ctl_resumes_in_a_new_process() {
         text(&out.stderr)
     );
     assert_eq!(text(&ctl(&socket, &["pause"]).stdout).trim(), "paused");
+    // A file where the directory should be is the caller's mistake, named as such.
+    let file = dir.join("a-file");
+    std::fs::write(&file, b"mine").unwrap();
+    for dest in [file.clone(), file.join("below")] {
+        let out = ctl(&socket, &["snapshot", dest.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = text(&out.stderr);
+        assert!(err.contains("is not a directory (HTTP 400)"), "{err}");
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"mine");
     let t0 = Instant::now();
     let out = ctl(&socket, &["snapshot", s]);
     let took = t0.elapsed();

@@ -6,6 +6,8 @@
  * queue 0's entry masked, and again with the whole function masked, a request completes with
  * its PBA bit set and no interrupt; unmasking delivers the interrupt and clears the bit.
  * Prints "msi-x interrupts: queue N, config M"; exits 0 or the number of the failed check.
+ * With the word at ARMED set, it waits at a gate between the flush and the read (for the
+ * snapshot tests).
  */
 #include "common.S"
 #include "pci.S"
@@ -16,6 +18,9 @@
 #define DATA    0x61000
 #define READBUF 0x62000
 #define SECTOR  5
+#define GATE    0x1f0008                            /* the snapshot tests' gate, phase and */
+#define PHASE   0x1f0010                            /* arming word */
+#define ARMED   0x1f0018
 #define QUEUE_IRQS  (msi_count + 4)                 /* queue 0 is MSI-X vector 1 */
 
 main:
@@ -105,6 +110,17 @@ main:
     mov al, 21
     jnz fail
 
+    /* For the snapshot test: when armed (ARMED nonzero), say so at PHASE and wait for GATE. */
+    mov rdi, ARMED
+    cmp qword ptr [rdi], 0
+    je 2f
+    mov rdi, PHASE
+    mov qword ptr [rdi], 1
+    mov rdi, GATE
+3:  pause
+    cmp qword ptr [rdi], 1
+    jb 3b
+2:
     /* IN: header, buffer (device writes), status */
     mov dword ptr [HDR], 0
     DESC RING0, 0, HDR, 16, F_NEXT, 1

@@ -11,6 +11,7 @@
 #define VECTOR  0x30
 #define LATCH   11932                               /* 1193182 Hz / 100 */
 #define TICKS   10
+#define TICKS_AT 0x1f0000                           /* where the tick count is kept (tests) */
 
 main:
     mov al, 0xff                                    /* probe_8259A: mask the slave, write a */
@@ -42,8 +43,9 @@ main:
     mov al, LATCH >> 8
     out 0x40, al
     sti
+    mov rdx, TICKS_AT
 1:  hlt
-    cmp dword ptr [rip + ticks], TICKS
+    cmp dword ptr [rdx], TICKS
     jb 1b
     cli
 
@@ -82,7 +84,8 @@ main:
 
     lea rsi, [rip + msg]
     call puts
-    mov eax, [rip + ticks]
+    mov rdi, TICKS_AT
+    mov eax, [rdi]
     call putdec
     lea rsi, [rip + crlf]
     call puts
@@ -90,8 +93,9 @@ main:
 9:  ret
 
 handler:
-    inc dword ptr [rip + ticks]
     push rdi
+    mov rdi, TICKS_AT
+    inc dword ptr [rdi]
     mov rdi, LAPIC
     mov dword ptr [rdi + 0xb0], 0                   /* EOI */
     pop rdi
@@ -100,5 +104,3 @@ handler:
     .section .rodata
 msg:  .asciz "PIT ticks: "
 crlf: .asciz "\r\n"
-    .section .data
-ticks: .long 0

@@ -131,6 +131,9 @@ guest!(
     /// virtio-blk over virtio-pci with MSI-X: write, flush, read back, each completion waited
     /// for in HLT; then entry and function masking with the pending bits.
     PCI_VIRTIO_BLK, "pci_virtio_blk.elf");
+/// Set before [`PCI_VIRTIO_BLK`] starts, it waits between its flush and its read
+/// ([`SNAPSHOT_SMP_PHASE`] = 1) until [`SNAPSHOT_SMP_GATE`] >= 1.
+pub const PCI_VIRTIO_BLK_ARMED: u64 = 0x1f0018;
 guest!(
     /// virtio-net over virtio-pci with MSI-X: a frame each way, as [`VIRTIO_NET`] does.
     PCI_VIRTIO_NET, "pci_virtio_net.elf");
@@ -167,10 +170,13 @@ guest!(
     /// 0xd1001000, then exit 0.
     TRACE, "trace.elf");
 guest!(
-    /// Masks the 8259s found by their mask register, takes 10 PIT ticks through IOAPIC pin 0,
-    /// reads channel 0's latched count and times channel 2 through port B; prints
+    /// Masks the 8259s found by their mask register, takes 10 PIT ticks through IOAPIC pin 0
+    /// (counted at [`PIT_TICKS`]), reads channel 0's latched count and times channel 2
+    /// through port B; prints
     /// `PIT ticks: 10` and exits 0, or the failed check's number. Needs `--no-acpi`.
     PIT, "pit.elf");
+/// Where [`PIT`] counts its ticks.
+pub const PIT_TICKS: u64 = 0x1f0000;
 guest!(
     /// Hashes 0..500,000 while its LAPIC timer ticks (the loop index at [`SNAPSHOT_COUNTER`]),
     /// waits for 10 more ticks, prints `result <hash>`, exits 0: snapshotted mid-run by the

@@ -316,6 +316,7 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
         i8042: None,
         mmio_console: None,
         virtio: Vec::new(),
+        pci_root: None,
         unsaved: Vec::new(),
     };
     let serial_bus = if serial_on_ports { &mut pio } else { &mut mmio };
@@ -370,14 +371,6 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
     let mut virtio_counts = Vec::new();
     let names = virtio_names(&devices);
     for (n, (device, name)) in devices.into_iter().zip(&names).enumerate() {
-        if transport == Transport::Pci {
-            saved.unsaved.push(match device.device_type() {
-                1 => "virtio-net on virtio-pci".to_string(),
-                2 => "virtio-blk on virtio-pci".to_string(),
-                3 => "virtio-console on virtio-pci".to_string(),
-                t => format!("virtio device type {t} on virtio-pci"),
-            });
-        }
         // This device's interrupt lines, counted under its name.
         let irq = lines.irq_source(name, irq);
         let msi = lines.msi_source(name, msi);
@@ -463,7 +456,9 @@ pub(crate) fn build<V: hypervisor::Vm + 'static>(
         None => {}
     }
     if let Some((root, p)) = pci {
-        install_pci_bus(&mut pio, &mut mmio, root.into_shared(), p)?;
+        let root = root.into_shared();
+        saved.pci_root = Some(root.clone());
+        install_pci_bus(&mut pio, &mut mmio, root, p)?;
     }
     let mut mmio_console: Option<Arc<Mutex<dyn ConsoleInput>>> = None;
     if let Some(out) = config.mmio_console.take() {

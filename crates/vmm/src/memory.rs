@@ -30,6 +30,20 @@ pub(crate) fn allocate_ranges(
     min: u64,
     ranges: impl FnOnce(u64) -> Vec<(u64, u64)>,
 ) -> Result<GuestMemoryMmap> {
+    check_size(size, min)?;
+    let ranges: Vec<(GuestAddress, usize)> = ranges(size)
+        .into_iter()
+        .map(|(start, len)| (GuestAddress(start), len as usize))
+        .collect();
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::AllocateMemory {
+        size,
+        reason: e.to_string(),
+    })
+}
+
+/// Whether guest RAM of `size` bytes can be given: at least `min`, no more than this host
+/// has, whole 4 KiB pages. A restored snapshot's RAM is checked the same way.
+pub(crate) fn check_size(size: u64, min: u64) -> Result<()> {
     if size < min {
         return Err(Error::MemoryTooSmall { size, min });
     }
@@ -43,14 +57,7 @@ pub(crate) fn allocate_ranges(
             reason: "size must be a multiple of 4 KiB".into(),
         });
     }
-    let ranges: Vec<(GuestAddress, usize)> = ranges(size)
-        .into_iter()
-        .map(|(start, len)| (GuestAddress(start), len as usize))
-        .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::AllocateMemory {
-        size,
-        reason: e.to_string(),
-    })
+    Ok(())
 }
 
 /// Registers every region of `mem` with the VM, one slot each.

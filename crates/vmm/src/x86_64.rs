@@ -99,7 +99,9 @@ impl<V: X86Vm + 'static> Vm<V> {
         let start = match &restore {
             // The hypervisor's irqchip and clock as they were, before any vCPU exists.
             Some(snap) => {
-                let crate::snapshot::ArchState::X86_64 { vm: saved, vcpus } = &snap.arch;
+                let crate::snapshot::ArchState::X86_64 {
+                    vm: saved, vcpus, ..
+                } = &snap.arch;
                 vm.set_vm_state(saved)?;
                 for v in vcpus {
                     vm.check_vcpu_state(v)?;
@@ -152,6 +154,12 @@ impl<V: X86Vm + 'static> Vm<V> {
         }
         if let Some(snap) = &restore {
             devices.saved.restore(&snap.devices)?;
+            let crate::snapshot::ArchState::X86_64 { irqchip, .. } = &snap.arch;
+            // `snapshot::check` matched the saved controller to the machine's irqchip mode.
+            if let (Some(c), Some(saved)) = (&chip, irqchip) {
+                c.set_state(saved)
+                    .map_err(|e| crate::snapshot::SnapshotError::Corrupt(e.to_string()))?;
+            }
         }
         let setup = Arc::new(X86Setup {
             start,
@@ -332,6 +340,9 @@ impl<V: X86Vm> VcpuSetup<V> for X86Setup {
                     "a snapshot with fewer vCPUs than the machine",
                 ))?;
                 vcpu.set_state(state)?;
+                if let Some(c) = &self.irqchip {
+                    c.attach(id, vcpu.kicker()?);
+                }
                 return Ok(vcpu);
             }
         };
@@ -512,11 +523,6 @@ impl<V: X86Vm> VcpuSetup<V> for X86Setup {
     }
 
     fn save_vcpu(&self, _id: u32, vcpu: &V::Vcpu) -> Result<crate::snapshot::VcpuSnapshot> {
-        if self.irqchip.is_some() {
-            return Err(Error::Unsupported(
-                "snapshots with the userspace irqchip (its LAPIC and IOAPIC state)",
-            ));
-        }
         Ok(crate::snapshot::VcpuSnapshot::X86_64(vcpu.state()?))
     }
 
@@ -531,6 +537,7 @@ impl<V: X86Vm> VcpuSetup<V> for X86Setup {
                 .into_iter()
                 .map(|crate::snapshot::VcpuSnapshot::X86_64(s)| s)
                 .collect(),
+            irqchip: self.irqchip.as_ref().map(|c| c.state()),
         })
     }
 }

@@ -35,9 +35,15 @@ fn result(out: &str) -> Option<String> {
 
 /// Boots the snapshot guest, lets it get past `progress` loop iterations, pauses it and
 /// writes a snapshot to `dir`; returns the output so far and the counter when paused.
-fn take(kvm: &hypervisor::kvm::Kvm, dir: &std::path::Path, progress: u64) -> (String, u64) {
+fn take(
+    kvm: &hypervisor::kvm::Kvm,
+    dir: &std::path::Path,
+    progress: u64,
+    irqchip: vmm::IrqchipMode,
+) -> (String, u64) {
     let out = Capture::default();
-    let c = config(test_guests::SNAPSHOT, 1, &out);
+    let mut c = config(test_guests::SNAPSHOT, 1, &out);
+    c.irqchip = irqchip;
     let mut vm = Vm::new(kvm, c).unwrap();
     vm.start().unwrap();
     let t0 = Instant::now();
@@ -70,17 +76,27 @@ fn restore(
 
 #[test]
 fn a_restored_guest_goes_on_and_ends_as_an_uninterrupted_one() {
+    goes_on(vmm::IrqchipMode::Kernel);
+}
+
+#[test]
+fn a_restored_guest_goes_on_with_the_userspace_irqchip() {
+    goes_on(vmm::IrqchipMode::Userspace);
+}
+
+/// The counting guest, its LAPIC timer ticking, snapshotted mid-loop and restored twice (one
+/// memory mode each), ends with an uninterrupted run's result.
+fn goes_on(irqchip: vmm::IrqchipMode) {
     let Some(kvm) = kvm() else { return };
     let out = Capture::default();
-    let whole = run_with_limit(
-        Vm::new(&kvm, config(test_guests::SNAPSHOT, 1, &out)).unwrap(),
-        Duration::from_secs(60),
-    );
+    let mut c = config(test_guests::SNAPSHOT, 1, &out);
+    c.irqchip = irqchip;
+    let whole = run_with_limit(Vm::new(&kvm, c).unwrap(), Duration::from_secs(60));
     assert_eq!(whole, Outcome::DebugExit(0), "{}", out.text());
     let expected = result(&out.text()).expect("uninterrupted run printed a result");
 
-    let dir = snapshot_dir("continue");
-    let (before, at) = take(&kvm, &dir, 50_000);
+    let dir = snapshot_dir(&format!("continue-{irqchip:?}"));
+    let (before, at) = take(&kvm, &dir, 50_000, irqchip);
     assert!(
         before.contains("started") && result(&before).is_none(),
         "{before}"
@@ -186,7 +202,7 @@ fn restore_error(
 fn bad_snapshots_are_clear_errors() {
     let Some(kvm) = kvm() else { return };
     let src = snapshot_dir("bad-src");
-    take(&kvm, &src, 1);
+    take(&kvm, &src, 1, vmm::IrqchipMode::Kernel);
     let cases: Vec<(&str, String)> = vec![
         (
             "version",
@@ -219,6 +235,27 @@ fn bad_snapshots_are_clear_errors() {
             }),
         ),
         (
+            // Consistent, but more RAM than this host has: refused as `run --memory` is,
+            // before the (short) memory file is mapped.
+            "memory",
+            restore_error(&kvm, &src, "memory", |s| {
+                json(s, |v| {
+                    let size = 1u64 << 50;
+                    v["machine"]["memory"] = size.into();
+                    let mut offset = 0;
+                    let regions: Vec<serde_json::Value> = arch::x86_64::layout::ram_ranges(size)
+                        .into_iter()
+                        .map(|(gpa, size)| {
+                            let r = serde_json::json!({"gpa": gpa, "size": size, "offset": offset});
+                            offset += size;
+                            r
+                        })
+                        .collect();
+                    v["memory"] = regions.into();
+                })
+            }),
+        ),
+        (
             "xsave",
             restore_error(&kvm, &src, "xsave", |s| {
                 json(s, |v| {
@@ -230,13 +267,14 @@ fn bad_snapshots_are_clear_errors() {
     let expect = [
         (
             "version",
-            "format version 99; this vibe-vmm reads versions 1 to 2",
+            "format version 99; this vibe-vmm reads versions 1 to 3",
         ),
         ("host", "another kind of host"),
         ("truncated", "corrupt"),
         ("not json", "corrupt"),
         ("foreign", "not a vibe-vmm snapshot"),
         ("vcpus", "2 vCPUs in the machine, 1 saved"),
+        ("memory", "more than this host has"),
         ("xsave", "XSAVE area"),
     ];
     for ((name, got), (_, want)) in cases.iter().zip(expect) {
@@ -411,6 +449,55 @@ fn two_vcpus_waiting_for_startup_and_halted_go_on() {
     two_vcpus(vmm::IrqchipMode::Kernel);
 }
 
+#[test]
+fn two_vcpus_go_on_with_the_userspace_irqchip() {
+    two_vcpus(vmm::IrqchipMode::Userspace);
+}
+
+/// The PIT guest (the userspace irqchip's PIT, no ACPI) snapshotted between its ticks: the
+/// restored PIT goes on ticking, and the guest counts its 10 and ends as a run left alone.
+#[test]
+fn the_userspace_pit_ticks_on_after_restore() {
+    let Some(kvm) = kvm() else { return };
+    let pit = |out: &Capture| {
+        let mut c = config(test_guests::PIT, 1, out);
+        c.irqchip = vmm::IrqchipMode::Userspace;
+        c.acpi = false;
+        c
+    };
+    let ticks = |vm: &Vm<KvmVm>| {
+        vm.memory()
+            .read_obj::<u32>(GuestAddress(test_guests::PIT_TICKS))
+            .unwrap()
+    };
+    let dir = snapshot_dir("pit");
+    let out = Capture::default();
+    let mut vm = Vm::new(&kvm, pit(&out)).unwrap();
+    vm.start().unwrap();
+    let t0 = Instant::now();
+    while ticks(&vm) < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no PIT ticks");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let c = vm.controller().unwrap();
+    c.pause().unwrap();
+    let at = ticks(&vm);
+    c.snapshot(&dir).unwrap();
+    c.stop(Outcome::Stopped("snapshot taken".into())).unwrap();
+    vm.wait();
+    assert!(at < 10, "snapshot after the guest's last tick ({at})");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
+    let saved_pit = &state["arch"]["x86_64"]["irqchip"]["pit"];
+    assert_eq!(saved_pit["channels"][0]["mode"], 2, "{saved_pit}");
+
+    let (outcome, after) = restore(&kvm, &dir, MemoryMode::Private);
+    assert_eq!(outcome, Outcome::DebugExit(0), "{after}");
+    assert!(after.contains("PIT ticks: 10"), "{after}");
+    assert!(!out.text().contains("PIT ticks"), "{}", out.text());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A virtio-blk guest (with an idle virtio-console beside it) snapshotted between two
 /// requests on the same queue, and restored on a copy of its disk: the queue goes on where
 /// it stood, the request after the restore reaches the copy, and the result equals an
@@ -492,4 +579,74 @@ fn virtio_blk_goes_on_after_restore_on_a_new_disk_path() {
     let e = Vm::restore(&kvm, rc).err().unwrap().to_string();
     assert!(e.contains("was 8 sectors, it is now 16"), "{e}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// virtio-blk on virtio-pci with MSI-X, snapshotted between its flush and its read (queue,
+/// MSI-X table and vectors programmed, the BAR placed): the restored function answers at its
+/// BAR, the read completes with its MSI-X interrupt, and the output equals a run left alone.
+#[test]
+fn virtio_blk_over_pci_goes_on_after_restore() {
+    let Some(kvm) = kvm() else { return };
+    for irqchip in [vmm::IrqchipMode::Kernel, vmm::IrqchipMode::Userspace] {
+        let dir = snapshot_dir(&format!("pci-blk-{irqchip:?}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let blk = |out: &Capture, disk: &std::path::Path| {
+            std::fs::write(disk, vec![0u8; 64 * 512]).unwrap();
+            let mut c = config(test_guests::PCI_VIRTIO_BLK, 1, out);
+            c.transport = vmm::Transport::Pci;
+            c.irqchip = irqchip;
+            c.disks = vec![vmm::DiskConfig {
+                path: disk.into(),
+                read_only: false,
+            }];
+            c
+        };
+        let arm = |vm: &Vm<KvmVm>| {
+            vm.memory()
+                .write_obj(1u64, GuestAddress(test_guests::PCI_VIRTIO_BLK_ARMED))
+                .unwrap()
+        };
+        let out = Capture::default();
+        let vm = Vm::new(&kvm, blk(&out, &dir.join("whole.img"))).unwrap();
+        arm(&vm);
+        let whole = finish_gated(vm, 0, 1, &out);
+        assert_eq!(whole, Outcome::DebugExit(0), "{}", out.text());
+        let expected = out.text();
+        assert!(expected.contains("msi-x interrupts"), "{expected}");
+
+        let snap = dir.join("snap");
+        let out = Capture::default();
+        let mut vm = Vm::new(&kvm, blk(&out, &dir.join("disk.img"))).unwrap();
+        arm(&vm);
+        vm.start().unwrap();
+        let c = vm.controller().unwrap();
+        wait_phase(&vm, 1, &out);
+        c.pause().unwrap();
+        c.snapshot(&snap).unwrap();
+        c.stop(Outcome::Stopped("snapshot taken".into())).unwrap();
+        vm.wait();
+        let before = out.text();
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(snap.join("state.json")).unwrap()).unwrap();
+        let pci = &state["devices"]["virtio"][0]["pci"];
+        assert_eq!(pci["queue_vectors"][0], 1, "{irqchip:?}: {pci}");
+
+        let out = Capture::default();
+        let mut rc = RestoreConfig::new(&snap);
+        rc.serial = SerialOutput::Writer(Box::new(out.clone()));
+        let vm = Vm::restore(&kvm, rc).unwrap();
+        let outcome = finish_gated(vm, 1, 1, &out);
+        assert_eq!(
+            outcome,
+            Outcome::DebugExit(0),
+            "{irqchip:?}: {}",
+            out.text()
+        );
+        assert_eq!(
+            format!("{before}{}", out.text()),
+            expected,
+            "{irqchip:?}: the two halves print what the whole run did"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

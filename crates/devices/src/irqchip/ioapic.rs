@@ -47,7 +47,37 @@ impl Default for Ioapic {
     }
 }
 
+/// The IOAPIC's registers as a snapshot keeps them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IoapicState {
+    pub id: u32,
+    pub select: u32,
+    pub entries: [u64; PINS],
+    /// Pins held asserted by level lines, one bit each.
+    pub asserted: u32,
+}
+
 impl Ioapic {
+    pub fn state(&self) -> IoapicState {
+        IoapicState {
+            id: self.id,
+            select: self.select,
+            entries: self.entries,
+            asserted: self.asserted,
+        }
+    }
+
+    /// An IOAPIC with saved registers (only the bits its registers hold).
+    pub fn from_state(s: &IoapicState) -> Self {
+        Ioapic {
+            id: s.id & 0x0f00_0000,
+            select: s.select & 0xff,
+            entries: s.entries.map(|e| e & !(1 << 12)),
+            asserted: s.asserted & ((1 << PINS) - 1),
+        }
+    }
+
     /// Pin `pin` saw an edge (or was asserted): where its interrupt goes, unless it is masked
     /// or a level-triggered interrupt from it is still in service.
     pub fn raise(&mut self, pin: u32) -> Option<Route> {

@@ -366,6 +366,72 @@ impl Lapic {
     }
 }
 
+/// A local APIC's registers as a snapshot keeps them: plain data, the timer's deadline as the
+/// time it had left (the clock it was on does not survive the process).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LapicState {
+    pub id: u8,
+    pub tpr: u32,
+    pub ldr: u32,
+    pub dfr: u32,
+    pub svr: u32,
+    pub isr: [u32; 8],
+    pub irr: [u32; 8],
+    pub tmr: [u32; 8],
+    pub icr_high: u32,
+    pub icr_low: u32,
+    /// Timer, thermal, performance, LINT0, LINT1, error.
+    pub lvt: [u32; LVT_COUNT],
+    pub timer_initial: u32,
+    pub timer_divide: u32,
+    /// Nanoseconds until the running timer fires, if it runs.
+    pub timer_remaining_ns: Option<u64>,
+}
+
+impl Lapic {
+    /// The registers at time `now`.
+    pub fn state(&self, now: u64) -> LapicState {
+        LapicState {
+            id: self.id,
+            tpr: self.tpr,
+            ldr: self.ldr,
+            dfr: self.dfr,
+            svr: self.svr,
+            isr: self.isr.0,
+            irr: self.irr.0,
+            tmr: self.tmr.0,
+            icr_high: self.icr_high,
+            icr_low: self.icr_low,
+            lvt: self.lvt,
+            timer_initial: self.timer_initial,
+            timer_divide: self.timer_divide,
+            timer_remaining_ns: self.timer_deadline.map(|d| d.saturating_sub(now)),
+        }
+    }
+
+    /// An APIC with saved registers, its timer resumed at `now`. Each register keeps only
+    /// the bits a guest write could set, so a saved file holds nothing a guest could not.
+    pub fn from_state(s: &LapicState, now: u64) -> Self {
+        Lapic {
+            id: s.id,
+            tpr: s.tpr & 0xff,
+            ldr: s.ldr & 0xff00_0000,
+            dfr: s.dfr | 0x0fff_ffff,
+            svr: s.svr & 0x3ff,
+            isr: VectorSet(s.isr),
+            irr: VectorSet(s.irr),
+            tmr: VectorSet(s.tmr),
+            icr_high: s.icr_high,
+            icr_low: s.icr_low & !(1 << 12),
+            lvt: s.lvt,
+            timer_initial: s.timer_initial,
+            timer_divide: s.timer_divide & 0xb,
+            timer_deadline: s.timer_remaining_ns.map(|r| now.saturating_add(r)),
+        }
+    }
+}
+
 /// What a register write asks of the interrupt controller hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteEffect {
@@ -459,6 +525,23 @@ mod tests {
         a.write(REG_LVT_TIMER, 0x40, 0);
         a.write(REG_TIMER_INITIAL, 1, 0);
         assert_eq!(a.timer_deadline(), Some(1));
+    }
+
+    #[test]
+    fn saved_registers_come_back_with_the_timer_time_left() {
+        let mut a = enabled();
+        a.write(REG_TIMER_DIVIDE, 0xb, 0);
+        a.write(REG_LVT_TIMER, 0x40, 0);
+        a.write(REG_TIMER_INITIAL, 1000, 100);
+        a.accept(0x31, true);
+        let s = a.state(600);
+        assert_eq!(s.timer_remaining_ns, Some(500));
+        // Restored on a clock that reads 5 at the time.
+        let b = Lapic::from_state(&s, 5);
+        assert_eq!(b.timer_deadline(), Some(505));
+        assert_eq!(b.read(REG_TIMER_CURRENT, 5), 500);
+        assert_eq!(b.pending(), Some(0x31));
+        assert_eq!(b.state(5), Lapic::from_state(&s, 0).state(0));
     }
 
     #[test]

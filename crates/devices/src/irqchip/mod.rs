@@ -24,6 +24,7 @@ pub mod msi;
 pub mod pic;
 pub mod pit;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -31,13 +32,14 @@ use std::time::{Duration, Instant};
 use hypervisor::{Event, IrqLine, MsiLine, MsiMessage, VcpuKicker};
 
 use crate::lock;
-use ioapic::Ioapic;
-use lapic::{Destination, Ipi, Lapic, WriteEffect};
-use pit::Pit;
+use ioapic::{Ioapic, IoapicState};
+use lapic::{Destination, Ipi, Lapic, LapicState, WriteEffect};
+use pit::{Pit, PitState};
 
 /// Whether a vCPU runs or waits for a STARTUP IPI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Power {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Power {
     Running,
     WaitForSipi,
     /// A STARTUP arrived with this vector; the vCPU thread starts it in real mode.
@@ -67,8 +69,30 @@ pub struct Irqchip {
     timer_changed: Condvar,
     kickers: Mutex<Vec<Option<Box<dyn VcpuKicker>>>>,
     epoch: Instant,
+    /// Added to the time since `epoch`: a restored chip's clock goes on from the saved one,
+    /// so what happened before the snapshot (a PIT count's start) stays in its past.
+    clock_base: AtomicU64,
     timer: Mutex<Option<JoinHandle<()>>>,
 }
+
+/// The whole controller as a snapshot keeps it: per vCPU its local APIC and power state, the
+/// IOAPIC and the PIT. Timer deadlines are the time they had left.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IrqchipState {
+    /// The chip's clock when saved (nanoseconds since it started, or since the first start
+    /// of a restored chain).
+    pub clock_ns: u64,
+    pub lapics: Vec<LapicState>,
+    pub power: Vec<Power>,
+    pub ioapic: IoapicState,
+    pub pit: Option<PitState>,
+}
+
+/// Saved state that does not fit this controller.
+#[derive(Debug, thiserror::Error)]
+#[error("the saved interrupt controller does not fit: {0}")]
+pub struct StateError(String);
 
 impl Irqchip {
     /// A controller for `cpus` vCPUs (APIC IDs 0..cpus; vCPU 0 runs, the others wait for
@@ -106,6 +130,7 @@ impl Irqchip {
             timer_changed: Condvar::new(),
             kickers: Mutex::new((0..n).map(|_| None).collect()),
             epoch: Instant::now(),
+            clock_base: AtomicU64::new(0),
             timer: Mutex::new(None),
         });
         let c = chip.clone();
@@ -115,7 +140,56 @@ impl Irqchip {
     }
 
     fn now(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
+        let since = self.epoch.elapsed().as_nanos() as u64;
+        since.saturating_add(self.clock_base.load(Ordering::Relaxed))
+    }
+
+    /// The controller's state now. The VM is paused: no vCPU changes it meanwhile (the timer
+    /// thread may still latch a due interrupt, which the saved IRR then holds).
+    pub fn state(&self) -> IrqchipState {
+        let now = self.now();
+        let inner = self.lock();
+        IrqchipState {
+            clock_ns: now,
+            lapics: inner.lapics.iter().map(|a| a.state(now)).collect(),
+            power: inner.power.clone(),
+            ioapic: inner.ioapic.state(),
+            pit: inner.pit.as_ref().map(|p| p.state(now)),
+        }
+    }
+
+    /// Loads saved state into a chip built for the same machine, before any vCPU runs.
+    pub fn set_state(&self, s: &IrqchipState) -> Result<(), StateError> {
+        let mut inner = self.lock();
+        let n = inner.lapics.len();
+        if s.lapics.len() != n || s.power.len() != n {
+            return Err(StateError(format!(
+                "{} local APICs and {} power states saved for {n} vCPUs",
+                s.lapics.len(),
+                s.power.len()
+            )));
+        }
+        if s.pit.is_some() != inner.pit.is_some() {
+            return Err(StateError(format!(
+                "a PIT saved: {}, the machine has one: {}",
+                s.pit.is_some(),
+                inner.pit.is_some()
+            )));
+        }
+        let now = self.now().saturating_add(s.clock_ns);
+        let pit = s
+            .pit
+            .as_ref()
+            .map(|p| Pit::from_state(p, now))
+            .transpose()?;
+        self.clock_base.fetch_add(s.clock_ns, Ordering::Relaxed);
+        inner.lapics = s.lapics.iter().map(|a| Lapic::from_state(a, now)).collect();
+        inner.power = s.power.clone();
+        inner.ioapic = Ioapic::from_state(&s.ioapic);
+        inner.pit = pit;
+        drop(inner);
+        self.timer_changed.notify_all();
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -819,6 +893,40 @@ mod tests {
         port_b.write(0, &[1]);
         port_b.read(0, &mut b);
         assert_eq!(b[0] & 1, 1);
+    }
+
+    #[test]
+    fn a_saved_chip_comes_back_with_its_timer_pending_and_power_states() {
+        let chip = Irqchip::start(2).unwrap();
+        w(&chip, 0, lapic::REG_SVR, 0x1ff);
+        w(&chip, 0, lapic::REG_TIMER_DIVIDE, 0xb);
+        w(&chip, 0, lapic::REG_LVT_TIMER, 0x40);
+        w(&chip, 0, lapic::REG_TIMER_INITIAL, 50_000_000); // 50 ms
+        chip.deliver_msi(msi(0, 0, 0x51));
+        chip.add_pit();
+        let s = chip.state();
+        assert_eq!(s.power, [Power::Running, Power::WaitForSipi]);
+        let left = s.lapics[0].timer_remaining_ns.unwrap();
+        assert!(left > 0 && left <= 50_000_000, "{left}");
+
+        let copy = Irqchip::start(2).unwrap();
+        copy.add_pit();
+        copy.set_state(&s).unwrap();
+        assert!(copy.is_waiting_for_startup(1));
+        assert!(
+            copy.now() >= s.clock_ns,
+            "its clock goes on from the saved one"
+        );
+        assert_eq!(copy.take_interrupt(0, || true), (Some(0x51), false));
+        w(&copy, 0, lapic::REG_EOI, 0);
+        let t = Instant::now();
+        copy.wait_for_interrupt(0, || t.elapsed() > Duration::from_secs(5));
+        assert_eq!(copy.take_interrupt(0, || true), (Some(0x40), false));
+        // Another machine's state does not fit.
+        let one = Irqchip::start(1).unwrap();
+        assert!(one.set_state(&s).is_err());
+        let no_pit = Irqchip::start(2).unwrap();
+        assert!(no_pit.set_state(&s).is_err());
     }
 
     #[test]

@@ -31,8 +31,9 @@ const PORT_B_OUT2: u8 = 1 << 5;
 const REFRESH_NS: u64 = 15_085;
 
 /// How a counter's 16-bit value crosses the 8-bit port (command bits 4-5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-enum Access {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
     #[default]
     Lsb,
     Msb,
@@ -350,6 +351,92 @@ impl Pit {
     }
 }
 
+/// One channel as a snapshot keeps it; times are relative to when it was saved.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelState {
+    pub mode: u8,
+    pub access: Access,
+    pub bcd: bool,
+    /// 1..=65536.
+    pub reload: u64,
+    /// How long ago counting (re)started, if it did.
+    pub started_ago_ns: Option<u64>,
+    pub gate: bool,
+    pub low_written: Option<u8>,
+    pub latched: Option<(u16, bool)>,
+    pub latched_status: Option<u8>,
+    pub read_msb_next: bool,
+}
+
+/// The PIT as a snapshot keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PitState {
+    pub channels: [ChannelState; 3],
+    pub port_b: u8,
+    /// Nanoseconds until channel 0 next raises IRQ 0, if it will.
+    pub irq_remaining_ns: Option<u64>,
+}
+
+impl Pit {
+    /// The PIT at time `now`.
+    pub fn state(&self, now: u64) -> PitState {
+        let channel = |c: &Channel| ChannelState {
+            mode: c.mode,
+            access: c.access,
+            bcd: c.bcd,
+            reload: c.reload,
+            started_ago_ns: c.started.map(|t| now.saturating_sub(t)),
+            gate: c.gate,
+            low_written: c.low_written,
+            latched: c.latched,
+            latched_status: c.latched_status,
+            read_msb_next: c.read_msb_next,
+        };
+        PitState {
+            channels: [
+                channel(&self.channels[0]),
+                channel(&self.channels[1]),
+                channel(&self.channels[2]),
+            ],
+            port_b: self.port_b,
+            irq_remaining_ns: self.next_irq.map(|d| d.saturating_sub(now)),
+        }
+    }
+
+    /// A PIT with saved state, going on at `now`. A mode or count the guest could not have
+    /// written is refused (a zero count would divide by zero).
+    pub fn from_state(s: &PitState, now: u64) -> Result<Self, super::StateError> {
+        let mut channels = [Channel::new(true), Channel::new(true), Channel::new(false)];
+        for (i, (c, saved)) in channels.iter_mut().zip(&s.channels).enumerate() {
+            if saved.mode > 5 || !(1..=0x1_0000).contains(&saved.reload) {
+                return Err(super::StateError(format!(
+                    "PIT channel {i}: mode {} and count {} (modes 0-5, counts 1-65536)",
+                    saved.mode, saved.reload
+                )));
+            }
+            *c = Channel {
+                mode: saved.mode,
+                access: saved.access,
+                bcd: saved.bcd,
+                reload: saved.reload,
+                started: saved.started_ago_ns.map(|a| now.saturating_sub(a)),
+                gate: saved.gate,
+                low_written: saved.low_written,
+                latched: saved.latched,
+                latched_status: saved.latched_status,
+                read_msb_next: saved.read_msb_next,
+            };
+        }
+        Ok(Pit {
+            channels,
+            port_b: s.port_b & PORT_B_WRITABLE,
+            next_irq: s.irq_remaining_ns.map(|r| now.saturating_add(r)),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,5 +578,28 @@ mod tests {
         p.write_port_b(0, at(60));
         p.write_port_b(PORT_B_GATE2, at(60));
         assert!(p.channels[2].out(at(70)));
+    }
+
+    #[test]
+    fn a_saved_pit_goes_on_with_its_count_and_refuses_a_zero_count() {
+        let mut p = Pit::new();
+        p.write(3, 0x34, 0);
+        p.write(0, 0xa9, 0);
+        p.write(0, 0x04, 0);
+        let now = MS / 2;
+        let s = p.state(now);
+        // Restored on a clock that reads 10 ms at the time: the same count, the same wait.
+        let mut q = Pit::from_state(&s, 10 * MS).unwrap();
+        assert_eq!(q.read(0, 10 * MS), p.read(0, now));
+        assert_eq!(
+            q.deadline().map(|d| d - 10 * MS),
+            p.deadline().map(|d| d - now)
+        );
+        let mut bad = s.clone();
+        bad.channels[1].reload = 0;
+        assert!(Pit::from_state(&bad, 0).is_err());
+        bad.channels[1].reload = 1;
+        bad.channels[2].mode = 6;
+        assert!(Pit::from_state(&bad, 0).is_err());
     }
 }

@@ -34,6 +34,24 @@ impl Entry {
     }
 }
 
+/// One vector's table entry as a snapshot keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MsixEntryState {
+    pub address: u64,
+    pub data: u32,
+    pub control: u32,
+}
+
+/// The table and pending bits as a snapshot keeps them (enable and function mask live in
+/// configuration space, saved with it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MsixState {
+    pub entries: Vec<MsixEntryState>,
+    pub pending: Vec<u64>,
+}
+
 pub struct Msix {
     entries: Vec<Entry>,
     pending: Vec<u64>,
@@ -60,6 +78,62 @@ impl Msix {
             lines,
             enabled: false,
             function_masked: false,
+        }
+    }
+
+    pub fn state(&self) -> MsixState {
+        MsixState {
+            entries: self
+                .entries
+                .iter()
+                .map(|e| MsixEntryState {
+                    address: e.address,
+                    data: e.data,
+                    control: e.control,
+                })
+                .collect(),
+            pending: self.pending.clone(),
+        }
+    }
+
+    /// Loads a saved table of the same size. Every message is stale: each line gets its
+    /// message again ([`Msix::reprogram`], or when the vector next fires).
+    pub fn restore(&mut self, s: &MsixState) -> Result<(), String> {
+        if s.entries.len() != self.entries.len() || s.pending.len() != self.pending.len() {
+            return Err(format!(
+                "{} MSI-X vectors ({} pending words) saved, the function has {} ({})",
+                s.entries.len(),
+                s.pending.len(),
+                self.entries.len(),
+                self.pending.len()
+            ));
+        }
+        for (e, saved) in self.entries.iter_mut().zip(&s.entries) {
+            *e = Entry {
+                address: saved.address,
+                data: saved.data,
+                control: saved.control & VECTOR_MASKED,
+                stale: true,
+            };
+        }
+        let n = self.entries.len();
+        for (i, (p, saved)) in self.pending.iter_mut().zip(&s.pending).enumerate() {
+            // Only bits of vectors the table has.
+            let valid = n.saturating_sub(i * 64).min(64);
+            let mask = if valid == 64 {
+                u64::MAX
+            } else {
+                (1u64 << valid) - 1
+            };
+            *p = saved & mask;
+        }
+        Ok(())
+    }
+
+    /// Gives every vector that would be delivered now its current message.
+    pub fn reprogram(&mut self) {
+        for v in 0..self.vectors() {
+            self.program(v);
         }
     }
 

@@ -146,6 +146,15 @@ impl PciRoot {
         root
     }
 
+    /// Re-reads every function's BARs and routes them anew, as if the guest had just
+    /// written them: after a restore loaded saved configuration space into the functions.
+    pub fn reroute(&self) {
+        let _serial = lock(&self.config_writes);
+        for n in 0..DEVICES as u8 {
+            self.refresh(n);
+        }
+    }
+
     fn function(&self, bus: u8, device: u8, function: u8) -> Option<&Function> {
         if bus != 0 || function != 0 {
             return None;

@@ -156,7 +156,13 @@ impl VirtioTransport for MmioTransport {
             device,
             device_features_sel,
             driver_features_sel,
-        } = saved;
+        } = saved
+        else {
+            return Err(RestoreError::Device {
+                device_type: saved.device().device_type,
+                detail: "saved on another virtio transport".into(),
+            });
+        };
         self.state.restore(device)?;
         self.device_features_sel = *device_features_sel;
         self.driver_features_sel = *driver_features_sel;
@@ -434,7 +440,9 @@ mod tests {
         assert_eq!(processed2.load(Ordering::SeqCst), 1);
         assert_eq!(processed.load(Ordering::SeqCst), 0);
 
-        let TransportSnapshot::Mmio { device, .. } = &saved;
+        let TransportSnapshot::Mmio { device, .. } = &saved else {
+            unreachable!("an mmio transport saves mmio state")
+        };
         let mut bad = device.clone();
         bad.queues[1].size = 3;
         let e = MmioTransport::restore(&mut transport().0, &mmio(bad)).unwrap_err();

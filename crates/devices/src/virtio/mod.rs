@@ -105,12 +105,28 @@ pub enum TransportSnapshot {
         device_features_sel: u32,
         driver_features_sel: u32,
     },
+    /// virtio-pci (format 3): the device, the function's configuration space (command
+    /// register, BARs as the guest placed them, MSI-X control), its MSI-X table and pending
+    /// bits, and the vectors the driver chose.
+    Pci {
+        device: state::VirtioSnapshot,
+        device_features_sel: u32,
+        driver_features_sel: u32,
+        /// The first bytes of configuration space; only the bits a driver may write are
+        /// loaded back.
+        config: Vec<u8>,
+        msix: crate::pci::msix::MsixState,
+        config_vector: u16,
+        queue_vectors: Vec<u16>,
+    },
 }
 
 impl TransportSnapshot {
     pub fn device(&self) -> &state::VirtioSnapshot {
         match self {
-            TransportSnapshot::Mmio { device, .. } => device,
+            TransportSnapshot::Mmio { device, .. } | TransportSnapshot::Pci { device, .. } => {
+                device
+            }
         }
     }
 }

@@ -18,8 +18,8 @@ use std::io;
 use hypervisor::{Event, IrqLine, MsiLine};
 use vm_memory::GuestMemoryMmap;
 
-use super::state::{DeviceState, QueueField, INT_CONFIG, INT_VRING};
-use super::{VirtioDevice, VirtioTransport};
+use super::state::{DeviceState, QueueField, RestoreError, INT_CONFIG, INT_VRING};
+use super::{TransportSnapshot, VirtioDevice, VirtioTransport};
 use crate::pci::config::{self, Identity, PciConfig, COMMAND_INTX_DISABLE};
 use crate::pci::msix::{self, Msix};
 use crate::pci::{Bar, BarKind, PciDevice};
@@ -337,6 +337,10 @@ impl VirtioPciDevice {
     }
 }
 
+/// Configuration space saved: the header and the capability list (the rest is read-only
+/// zeros for an emulated function).
+const SAVED_CONFIG: usize = 0x100;
+
 impl VirtioTransport for VirtioPciDevice {
     fn state(&self) -> &DeviceState {
         &self.state
@@ -345,6 +349,69 @@ impl VirtioTransport for VirtioPciDevice {
     fn process_queue(&mut self, index: usize) {
         let raised = self.state.process_queue(index);
         self.deliver(raised, Some(index));
+    }
+
+    fn save(&self) -> Option<TransportSnapshot> {
+        Some(TransportSnapshot::Pci {
+            device: self.state.save(),
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            config: self.config.bytes(0, SAVED_CONFIG).to_vec(),
+            msix: self.msix.state(),
+            config_vector: self.config_vector,
+            queue_vectors: self.queue_vectors.clone(),
+        })
+    }
+
+    /// Loads saved state into this freshly built function. The BAR address lands in
+    /// configuration space only: the PCI root routes it (and tells [`PciDevice::bar_moved`],
+    /// which re-binds the notify addresses) when it re-reads the BARs after the restore.
+    fn restore(&mut self, saved: &TransportSnapshot) -> Result<(), RestoreError> {
+        let device_type = saved.device().device_type;
+        let bad = |detail: String| RestoreError::Device {
+            device_type,
+            detail,
+        };
+        let TransportSnapshot::Pci {
+            device,
+            device_features_sel,
+            driver_features_sel,
+            config,
+            msix,
+            config_vector,
+            queue_vectors,
+        } = saved
+        else {
+            return Err(bad("saved on another virtio transport".into()));
+        };
+        if config.len() != SAVED_CONFIG || queue_vectors.len() != self.queue_vectors.len() {
+            return Err(bad(format!(
+                "{} bytes of configuration space and {} queue vectors saved, the function has \
+                 {SAVED_CONFIG} and {}",
+                config.len(),
+                queue_vectors.len(),
+                self.queue_vectors.len()
+            )));
+        }
+        self.msix.restore(msix).map_err(bad)?;
+        self.state.restore(device)?;
+        self.device_features_sel = *device_features_sel;
+        self.driver_features_sel = *driver_features_sel;
+        // Through the write masks: only what the driver could have written comes back.
+        self.config.write(0, config);
+        self.config_vector = self.vector(u64::from(*config_vector));
+        for (slot, &v) in self.queue_vectors.iter_mut().zip(queue_vectors) {
+            *slot = if u64::from(v) < u64::from(self.msix.vectors()) {
+                v
+            } else {
+                NO_VECTOR
+            };
+        }
+        let c = self.config.bytes(self.msix_control, 2);
+        let control = u16::from_le_bytes([c[0], c[1]]);
+        self.msix.set_control(control);
+        self.msix.reprogram();
+        Ok(())
     }
 }
 

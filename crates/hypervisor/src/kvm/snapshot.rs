@@ -85,9 +85,13 @@ fn read_msrs(v: &KvmVcpu, indices: &[u32]) -> Result<Vec<MsrEntry>> {
     Ok(out)
 }
 
-/// Writes `msrs`; KVM_SET_MSRS stops at the first it refuses, which is an error naming it.
+/// Writes `msrs`; KVM_SET_MSRS stops at the first it refuses, which is an error naming it,
+/// unless it already holds the saved value: without the in-kernel irqchip KVM refuses even a
+/// 0 for MSRs that need its local APIC (`MSR_KVM_ASYNC_PF_INT`), and reads them as 0.
 fn write_msrs(v: &KvmVcpu, msrs: &[MsrEntry]) -> Result<()> {
-    for chunk in msrs.chunks(KVM_MAX_MSR_ENTRIES) {
+    let mut rest = msrs;
+    while !rest.is_empty() {
+        let chunk = &rest[..rest.len().min(KVM_MAX_MSR_ENTRIES)];
         let entries: Vec<kvm_msr_entry> = chunk
             .iter()
             .map(|m| kvm_msr_entry {
@@ -102,11 +106,15 @@ fn write_msrs(v: &KvmVcpu, msrs: &[MsrEntry]) -> Result<()> {
         })?;
         let n = v.fd.set_msrs(&list).map_err(os_err("KVM_SET_MSRS"))?;
         if let Some(m) = chunk.get(n) {
-            return Err(Error::BadState {
-                what: "MSRs",
-                detail: format!("KVM refused MSR {:#x} = {:#x}", m.index, m.data),
-            });
+            if read_msrs(v, &[m.index])? != [*m] {
+                return Err(Error::BadState {
+                    what: "MSRs",
+                    detail: format!("KVM refused MSR {:#x} = {:#x}", m.index, m.data),
+                });
+            }
         }
+        let done = if n < chunk.len() { n + 1 } else { n };
+        rest = &rest[done.min(rest.len())..];
     }
     Ok(())
 }

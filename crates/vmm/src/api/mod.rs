@@ -79,7 +79,9 @@ fn snapshot(vm: &VmController, req: &Request) -> Response {
             serde_json::json!({ "state": vm.state(), "snapshot": body.destination }).to_string(),
         ),
         Err(e @ (E::NotPaused | E::Stopped)) => Response::error(409, e.to_string()),
-        Err(e @ E::Exists { .. }) => Response::error(400, e.to_string()),
+        Err(e @ (E::Exists { .. } | E::NotADirectory { .. })) => {
+            Response::error(400, e.to_string())
+        }
         Err(e) => Response::error(500, error_chain(&e)),
     }
 }

@@ -36,8 +36,9 @@ use crate::vcpu::VcpuSetup;
 /// What `state.json` says it is.
 pub const FORMAT: &str = "vibe-vmm snapshot";
 /// The format version this vibe-vmm writes.
-pub const VERSION: u32 = 2;
-/// The oldest format version it reads (version 2 only added fields, each with a default).
+pub const VERSION: u32 = 3;
+/// The oldest format version it reads (versions 2 and 3 only added fields and variants, each
+/// field with a default).
 pub const MIN_VERSION: u32 = 1;
 /// The state file in a snapshot directory.
 pub const STATE_FILE: &str = "state.json";
@@ -59,6 +60,8 @@ pub enum SnapshotError {
     Unsupported(String),
     #[error("{path} already holds a snapshot; choose an empty or new directory")]
     Exists { path: PathBuf },
+    #[error("{path} is not a directory")]
+    NotADirectory { path: PathBuf },
     #[error("{op} {path}")]
     Io {
         op: &'static str,
@@ -313,6 +316,9 @@ pub enum ArchState {
     X86_64 {
         vm: hypervisor::x86_64::VmState,
         vcpus: Vec<hypervisor::x86_64::VcpuState>,
+        /// The VMM's own interrupt controller, with `--irqchip userspace` (format 3).
+        #[serde(default)]
+        irqchip: Option<devices::irqchip::IrqchipState>,
     },
 }
 
@@ -343,6 +349,8 @@ pub(crate) struct DeviceHandles {
     pub mmio_console: Option<Arc<Mutex<MmioConsole>>>,
     /// The virtio transports, in the order they were built.
     pub virtio: Vec<Arc<Mutex<dyn VirtioTransport>>>,
+    /// The PCI root, which routes the BARs restored functions bring back.
+    pub pci_root: Option<Arc<devices::pci::PciRoot>>,
     pub unsaved: Vec<String>,
 }
 
@@ -393,6 +401,10 @@ impl DeviceHandles {
                 .restore(saved)
                 .map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
         }
+        // PCI functions came back with the BAR addresses the guest gave them.
+        if let Some(root) = &self.pci_root {
+            root.reroute();
+        }
         Ok(())
     }
 }
@@ -433,6 +445,12 @@ impl<V: hypervisor::Vm + 'static> Snapshotter for Writer<V> {
                 self.devices.unsaved.join(", ")
             )));
         }
+        // A file in the way (the destination, or a folder above it) is found before any
+        // work, and named as what it is.
+        let not_a_dir = || SnapshotError::NotADirectory { path: dir.into() };
+        if dir.exists() && !dir.is_dir() {
+            return Err(not_a_dir());
+        }
         let state_path = dir.join(STATE_FILE);
         if state_path.exists() {
             return Err(SnapshotError::Exists { path: dir.into() });
@@ -447,7 +465,10 @@ impl<V: hypervisor::Vm + 'static> Snapshotter for Writer<V> {
             .save_vm(&vm, vcpus)
             .map_err(|e| SnapshotError::Unsupported(e.to_string()))?;
         let devices = self.devices.state()?;
-        std::fs::create_dir_all(dir).map_err(io_err("create the snapshot directory", dir))?;
+        std::fs::create_dir_all(dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotADirectory | std::io::ErrorKind::AlreadyExists => not_a_dir(),
+            _ => io_err("create the snapshot directory", dir)(e),
+        })?;
         let memory_path = dir.join(MEMORY_FILE);
         let tmp = dir.join(".state.json.tmp");
         let written = (|| {
@@ -557,8 +578,17 @@ fn check(s: &Snapshot) -> Result<(), SnapshotError> {
             s.arch.vcpu_count()
         ));
     }
-    if !matches!(m.irqchip.as_str(), "kernel" | "userspace") {
-        return bad(format!("unknown irqchip {:?}", m.irqchip));
+    let ArchState::X86_64 { irqchip, .. } = &s.arch;
+    match (m.irqchip.as_str(), irqchip) {
+        ("kernel", None) | ("userspace", Some(_)) => {}
+        ("kernel" | "userspace", _) => {
+            return bad(format!(
+                "a {} irqchip with{} the VMM's interrupt controller state",
+                m.irqchip,
+                if irqchip.is_some() { "" } else { "out" }
+            ))
+        }
+        _ => return bad(format!("unknown irqchip {:?}", m.irqchip)),
     }
     if !matches!(m.transport.as_str(), "mmio" | "pci") {
         return bad(format!("unknown virtio transport {:?}", m.transport));
@@ -695,19 +725,20 @@ pub(crate) struct Restore {
 pub(crate) fn prepare(rc: &mut RestoreConfig) -> crate::Result<(VmConfig, Restore)> {
     let snapshot = load(&rc.dir)?;
     let m = &snapshot.machine;
-    if m.irqchip != "kernel" {
-        return Err(SnapshotError::Unsupported(
-            "restoring a VM with the userspace irqchip is not supported yet".into(),
-        )
-        .into());
-    }
+    // What `run --memory` would refuse is refused before anything is mapped (a private
+    // mapping of a sparse file would otherwise take any size).
+    #[cfg(target_arch = "x86_64")]
+    crate::memory::check_size(m.memory, arch::x86_64::layout::MIN_RAM)?;
     let mem = memory::map(&rc.dir.join(MEMORY_FILE), &snapshot.memory, rc.memory)?;
     let mut config = VmConfig::new(KernelImage::Path(m.kernel.clone().into()));
     config.cmdline = m.cmdline.clone();
     config.memory = m.memory;
     config.cpus = m.cpus;
     config.acpi = m.acpi;
-    config.irqchip = IrqchipMode::Kernel;
+    config.irqchip = match m.irqchip.as_str() {
+        "userspace" => IrqchipMode::Userspace,
+        _ => IrqchipMode::Kernel,
+    };
     config.transport = match m.transport.as_str() {
         "pci" => Transport::Pci,
         _ => Transport::Mmio,

@@ -27,6 +27,7 @@ fn minimal() -> Snapshot {
         arch: ArchState::X86_64 {
             vm: Default::default(),
             vcpus: vec![Default::default()],
+            irqchip: None,
         },
         devices: Default::default(),
     }
@@ -58,6 +59,11 @@ fn parts_that_disagree_are_corrupt() {
     let mut s = minimal();
     s.machine.irqchip = "elsewhere".into();
     assert!(parse(&serde_json::to_vec(&s).unwrap()).is_err());
+    // The userspace irqchip's state comes with that mode, and only with it.
+    let mut s = minimal();
+    s.machine.irqchip = "userspace".into();
+    let e = parse(&serde_json::to_vec(&s).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("userspace irqchip without"), "{e}");
     let mut s = minimal();
     s.machine.virtio_console = true;
     let e = parse(&serde_json::to_vec(&s).unwrap()).unwrap_err();
