@@ -57,6 +57,7 @@ const GUESTS: &[(&str, &str, &[&str])] = &[
     ("snapshot", "snapshot.S", &[]),
     ("snapshot_smp", "snapshot_smp.S", &[]),
     ("snapshot_blk", "snapshot_blk.S", &[]),
+    ("snapshot_net", "snapshot_net.S", &[]),
 ];
 
 fn main() {

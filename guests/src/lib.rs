@@ -201,3 +201,10 @@ guest!(
     /// and writes and reads sector 6 through the same queue; prints `result <byte sum>`,
     /// exits 0.
     SNAPSHOT_BLK, "snapshot_blk.elf");
+guest!(
+    /// virtio-net across a snapshot (polling, no interrupts): sends `guest frame 1` and
+    /// prints the frame of ethertype 0x88b5 it gets back (`received: <payload>`), waits at
+    /// gate 1 ([`SNAPSHOT_SMP_PHASE`] = 1) until [`SNAPSHOT_SMP_GATE`] >= 1, then does the same
+    /// with `guest frame 2` through the same queues; prints `result rx <n> tx <n>` (the used
+    /// indices), exits 0.
+    SNAPSHOT_NET, "snapshot_net.elf");

@@ -5,9 +5,11 @@
 
 mod common;
 
+use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::tap::{ETHERTYPE, GUEST_MAC};
 use common::{config, kvm, run_with_limit, Capture};
 use hypervisor::kvm::KvmVm;
 use vm_memory::{Bytes, GuestAddress};
@@ -647,6 +649,210 @@ fn virtio_blk_over_pci_goes_on_after_restore() {
             expected,
             "{irqchip:?}: the two halves print what the whole run did"
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// The test's end of a guest's socket-backed link (`--net socket=PATH`): a Unix datagram
+/// socket bound at `path`, and where vibe-vmm binds its own end.
+struct NetPeer {
+    socket: UnixDatagram,
+    path: PathBuf,
+    vmm_end: PathBuf,
+}
+
+impl NetPeer {
+    fn bind(dir: &std::path::Path, name: &str) -> NetPeer {
+        let path = dir.join(format!("{name}.sock"));
+        let _ = std::fs::remove_file(&path);
+        NetPeer {
+            socket: UnixDatagram::bind(&path).unwrap(),
+            vmm_end: dir.join(format!("{name}-vmm.sock")),
+            path,
+        }
+    }
+
+    fn config(&self) -> vmm::NetConfig {
+        vmm::NetConfig {
+            backend: vmm::NetBackendConfig::Socket {
+                path: self.path.clone(),
+                local: Some(self.vmm_end.clone()),
+            },
+            mac: None,
+        }
+    }
+
+    /// The next frame the guest sent, within 30 s.
+    fn recv(&self) -> Vec<u8> {
+        self.socket
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut buf = vec![0u8; 2048];
+        let n = self.socket.recv(&mut buf).expect("no frame from the guest");
+        buf.truncate(n);
+        buf
+    }
+
+    /// Fails if a frame is waiting.
+    fn assert_quiet(&self, when: &str) {
+        self.socket.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 2048];
+        let got = self.socket.recv(&mut buf);
+        self.socket.set_nonblocking(false).unwrap();
+        assert!(
+            got.is_err(),
+            "{when}: an extra frame {:?}",
+            got.map(|n| &buf[..n])
+        );
+    }
+
+    /// One exchange of [`test_guests::SNAPSHOT_NET`]: its `guest frame <round>` arrives (a
+    /// whole Ethernet frame, the virtio-net header taken off), `host frame <round>` goes back
+    /// and the guest prints it.
+    fn exchange(&self, round: u8, out: &Capture) {
+        let frame = self.recv();
+        assert_eq!(frame.len(), 60, "round {round}: {frame:?}");
+        assert_eq!(&frame[..6], &[0xff; 6], "broadcast");
+        assert_eq!(&frame[6..12], &GUEST_MAC, "the default MAC");
+        assert_eq!(&frame[12..14], &ETHERTYPE.to_be_bytes());
+        let payload = format!("guest frame {round}");
+        assert_eq!(&frame[14..14 + payload.len()], payload.as_bytes());
+        assert!(frame[14 + payload.len()..].iter().all(|&b| b == 0));
+
+        let text = format!("host frame {round}");
+        let mut reply = vec![0u8; 60];
+        reply[..6].copy_from_slice(&GUEST_MAC);
+        reply[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+        reply[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
+        reply[14..14 + text.len()].copy_from_slice(text.as_bytes());
+        self.socket.send_to(&reply, &self.vmm_end).unwrap();
+        let want = format!("received: {text}\r\n");
+        let t0 = Instant::now();
+        while !out.text().contains(&want) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "round {round}: the guest never printed its frame: {}",
+                out.text()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for NetPeer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Waits (at most 60 s) for a started VM's end.
+fn wait_with_limit(vm: Vm<KvmVm>) -> Outcome {
+    let stop = vm.stop_handle();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        stop.stop(Outcome::Stopped("test time limit".into()));
+    });
+    vm.wait()
+}
+
+/// A virtio-net guest on the socket back end, snapshotted between two exchanges of a frame
+/// each way (both queues idle, their indices at 1): restored once on the saved socket paths
+/// and once on new ones (`RestoreConfig::nets`), each time the second exchange reaches the
+/// right peer with the right frame, nothing else crosses, and the two halves print what an
+/// uninterrupted run does. On both irqchips (the guest polls: they only have to come back).
+#[test]
+fn virtio_net_goes_on_after_restore_on_its_socket() {
+    let Some(kvm) = kvm() else { return };
+    for irqchip in [vmm::IrqchipMode::Kernel, vmm::IrqchipMode::Userspace] {
+        let dir = snapshot_dir(&format!("net-{irqchip:?}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let net = |out: &Capture, peer: &NetPeer| {
+            let mut c = config(test_guests::SNAPSHOT_NET, 1, out);
+            c.irqchip = irqchip;
+            c.nets = vec![peer.config()];
+            c
+        };
+
+        // Uninterrupted.
+        let peer = NetPeer::bind(&dir, "whole");
+        let out = Capture::default();
+        let mut vm = Vm::new(&kvm, net(&out, &peer)).unwrap();
+        vm.start().unwrap();
+        peer.exchange(1, &out);
+        wait_phase(&vm, 1, &out);
+        open_gate(&vm, 1);
+        peer.exchange(2, &out);
+        assert_eq!(wait_with_limit(vm), Outcome::DebugExit(0), "{}", out.text());
+        peer.assert_quiet("uninterrupted");
+        let expected = out.text();
+        assert!(expected.ends_with("result rx 2 tx 2\r\n"), "{expected}");
+
+        // Split by a snapshot after the first exchange.
+        let peer = NetPeer::bind(&dir, "peer");
+        let snap = dir.join("snap");
+        let out = Capture::default();
+        let mut vm = Vm::new(&kvm, net(&out, &peer)).unwrap();
+        vm.start().unwrap();
+        peer.exchange(1, &out);
+        wait_phase(&vm, 1, &out);
+        let c = vm.controller().unwrap();
+        c.pause().unwrap();
+        c.snapshot(&snap).unwrap();
+        c.stop(Outcome::Stopped("snapshot taken".into())).unwrap();
+        vm.wait();
+        drop(c); // the last hold on the devices: the socket's end goes with it
+        let before = out.text();
+        assert!(
+            before.contains("received: host frame 1") && !before.contains("result"),
+            "{before}"
+        );
+        peer.assert_quiet("at the snapshot");
+        assert!(!peer.vmm_end.exists(), "the stopped VM removed its end");
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(snap.join("state.json")).unwrap()).unwrap();
+        let saved = &state["machine"]["nets"][0];
+        assert_eq!(saved["socket"], peer.path.to_str().unwrap(), "{saved}");
+        let dev = &state["devices"]["virtio"][0]["mmio"]["device"];
+        assert_eq!(dev["device_type"], 1, "{dev}");
+        for q in 0..2 {
+            let q = &dev["queues"][q];
+            assert_eq!(
+                (q["next_avail"].as_u64(), q["next_used"].as_u64()),
+                (Some(1), Some(1)),
+                "{q}"
+            );
+        }
+
+        // Restored on the saved paths (the peer still bound there), then on new ones.
+        let moved = NetPeer::bind(&dir, "moved");
+        for (to, other) in [(&peer, &moved), (&moved, &peer)] {
+            let out = Capture::default();
+            let mut rc = RestoreConfig::new(&snap);
+            rc.serial = SerialOutput::Writer(Box::new(out.clone()));
+            if std::ptr::eq(to, &moved) {
+                rc.nets = vec![moved.config()];
+            }
+            let mut vm = Vm::restore(&kvm, rc).unwrap();
+            open_gate(&vm, 1);
+            vm.start().unwrap();
+            to.exchange(2, &out);
+            let outcome = wait_with_limit(vm);
+            assert_eq!(
+                outcome,
+                Outcome::DebugExit(0),
+                "{irqchip:?}: {}",
+                out.text()
+            );
+            to.assert_quiet("after the restore");
+            other.assert_quiet("the other peer");
+            assert!(!to.vmm_end.exists(), "the restored VM removed its end");
+            assert_eq!(
+                format!("{before}{}", out.text()),
+                expected,
+                "{irqchip:?}: the two halves print what the whole run did"
+            );
+        }
+        drop((peer, moved));
         let _ = std::fs::remove_dir_all(dir);
     }
 }
