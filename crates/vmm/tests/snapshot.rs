@@ -710,6 +710,12 @@ impl NetPeer {
     /// whole Ethernet frame, the virtio-net header taken off), `host frame <round>` goes back
     /// and the guest prints it.
     fn exchange(&self, round: u8, out: &Capture) {
+        self.expect_frame(round);
+        self.reply(round, out);
+    }
+
+    /// `guest frame <round>` arrives: a whole Ethernet frame, the virtio-net header taken off.
+    fn expect_frame(&self, round: u8) {
         let frame = self.recv();
         assert_eq!(frame.len(), 60, "round {round}: {frame:?}");
         assert_eq!(&frame[..6], &[0xff; 6], "broadcast");
@@ -718,7 +724,10 @@ impl NetPeer {
         let payload = format!("guest frame {round}");
         assert_eq!(&frame[14..14 + payload.len()], payload.as_bytes());
         assert!(frame[14 + payload.len()..].iter().all(|&b| b == 0));
+    }
 
+    /// Sends `host frame <round>` and waits until the guest printed it.
+    fn reply(&self, round: u8, out: &Capture) {
         let text = format!("host frame {round}");
         let mut reply = vec![0u8; 60];
         reply[..6].copy_from_slice(&GUEST_MAC);
@@ -787,9 +796,11 @@ fn virtio_net_goes_on_after_restore_on_its_socket() {
         let expected = out.text();
         assert!(expected.ends_with("result rx 2 tx 2\r\n"), "{expected}");
 
-        // Split by a snapshot after the first exchange.
+        // Split by a snapshot after the first exchange (both queues idle), and by a second
+        // one after the guest's second frame went out, its receive buffer posted and the guest
+        // waiting for the host's answer.
         let peer = NetPeer::bind(&dir, "peer");
-        let snap = dir.join("snap");
+        let (idle, waiting) = (dir.join("idle"), dir.join("waiting"));
         let out = Capture::default();
         let mut vm = Vm::new(&kvm, net(&out, &peer)).unwrap();
         vm.start().unwrap();
@@ -797,60 +808,80 @@ fn virtio_net_goes_on_after_restore_on_its_socket() {
         wait_phase(&vm, 1, &out);
         let c = vm.controller().unwrap();
         c.pause().unwrap();
-        c.snapshot(&snap).unwrap();
-        c.stop(Outcome::Stopped("snapshot taken".into())).unwrap();
+        c.snapshot(&idle).unwrap();
+        let at_idle = out.text();
+        c.resume().unwrap();
+        open_gate(&vm, 1);
+        peer.expect_frame(2);
+        c.pause().unwrap();
+        c.snapshot(&waiting).unwrap();
+        c.stop(Outcome::Stopped("snapshots taken".into())).unwrap();
         vm.wait();
         drop(c); // the last hold on the devices: the socket's end goes with it
-        let before = out.text();
-        assert!(
-            before.contains("received: host frame 1") && !before.contains("result"),
-            "{before}"
-        );
-        peer.assert_quiet("at the snapshot");
-        assert!(!peer.vmm_end.exists(), "the stopped VM removed its end");
-        let state: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(snap.join("state.json")).unwrap()).unwrap();
-        let saved = &state["machine"]["nets"][0];
-        assert_eq!(saved["socket"], peer.path.to_str().unwrap(), "{saved}");
-        let dev = &state["devices"]["virtio"][0]["mmio"]["device"];
-        assert_eq!(dev["device_type"], 1, "{dev}");
-        for q in 0..2 {
-            let q = &dev["queues"][q];
-            assert_eq!(
-                (q["next_avail"].as_u64(), q["next_used"].as_u64()),
-                (Some(1), Some(1)),
-                "{q}"
+        let at_waiting = out.text();
+        for before in [&at_idle, &at_waiting] {
+            assert!(
+                before.contains("received: host frame 1\r\n") && !before.contains("result"),
+                "{before}"
             );
         }
+        peer.assert_quiet("at the snapshots");
+        assert!(!peer.vmm_end.exists(), "the stopped VM removed its end");
+        let queues = |snap: &std::path::Path| {
+            let state: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(snap.join("state.json")).unwrap()).unwrap();
+            assert_eq!(
+                state["machine"]["nets"][0]["socket"],
+                peer.path.to_str().unwrap()
+            );
+            let dev = &state["devices"]["virtio"][0]["mmio"]["device"];
+            assert_eq!(dev["device_type"], 1, "{dev}");
+            (0..2)
+                .map(|q| {
+                    let q = &dev["queues"][q];
+                    (
+                        q["next_avail"].as_u64().unwrap(),
+                        q["next_used"].as_u64().unwrap(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        // (rx, tx) as (next_avail, next_used): the posted receive buffer is not taken yet.
+        assert_eq!(queues(&idle), [(1, 1), (1, 1)]);
+        assert_eq!(queues(&waiting), [(1, 1), (2, 2)]);
 
-        // Restored on the saved paths (the peer still bound there), then on new ones.
+        // Each restored on the saved paths (the peer still bound there), then on new ones.
         let moved = NetPeer::bind(&dir, "moved");
-        for (to, other) in [(&peer, &moved), (&moved, &peer)] {
-            let out = Capture::default();
-            let mut rc = RestoreConfig::new(&snap);
-            rc.serial = SerialOutput::Writer(Box::new(out.clone()));
-            if std::ptr::eq(to, &moved) {
-                rc.nets = vec![moved.config()];
+        for (snap, before) in [(&idle, &at_idle), (&waiting, &at_waiting)] {
+            for (to, other) in [(&peer, &moved), (&moved, &peer)] {
+                let out = Capture::default();
+                let mut rc = RestoreConfig::new(snap);
+                rc.serial = SerialOutput::Writer(Box::new(out.clone()));
+                if std::ptr::eq(to, &moved) {
+                    rc.nets = vec![moved.config()];
+                }
+                let mut vm = Vm::restore(&kvm, rc).unwrap();
+                open_gate(&vm, 1);
+                vm.start().unwrap();
+                if snap == &idle {
+                    to.expect_frame(2);
+                }
+                to.reply(2, &out);
+                let outcome = wait_with_limit(vm);
+                let what = format!("{irqchip:?}, {}, {}", snap.display(), to.path.display());
+                assert_eq!(outcome, Outcome::DebugExit(0), "{what}: {}", out.text());
+                to.assert_quiet(&what);
+                other.assert_quiet(&what);
+                assert!(
+                    !to.vmm_end.exists(),
+                    "{what}: the restored VM removed its end"
+                );
+                assert_eq!(
+                    format!("{before}{}", out.text()),
+                    expected,
+                    "{what}: the two halves print what the whole run did"
+                );
             }
-            let mut vm = Vm::restore(&kvm, rc).unwrap();
-            open_gate(&vm, 1);
-            vm.start().unwrap();
-            to.exchange(2, &out);
-            let outcome = wait_with_limit(vm);
-            assert_eq!(
-                outcome,
-                Outcome::DebugExit(0),
-                "{irqchip:?}: {}",
-                out.text()
-            );
-            to.assert_quiet("after the restore");
-            other.assert_quiet("the other peer");
-            assert!(!to.vmm_end.exists(), "the restored VM removed its end");
-            assert_eq!(
-                format!("{before}{}", out.text()),
-                expected,
-                "{irqchip:?}: the two halves print what the whole run did"
-            );
         }
         drop((peer, moved));
         let _ = std::fs::remove_dir_all(dir);
