@@ -4,8 +4,8 @@
 //! values for [`super::Irqchip`] to deliver.
 //!
 //! Not modelled: x2APIC (hidden from the guest's CPUID), the TSC-deadline timer mode (hidden
-//! too), LINT0/LINT1 delivery (no PIC), NMI and SMI IPIs (logged and dropped), the error
-//! status register beyond reading zero.
+//! too), LINT0/LINT1 delivery (the 8259s of a machine without ACPI never deliver), NMI and
+//! SMI IPIs (logged and dropped), the error status register beyond reading zero.
 
 /// The timer counts at 1 GHz before its divider, as KVM's in-kernel APIC does.
 pub const BUS_NS_PER_TICK: u64 = 1;
